@@ -1,0 +1,523 @@
+#include "engine.hpp"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <fstream>
+#include <numeric>
+#include <random>
+#include <set>
+
+#include <spdlog/spdlog.h>
+#include <torch/optim/adam.h>
+#include <torch/optim/adamw.h>
+#include <torch/optim/sgd.h>
+#include <torch/serialize/input-archive.h>
+#include <torch/serialize/output-archive.h>
+#include <torch/cuda.h>
+#include <torch/nn/utils/clip_grad.h>
+#include <torch/utils.h>
+
+#include "metrics.hpp"
+#include "modalkit/errors.hpp"
+#include "modalkit/evaluation.hpp"
+
+namespace modalkit::host {
+
+namespace fs = std::filesystem;
+
+HostContext::HostContext(std::shared_ptr<spdlog::logger> logger, uint64_t seed, c10::Device device,
+                         fs::path run_dir)
+    : logger_(std::move(logger)), seed_(seed), device_(device), run_dir_(std::move(run_dir)) {}
+
+spdlog::logger& HostContext::logger() const { return *logger_; }
+
+fs::path HostContext::artifact_path(const std::string& name) const {
+  throw Error("artifact \"" + name + "\" is not declared by this pipeline");
+}
+
+std::shared_ptr<Component> HostContext::find_component(const std::string& name) const {
+  auto it = components_.find(name);
+  return it == components_.end() ? nullptr : it->second;
+}
+
+void HostContext::add_component(const std::string& name, std::shared_ptr<Component> component) {
+  components_[name] = std::move(component);
+}
+
+namespace {
+
+std::optional<std::string> pin_of(const nlohmann::json& component) {
+  if (component.contains("sha256")) return component.at("sha256").get<std::string>();
+  return std::nullopt;
+}
+
+/// Batches of the splits this run holds in memory, in a fixed order.
+class SplitSource : public BatchSource {
+ public:
+  SplitSource(std::map<std::string, const SplitFeatures*> splits, int64_t batch_size,
+              std::vector<std::string> all_modalities, c10::Device device)
+      : splits_(std::move(splits)), batch_size_(batch_size), all_(std::move(all_modalities)), device_(device) {}
+
+  void for_each(const std::string& split, const std::vector<std::string>& modalities,
+                const std::function<void(const Batch&)>& fn) override {
+    auto it = splits_.find(split);
+    if (it == splits_.end()) throw Error("split \"" + split + "\" is not loaded in this run");
+    const SplitFeatures& f = *it->second;
+    const auto& mods = modalities.empty() ? all_ : modalities;
+    for (int64_t start = 0; start < f.size(); start += batch_size_) {
+      std::vector<int64_t> rows;
+      for (int64_t r = start; r < std::min(f.size(), start + batch_size_); ++r) rows.push_back(r);
+      fn(f.batch(rows, mods).to(device_));
+    }
+  }
+
+ private:
+  std::map<std::string, const SplitFeatures*> splits_;
+  int64_t batch_size_;
+  std::vector<std::string> all_;
+  c10::Device device_;
+};
+
+/// The built-in protocol: predictions on every sample of a held-out split, then the task's
+/// metrics. Other protocols (zero-shot, captioning, few-shot) come as plugins.
+class HeldOutProtocol : public EvaluationProtocol {
+ public:
+  explicit HeldOutProtocol(std::map<std::string, TaskSpec> tasks) : tasks_(std::move(tasks)) {}
+
+  nlohmann::json evaluate(TransferStrategy& model, BatchSource& data, const std::string& split,
+                          const std::vector<std::string>& modalities) override {
+    torch::NoGradGuard no_grad;
+    const bool was_training = model.is_training();
+    model.eval();
+    std::map<std::string, std::vector<at::Tensor>> outputs, targets;
+    int64_t count = 0;
+    data.for_each(split, modalities, [&](const Batch& batch) {
+      Predictions p = guard(model.plugin_name(), [&] { return model.predict(batch); });
+      for (const auto& [task, spec] : tasks_) {
+        if (!p.count(task)) throw PluginError(model.plugin_name(), "predict() gave no output for task " + task);
+        outputs[task].push_back(p.at(task).to(at::kCPU));
+        targets[task].push_back(batch.targets.at(task).to(at::kCPU));
+      }
+      count += batch.size();
+    });
+    model.train(was_training);
+    nlohmann::json out = {{"split", split}, {"samples", count}, {"modalities", modalities}, {"tasks", nlohmann::json::object()}};
+    for (const auto& [task, spec] : tasks_) {
+      out["tasks"][task] = compute_metrics(spec, at::cat(outputs[task]), at::cat(targets[task]));
+    }
+    return out;
+  }
+
+ private:
+  std::map<std::string, TaskSpec> tasks_;
+};
+
+void write_text_atomically(const fs::path& path, const std::string& text) {
+  const fs::path tmp = path.string() + ".tmp";
+  {
+    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
+    if (!out) throw Error(tmp.string() + ": cannot write");
+    out << text;
+    if (!out.flush()) throw Error(tmp.string() + ": write failed");
+  }
+  fs::rename(tmp, path);
+}
+
+void fsync_file(const fs::path& path) {
+  const int fd = ::open(path.c_str(), O_RDONLY);
+  if (fd >= 0) {
+    ::fsync(fd);
+    ::close(fd);
+  }
+}
+
+/// Temporary file, fsync, rename: a crash leaves either the old checkpoint or the new one.
+void save_weights(torch::nn::Module& model, const fs::path& path) {
+  const fs::path tmp = path.string() + ".tmp";
+  torch::serialize::OutputArchive archive;
+  model.save(archive);
+  archive.save_to(tmp.string());
+  fsync_file(tmp);
+  fs::rename(tmp, path);
+}
+
+void load_weights(torch::nn::Module& model, const fs::path& path) {
+  if (!fs::exists(path)) throw Error(path.string() + ": no weights (was the run trained to the end?)");
+  try {
+    torch::serialize::InputArchive archive;
+    archive.load_from(path.string());
+    model.load(archive);
+  } catch (const c10::Error& e) {
+    throw Error(path.string() + ": weights do not fit this pipeline's model: " + e.what_without_backtrace());
+  }
+}
+
+bool higher_is_better(const std::string& metric) { return metric != "mae"; }
+
+std::vector<int64_t> label_subset(int64_t n, double fraction, uint64_t seed) {
+  std::vector<int64_t> rows(static_cast<size_t>(n));
+  std::iota(rows.begin(), rows.end(), 0);
+  if (fraction >= 1.0) return rows;
+  std::mt19937_64 rng(seed ^ 0x6c6162656cULL);  // "label": its own stream, independent of shuffling
+  std::shuffle(rows.begin(), rows.end(), rng);
+  rows.resize(static_cast<size_t>(std::max<int64_t>(1, std::llround(fraction * static_cast<double>(n)))));
+  std::sort(rows.begin(), rows.end());
+  return rows;
+}
+
+std::unique_ptr<torch::optim::Optimizer> make_optimizer(const nlohmann::json& opt,
+                                                        const std::vector<ParameterGroup>& groups) {
+  const std::string name = opt.at("name");
+  const double lr = opt.at("lr"), wd = opt.at("weight_decay"), momentum = opt.at("momentum");
+  std::vector<torch::optim::OptimizerParamGroup> params;
+  for (const auto& g : groups) {
+    if (g.frozen) continue;
+    const double group_lr = g.lr.value_or(lr);
+    if (name == "adam") {
+      params.emplace_back(g.parameters, std::make_unique<torch::optim::AdamOptions>(
+                                            torch::optim::AdamOptions(group_lr).weight_decay(wd)));
+    } else if (name == "adamw") {
+      params.emplace_back(g.parameters, std::make_unique<torch::optim::AdamWOptions>(
+                                            torch::optim::AdamWOptions(group_lr).weight_decay(wd)));
+    } else {
+      params.emplace_back(g.parameters, std::make_unique<torch::optim::SGDOptions>(
+                                            torch::optim::SGDOptions(group_lr).weight_decay(wd).momentum(momentum)));
+    }
+  }
+  if (params.empty()) throw Error("every parameter group is frozen: nothing to train");
+  if (name == "adam") return std::make_unique<torch::optim::Adam>(params, torch::optim::AdamOptions(lr));
+  if (name == "adamw") return std::make_unique<torch::optim::AdamW>(params, torch::optim::AdamWOptions(lr));
+  return std::make_unique<torch::optim::SGD>(params, torch::optim::SGDOptions(lr));
+}
+
+std::string join(const std::vector<std::string>& v) {
+  std::string out;
+  for (const auto& s : v) out += (out.empty() ? "" : ",") + s;
+  return out;
+}
+
+c10::Device device_of(const nlohmann::json& doc) {
+  const std::string d = doc.at("train").at("device");
+  c10::Device device(d);
+  if (device.is_cuda() && !torch::cuda::is_available()) {
+    throw Error("/train/device: \"" + d + "\" requested, but this LibTorch build has no usable CUDA device");
+  }
+  return device;
+}
+
+nlohmann::json plugin_versions(const PluginRegistry& registry, const nlohmann::json& doc) {
+  nlohmann::json out = nlohmann::json::object();
+  auto add = [&](const std::string& name) {
+    const LoadedPlugin& lp = const_cast<PluginRegistry&>(registry).load(name);
+    out[name] = {{"version", lp.manifest.version}, {"sha256", lp.sha256},
+                 {"abi", std::to_string(lp.descriptor->abi_major) + "." + std::to_string(lp.descriptor->abi_minor)}};
+  };
+  for (const auto& [m, spec] : doc.at("modalities").items()) add(spec.at("plugin"));
+  add(doc.at("fusion").at("plugin"));
+  add(doc.at("transfer").at("plugin"));
+  return out;
+}
+
+std::vector<std::string> needed_modalities(const BuiltModel& model) {
+  std::set<std::string> s(model.train_modalities.begin(), model.train_modalities.end());
+  s.insert(model.test_modalities.begin(), model.test_modalities.end());
+  std::vector<std::string> out;
+  for (const auto& m : model.modalities) {
+    if (s.count(m.name)) out.push_back(m.name);
+  }
+  return out;
+}
+
+std::vector<ModalityBinding> bindings_for(const BuiltModel& model, const std::vector<std::string>& names) {
+  std::vector<ModalityBinding> out;
+  for (const auto& m : model.modalities) {
+    if (std::find(names.begin(), names.end(), m.name) != names.end()) out.push_back(m);
+  }
+  return out;
+}
+
+}  // namespace
+
+std::map<std::string, TaskSpec> resolve_tasks(const nlohmann::json& pipeline, const Dataset& dataset) {
+  std::map<std::string, TaskSpec> tasks;
+  for (const auto& [name, t] : pipeline.at("tasks").items()) {
+    TaskSpec spec;
+    spec.name = name;
+    spec.type = parse_task_type(t.at("type"));
+    spec.target = t.at("target");
+    spec.metrics = t.at("metrics").get<std::vector<std::string>>();
+    const nlohmann::json& field = dataset.field(spec.target);
+    if (spec.type == TaskType::kMulticlass || spec.type == TaskType::kBinary || spec.type == TaskType::kMultilabel) {
+      if (field.at("type") != "label") {
+        throw Error("/tasks/" + name + "/target: field \"" + spec.target + "\" of " + dataset.file().string() +
+                    " is of type " + field.at("type").get<std::string>() + ", a " + to_string(spec.type) +
+                    " task needs a label field");
+      }
+      spec.labels = dataset.labels(spec.target);
+      spec.num_outputs = spec.type == TaskType::kBinary ? 1 : static_cast<int64_t>(spec.labels.size());
+      if (spec.type == TaskType::kBinary && spec.labels.size() != 2) {
+        throw Error("/tasks/" + name + "/type: binary needs exactly 2 labels, field \"" + spec.target + "\" has " +
+                    std::to_string(spec.labels.size()));
+      }
+    } else {
+      spec.num_outputs = 1;
+    }
+    tasks.emplace(name, std::move(spec));
+  }
+  return tasks;
+}
+
+BuiltModel build_model(const ResolvedPipeline& pipeline, PluginRegistry& registry, const Dataset& dataset,
+                       HostContext& context) {
+  const nlohmann::json& doc = pipeline.doc;
+  BuiltModel model;
+  model.tasks = resolve_tasks(doc, dataset);
+  const int64_t d_model = doc.at("d_model");
+  std::vector<std::string> names;
+  for (const auto& [m, spec] : doc.at("modalities").items()) names.push_back(m);
+
+  auto args_for = [&](const std::string& pointer, const nlohmann::json& component, const std::string& instance) {
+    CreateArgs args;
+    args.config = Config(component.at("config"), pointer + "/config");
+    args.context = &context;
+    args.instance = instance;
+    args.d_model = d_model;
+    args.modalities = names;
+    return args;
+  };
+
+  ModelParts parts;
+  parts.d_model = d_model;
+  std::map<std::string, int64_t> widths;
+  for (const auto& [m, spec] : doc.at("modalities").items()) {
+    const std::string plugin = spec.at("plugin");
+    auto made = registry.create<ModalityPlugin>(plugin, MODALKIT_KIND_MODALITY,
+                                                args_for("/modalities/" + m, spec, m), pin_of(spec));
+    context.add_component(m, made);
+    model.modalities.push_back(ModalityBinding{m, spec.at("field"), made});
+    auto encoder = guard(plugin, [&] { return made->make_encoder(); });
+    if (!encoder) throw PluginError(plugin, "make_encoder() returned nothing");
+    parts.encoders.emplace(m, EncoderRef(encoder, plugin));
+    widths[m] = d_model;
+  }
+  const auto& fusion_spec = doc.at("fusion");
+  CreateArgs fusion_args = args_for("/fusion", fusion_spec, "fusion");
+  fusion_args.input_widths = widths;
+  model.fusion = registry.create<FusionOperator>(fusion_spec.at("plugin"), MODALKIT_KIND_FUSION, fusion_args,
+                                                 pin_of(fusion_spec));
+  context.add_component("fusion", model.fusion);
+  parts.fusion = FusionRef(model.fusion, fusion_spec.at("plugin"));
+  const int64_t fused_width = guard(model.fusion->plugin_name(), [&] { return model.fusion->output_width(); });
+  for (const auto& [name, spec] : model.tasks) parts.heads.emplace(name, make_task_head(spec, fused_width));
+
+  const auto& transfer = doc.at("transfer");
+  model.strategy = registry.create<TransferStrategy>(transfer.at("plugin"), MODALKIT_KIND_TRANSFER,
+                                                     args_for("/transfer", transfer, "transfer"), pin_of(transfer));
+  context.add_component("transfer", model.strategy);
+  const std::string sp = model.strategy->plugin_name();
+  guard(sp, [&] { model.strategy->build(parts); });
+  model.train_modalities = guard(sp, [&] { return model.strategy->modalities_at_train(); });
+  model.test_modalities = guard(sp, [&] { return model.strategy->modalities_at_test(); });
+  for (const auto* list : {&model.train_modalities, &model.test_modalities}) {
+    for (const auto& m : *list) {
+      if (std::find(names.begin(), names.end(), m) == names.end()) {
+        throw PluginError(sp, "needs modality \"" + m + "\", which the pipeline does not declare");
+      }
+    }
+  }
+  model.strategy->to(context.device());
+  return model;
+}
+
+nlohmann::json train(const ResolvedPipeline& pipeline, PluginRegistry& registry, const TrainOptions& options) {
+  const nlohmann::json& doc = pipeline.doc;
+  const nlohmann::json& tr = doc.at("train");
+  const uint64_t seed = doc.at("seed");
+  torch::manual_seed(seed);
+  at::set_num_threads(tr.at("threads"));
+  const int loader_threads = tr.at("loader_threads");
+  const int64_t batch_size = tr.at("batch_size");
+  const c10::Device device = device_of(doc);
+  auto log = spdlog::default_logger();
+
+  fs::create_directories(options.out);
+  Dataset dataset = Dataset::open(pipeline.dataset);
+  HostContext context(log, seed, device, options.out);
+  BuiltModel model = build_model(pipeline, registry, dataset, context);
+  TransferStrategy& strategy = *model.strategy;
+  const std::string sp = strategy.plugin_name();
+
+  const auto& splits = doc.at("data").at("splits");
+  const std::string train_split = splits.at("train"), val_split = splits.at("val");
+  const std::string eval_split = splits.at(doc.at("evaluate").at("split").get<std::string>());
+  const std::vector<std::string> needed = needed_modalities(model);
+  const auto bindings = bindings_for(model, needed);
+
+  const auto t0 = std::chrono::steady_clock::now();
+  const auto train_rows = label_subset(static_cast<int64_t>(dataset.samples(train_split).size()),
+                                       doc.at("data").at("label_fraction"), seed);
+  SplitFeatures train_f = SplitFeatures::build(dataset, train_split, bindings, model.tasks, loader_threads,
+                                               /*fit=*/true, train_rows);
+  SplitFeatures val_f = SplitFeatures::build(dataset, val_split, bindings, model.tasks, loader_threads, false);
+  SplitFeatures eval_f = eval_split == val_split
+                             ? val_f
+                             : SplitFeatures::build(dataset, eval_split, bindings, model.tasks, loader_threads, false);
+  log->info("loaded {} train / {} {} / {} {} samples in {:.1f} s", train_f.size(), val_f.size(), val_split,
+            eval_f.size(), eval_split,
+            std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+
+  SplitSource source({{train_split, &train_f}, {val_split, &val_f}, {eval_split, &eval_f}}, batch_size, needed, device);
+  guard(sp, [&] { strategy.prepare(source); });
+
+  auto groups = guard(sp, [&] { return strategy.parameter_groups(); });
+  for (auto& g : groups) {
+    for (auto& p : g.parameters) p.set_requires_grad(!g.frozen);
+  }
+  auto optimizer = make_optimizer(tr.at("optimizer"), groups);
+  const double clip = tr.at("grad_clip");
+
+  // Write what identifies the run before training, so a crashed run still says what it was.
+  write_text_atomically(options.out / "pipeline.json", doc.dump(2) + "\n");
+  nlohmann::json run = {{"pipeline", doc.at("name")},
+                        {"pipeline_hash", pipeline.hash},
+                        {"dataset", pipeline.dataset.string()},
+                        {"dataset_sha256", dataset.sha256()},
+                        {"plugins", plugin_versions(registry, doc)},
+                        {"sdk_version", MODALKIT_SDK_VERSION},
+                        {"seed", seed}};
+  write_text_atomically(options.out / "run.json", run.dump(2) + "\n");
+  nlohmann::json fitted = nlohmann::json::object();
+  for (const auto& m : bindings) fitted[m.name] = m.plugin->fitted_state();
+  write_text_atomically(options.out / "fitted_state.json", fitted.dump(2) + "\n");
+
+  HeldOutProtocol protocol(model.tasks);
+  const auto& first_task = *model.tasks.begin();
+  const std::string select_metric = first_task.second.metrics.at(0);
+  double best = 0;
+  int best_epoch = -1;
+  std::ofstream metrics(options.out / "metrics.jsonl", std::ios::trunc);
+  const int epochs = tr.at("epochs");
+  std::mt19937_64 shuffle_rng(seed);
+  for (int epoch = 1; epoch <= epochs; ++epoch) {
+    const auto e0 = std::chrono::steady_clock::now();
+    strategy.train();
+    std::vector<int64_t> order(static_cast<size_t>(train_f.size()));
+    std::iota(order.begin(), order.end(), 0);
+    std::shuffle(order.begin(), order.end(), shuffle_rng);
+    double loss_sum = 0;
+    std::map<std::string, double> term_sums;
+    int64_t steps = 0;
+    for (size_t start = 0; start < order.size(); start += static_cast<size_t>(batch_size)) {
+      std::vector<int64_t> rows(order.begin() + static_cast<long>(start),
+                                order.begin() + static_cast<long>(std::min(order.size(), start + batch_size)));
+      Batch batch = train_f.batch(rows, model.train_modalities).to(device);
+      optimizer->zero_grad();
+      LossTerms terms = guard(sp, [&] { return strategy.loss(batch); });
+      if (terms.empty()) throw PluginError(sp, "loss() returned no terms");
+      at::Tensor total;
+      for (const auto& [name, t] : terms) {
+        if (t.numel() != 1) throw PluginError(sp, "loss term " + name + " is not a scalar");
+        total = total.defined() ? total + t : t;
+        term_sums[name] += t.item<double>();
+      }
+      if (!std::isfinite(total.item<double>())) {
+        throw PluginError(sp, "loss became " + std::to_string(total.item<double>()) + " at epoch " +
+                                  std::to_string(epoch) + ", step " + std::to_string(steps + 1) +
+                                  " (lower train.optimizer.lr or set train.grad_clip)");
+      }
+      total.backward();
+      if (clip > 0) torch::nn::utils::clip_grad_norm_(strategy.parameters(), clip);
+      optimizer->step();
+      loss_sum += total.item<double>();
+      ++steps;
+    }
+    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - e0).count();
+    nlohmann::json val = protocol.evaluate(strategy, source, val_split, model.test_modalities);
+    const double score = val["tasks"][first_task.first][select_metric];
+    const bool improved = best_epoch < 0 || (higher_is_better(select_metric) ? score > best : score < best);
+    if (improved) {
+      best = score;
+      best_epoch = epoch;
+      save_weights(strategy, options.out / "model.pt");
+    }
+    nlohmann::json line = {{"epoch", epoch}, {"train_loss", loss_sum / std::max<int64_t>(steps, 1)},
+                           {"loss_terms", nlohmann::json::object()}, {"val", val["tasks"]},
+                           {"seconds", seconds}, {"samples_per_s", static_cast<double>(train_f.size()) / seconds}};
+    for (const auto& [name, sum] : term_sums) line["loss_terms"][name] = sum / std::max<int64_t>(steps, 1);
+    metrics << line.dump() << "\n" << std::flush;
+    log->info("epoch {}/{}  loss {:.4f}  val {} {:.4f}{}  {:.1f} s", epoch, epochs, line["train_loss"].get<double>(),
+              select_metric, score, improved ? " *" : "", seconds);
+  }
+
+  load_weights(strategy, options.out / "model.pt");
+  guard(sp, [&] { strategy.finalize(source); });
+  save_weights(strategy, options.out / "model.pt");  // finalize state (buffers) goes with the weights
+  std::vector<std::string> eval_modalities = model.test_modalities;
+  if (doc.at("evaluate").contains("modalities")) {
+    eval_modalities = doc.at("evaluate").at("modalities").get<std::vector<std::string>>();
+  }
+  nlohmann::json result = protocol.evaluate(strategy, source, eval_split, eval_modalities);
+  result["best_epoch"] = best_epoch;
+  result["selected_on"] = {{"split", val_split}, {"task", first_task.first}, {"metric", select_metric}, {"value", best}};
+  result["label_fraction"] = doc.at("data").at("label_fraction");
+  result["train_samples"] = train_f.size();
+  write_text_atomically(options.out / "results.json", result.dump(2) + "\n");
+  return result;
+}
+
+nlohmann::json evaluate(const ResolvedPipeline& pipeline, PluginRegistry& registry, const EvalOptions& options) {
+  const nlohmann::json& doc = pipeline.doc;
+  const fs::path run_file = options.run / "run.json";
+  if (!fs::exists(run_file)) throw Error(options.run.string() + ": not a run directory (no run.json)");
+  nlohmann::json run;
+  {
+    std::ifstream in(run_file);
+    run = nlohmann::json::parse(in, nullptr, false);
+    if (run.is_discarded()) throw Error(run_file.string() + ": not valid JSON");
+  }
+  const nlohmann::json now = plugin_versions(registry, doc);
+  for (const auto& [name, info] : run.at("plugins").items()) {
+    if (!now.contains(name)) throw Error(run_file.string() + ": the run used plugin " + name + ", this pipeline does not");
+    if (now[name]["version"] != info["version"]) {
+      throw Error(run_file.string() + ": the run was trained with plugin " + name + " " +
+                  info["version"].get<std::string>() + ", found " + now[name]["version"].get<std::string>());
+    }
+  }
+  const uint64_t seed = doc.at("seed");
+  torch::manual_seed(seed);
+  at::set_num_threads(doc.at("train").at("threads"));
+  const c10::Device device = device_of(doc);
+  Dataset dataset = Dataset::open(pipeline.dataset);
+  HostContext context(spdlog::default_logger(), seed, device, options.run);
+  BuiltModel model = build_model(pipeline, registry, dataset, context);
+
+  std::vector<std::string> modalities = options.modalities.empty() ? model.test_modalities : options.modalities;
+  for (const auto& m : modalities) {
+    bool known = false;
+    for (const auto& b : model.modalities) known = known || b.name == m;
+    if (!known) throw Error("--modalities: \"" + m + "\" is not a modality of " + pipeline.file.string());
+  }
+  std::ifstream fin(options.run / "fitted_state.json");
+  const nlohmann::json fitted = nlohmann::json::parse(fin, nullptr, false);
+  if (fitted.is_discarded()) throw Error((options.run / "fitted_state.json").string() + ": missing or not JSON");
+  for (const auto& m : model.modalities) {
+    if (fitted.contains(m.name)) guard(m.plugin->plugin_name(), [&] { m.plugin->load_fitted_state(fitted.at(m.name)); });
+  }
+  load_weights(*model.strategy, options.run / "model.pt");
+
+  const auto& splits = doc.at("data").at("splits");
+  const std::string split = splits.at(options.split.empty() ? doc.at("evaluate").at("split").get<std::string>() : options.split);
+  SplitFeatures f = SplitFeatures::build(dataset, split, bindings_for(model, modalities), model.tasks,
+                                         doc.at("train").at("loader_threads"), false);
+  SplitSource source({{split, &f}}, doc.at("train").at("batch_size"), modalities, device);
+  HeldOutProtocol protocol(model.tasks);
+  nlohmann::json result = protocol.evaluate(*model.strategy, source, split, modalities);
+  if (run.value("pipeline_hash", "") != pipeline.hash) {
+    result["warning"] = "the pipeline differs from the one the run was trained with";
+  }
+  return result;
+}
+
+}  // namespace modalkit::host

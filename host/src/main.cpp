@@ -1,0 +1,282 @@
+// The `modalkit` command line. Exit codes (docs/architecture.md): 0 success, 1 run failure,
+// 2 usage or validation error, 130 interrupted.
+#include <iostream>
+#include <sstream>
+
+#include <boost/program_options.hpp>
+#include <spdlog/sinks/stdout_color_sinks.h>
+#include <spdlog/spdlog.h>
+
+#include "dataset.hpp"
+#include "engine.hpp"
+#include "modalkit/errors.hpp"
+#include "pipeline.hpp"
+#include "registry.hpp"
+#include "schema/json_file.hpp"
+#include "schema/json_schema.hpp"
+#include "system_info.hpp"
+
+namespace po = boost::program_options;
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+namespace {
+
+constexpr int kOk = 0, kRunFailure = 1, kUsage = 2;
+
+/// A usage error: wrong command, option or argument (exit 2).
+struct UsageError : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+const char* kUsageText =
+    "usage: modalkit [--plugin-path DIR]... [-v|-q] COMMAND [ARGS]\n"
+    "\n"
+    "commands:\n"
+    "  --version                          versions, threads and the BLAS in use\n"
+    "  plugins list [--json]              plugins found (manifests only, nothing loaded)\n"
+    "  plugins describe NAME [--json]     a plugin's manifest, config schema and defaults\n"
+    "  validate PIPELINE.json             check a pipeline; errors as JSON pointers\n"
+    "  train PIPELINE.json --out DIR [--set path=value]...\n"
+    "  eval PIPELINE.json --run DIR [--modalities a,b] [--split NAME] [--json]\n"
+    "\n"
+    "plugins are searched in --plugin-path, then MODALKIT_PLUGIN_PATH, then the install dir.\n"
+    "exit codes: 0 ok, 1 run failure, 2 usage or validation error, 130 interrupted\n";
+
+std::vector<std::string> split_commas(const std::string& s) {
+  std::vector<std::string> out;
+  std::stringstream ss(s);
+  std::string item;
+  while (std::getline(ss, item, ',')) {
+    if (!item.empty()) out.push_back(item);
+  }
+  return out;
+}
+
+/// Parses a subcommand's options; positional arguments land in "args".
+po::variables_map parse(const std::vector<std::string>& argv, po::options_description opts, int max_args) {
+  opts.add_options()("args", po::value<std::vector<std::string>>()->multitoken(), "");
+  po::positional_options_description pos;
+  pos.add("args", -1);
+  po::variables_map vm;
+  po::store(po::command_line_parser(argv).options(opts).positional(pos).run(), vm);
+  po::notify(vm);
+  const auto n = vm.count("args") ? vm["args"].as<std::vector<std::string>>().size() : 0;
+  if (static_cast<int>(n) > max_args) throw UsageError("too many arguments");
+  return vm;
+}
+
+std::vector<std::string> args_of(const po::variables_map& vm) {
+  return vm.count("args") ? vm["args"].as<std::vector<std::string>>() : std::vector<std::string>{};
+}
+
+std::string need_arg(const po::variables_map& vm, size_t i, const char* what) {
+  auto a = args_of(vm);
+  if (a.size() <= i) throw UsageError(std::string("missing ") + what);
+  return a[i];
+}
+
+int cmd_plugins(const std::vector<std::string>& argv, modalkit::host::PluginRegistry& registry) {
+  po::options_description opts;
+  opts.add_options()("json", "machine-readable output");
+  auto vm = parse(argv, opts, 2);
+  const std::string sub = need_arg(vm, 0, "plugins subcommand (list or describe)");
+  const bool as_json = vm.count("json") != 0;
+  for (const auto& p : registry.problems()) {
+    spdlog::warn("skipped {}: {}", p.file.string(), p.message);
+  }
+  if (sub == "list") {
+    if (args_of(vm).size() != 1) throw UsageError("plugins list takes no argument");
+    json list = json::array();
+    for (const auto& [name, m] : registry.manifests()) {
+      list.push_back({{"name", name}, {"kind", m.kind}, {"version", m.version},
+                      {"abi", {{"major", m.abi_major}, {"minor", m.abi_minor}}},
+                      {"manifest", m.file.string()}, {"library", m.library_path().string()},
+                      {"description", m.description}});
+    }
+    if (as_json) {
+      std::cout << list.dump(2) << "\n";
+    } else {
+      std::printf("%-14s %-10s %-9s %-5s %s\n", "NAME", "KIND", "VERSION", "ABI", "MANIFEST");
+      for (const auto& p : list) {
+        std::printf("%-14s %-10s %-9s %-5s %s\n", p["name"].get<std::string>().c_str(),
+                    p["kind"].get<std::string>().c_str(), p["version"].get<std::string>().c_str(),
+                    (std::to_string(p["abi"]["major"].get<int>()) + "." + std::to_string(p["abi"]["minor"].get<int>())).c_str(),
+                    p["manifest"].get<std::string>().c_str());
+      }
+      if (list.empty()) {
+        std::cout << "no plugins found; searched:";
+        for (const auto& d : registry.search_path()) std::cout << " " << d.string();
+        std::cout << "\n";
+      }
+    }
+    return kOk;
+  }
+  if (sub == "describe") {
+    const std::string name = need_arg(vm, 1, "plugin NAME");
+    const auto* m = registry.find(name);
+    if (m == nullptr) {
+      std::string known;
+      for (const auto& n : registry.names()) known += (known.empty() ? "" : ", ") + n;
+      throw UsageError("unknown plugin \"" + name + "\" (known: " + (known.empty() ? "none" : known) + ")");
+    }
+    json defaults = json::object();
+    modalkit::schema::JsonSchema::compile(m->config_schema, m->file.string()).fill_defaults(defaults);
+    if (as_json) {
+      json out = m->raw;
+      out["manifest_file"] = m->file.string();
+      out["config_defaults"] = defaults;
+      std::cout << out.dump(2) << "\n";
+    } else {
+      std::cout << m->name << " " << m->version << " (" << m->kind << ", SDK ABI " << m->abi_major << "."
+                << m->abi_minor << ")\n"
+                << m->description << "\n\nmanifest: " << m->file.string() << "\nlibrary:  "
+                << m->library_path().string() << "\n\nconfig schema:\n"
+                << m->config_schema.dump(2) << "\n\nconfig defaults:\n"
+                << defaults.dump(2) << "\n";
+    }
+    return kOk;
+  }
+  throw UsageError("unknown plugins subcommand \"" + sub + "\" (expected list or describe)");
+}
+
+int cmd_validate(const std::vector<std::string>& argv, modalkit::host::PluginRegistry& registry) {
+  auto vm = parse(argv, po::options_description(), 1);
+  const fs::path file = need_arg(vm, 0, "PIPELINE.json");
+  auto pipeline = modalkit::host::load_pipeline(file, {}, registry);
+  // The data set and the tasks' targets are part of a pipeline's validity.
+  auto dataset = modalkit::host::Dataset::open(pipeline.dataset);
+  modalkit::host::resolve_tasks(pipeline.doc, dataset);
+  std::cout << file.string() << ": valid (pipeline \"" << pipeline.doc["name"].get<std::string>() << "\", "
+            << pipeline.doc["modalities"].size() << " modalities, data set " << pipeline.dataset.string() << ")\n";
+  return kOk;
+}
+
+void print_result(const json& result, const std::string& what) {
+  for (const auto& [task, metrics] : result["tasks"].items()) {
+    for (const auto& [metric, value] : metrics.items()) {
+      std::printf("%s %s: %s = %.4f (%s split, %lld samples, modalities %s)\n", what.c_str(), task.c_str(),
+                  metric.c_str(), value.get<double>(), result["split"].get<std::string>().c_str(),
+                  static_cast<long long>(result["samples"].get<int64_t>()), result["modalities"].dump().c_str());
+    }
+  }
+}
+
+int cmd_train(const std::vector<std::string>& argv, modalkit::host::PluginRegistry& registry) {
+  po::options_description opts;
+  opts.add_options()("out", po::value<std::string>(), "run directory")(
+      "set", po::value<std::vector<std::string>>()->composing(), "override path=value");
+  auto vm = parse(argv, opts, 1);
+  const fs::path file = need_arg(vm, 0, "PIPELINE.json");
+  if (!vm.count("out")) throw UsageError("train needs --out DIR");
+  auto sets = vm.count("set") ? vm["set"].as<std::vector<std::string>>() : std::vector<std::string>{};
+  auto pipeline = modalkit::host::load_pipeline(file, sets, registry);
+  modalkit::host::TrainOptions options{vm["out"].as<std::string>()};
+  json result = modalkit::host::train(pipeline, registry, options);
+  print_result(result, "held-out");
+  std::cout << "run: " << options.out.string() << "\n";
+  return kOk;
+}
+
+int cmd_eval(const std::vector<std::string>& argv, modalkit::host::PluginRegistry& registry) {
+  po::options_description opts;
+  opts.add_options()("run", po::value<std::string>(), "run directory")(
+      "modalities", po::value<std::string>(), "comma-separated modalities present")(
+      "split", po::value<std::string>(), "split role: train, val or test")("json", "print JSON");
+  auto vm = parse(argv, opts, 1);
+  const fs::path file = need_arg(vm, 0, "PIPELINE.json");
+  if (!vm.count("run")) throw UsageError("eval needs --run DIR");
+  auto pipeline = modalkit::host::load_pipeline(file, {}, registry);
+  modalkit::host::EvalOptions options;
+  options.run = vm["run"].as<std::string>();
+  if (vm.count("modalities")) options.modalities = split_commas(vm["modalities"].as<std::string>());
+  if (vm.count("split")) {
+    options.split = vm["split"].as<std::string>();
+    if (options.split != "train" && options.split != "val" && options.split != "test") {
+      throw UsageError("--split must be train, val or test (got \"" + options.split + "\")");
+    }
+  }
+  json result = modalkit::host::evaluate(pipeline, registry, options);
+  if (vm.count("json")) {
+    std::cout << result.dump(2) << "\n";
+  } else {
+    print_result(result, "eval");
+  }
+  if (result.contains("warning")) spdlog::warn("{}", result["warning"].get<std::string>());
+  return kOk;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  auto logger = spdlog::stderr_color_mt("modalkit");
+  logger->set_pattern("%^[%l]%$ %v");
+  spdlog::set_default_logger(logger);
+
+  std::vector<std::string> plugin_paths;
+  std::vector<std::string> rest;
+  bool version = false;
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    if (rest.empty() && a == "--plugin-path") {
+      if (i + 1 >= argc) {
+        std::cerr << "modalkit: --plugin-path needs a directory\n" << kUsageText;
+        return kUsage;
+      }
+      plugin_paths.push_back(argv[++i]);
+    } else if (rest.empty() && a.rfind("--plugin-path=", 0) == 0) {
+      plugin_paths.push_back(a.substr(14));
+    } else if (rest.empty() && (a == "-v" || a == "--verbose")) {
+      spdlog::set_level(spdlog::level::debug);
+    } else if (rest.empty() && (a == "-q" || a == "--quiet")) {
+      spdlog::set_level(spdlog::level::warn);
+    } else if (rest.empty() && a == "--version") {
+      version = true;
+    } else if (rest.empty() && (a == "-h" || a == "--help")) {
+      std::cout << kUsageText;
+      return kOk;
+    } else {
+      rest.push_back(a);
+    }
+  }
+  if (version) {
+    std::cout << modalkit::host::version_text();
+    return kOk;
+  }
+  if (rest.empty()) {
+    std::cerr << kUsageText;
+    return kUsage;
+  }
+  const std::string command = rest[0];
+  const std::vector<std::string> sub(rest.begin() + 1, rest.end());
+  try {
+    modalkit::host::PluginRegistry registry(modalkit::host::plugin_search_path(plugin_paths));
+    if (command == "plugins") return cmd_plugins(sub, registry);
+    if (command == "validate") return cmd_validate(sub, registry);
+    if (command == "train") return cmd_train(sub, registry);
+    if (command == "eval") return cmd_eval(sub, registry);
+    throw UsageError("unknown command \"" + command + "\"");
+  } catch (const UsageError& e) {
+    std::cerr << "modalkit " << command << ": " << e.what() << "\n\n" << kUsageText;
+    return kUsage;
+  } catch (const po::error& e) {
+    std::cerr << "modalkit " << command << ": " << e.what() << "\n";
+    return kUsage;
+  } catch (const modalkit::schema::ValidationFailed& e) {
+    std::cerr << e.what();
+    if (std::string(e.what()).back() != '\n') std::cerr << "\n";
+    return kUsage;
+  } catch (const modalkit::schema::JsonFileError& e) {
+    std::cerr << "modalkit: " << e.what() << "\n";
+    return kUsage;
+  } catch (const modalkit::DataError& e) {
+    std::cerr << "modalkit: " << e.what() << "\n";
+    return command == "validate" ? kUsage : kRunFailure;
+  } catch (const c10::Error& e) {
+    std::cerr << "modalkit: " << e.what_without_backtrace() << "\n";
+    return kRunFailure;
+  } catch (const std::exception& e) {
+    std::cerr << "modalkit: " << e.what() << "\n";
+    return kRunFailure;
+  }
+}

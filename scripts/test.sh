@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Set-up, then the whole test suite:
+#   build/       release build: suites unit (SDK, host, plugins), e2e (CLI), install (the
+#                third-party template against the installed SDK), fuzz (short libFuzzer runs)
+#   build-asan/  SDK and host with AddressSanitizer + UndefinedBehaviorSanitizer: suite unit
+set -euo pipefail
+cd "$(dirname "$0")/.."
+./scripts/setup.sh
+
+meson test -C build --print-errorlogs --num-processes 2
+
+if [ ! -f build-asan/build.ninja ]; then
+  meson setup build-asan --buildtype=debugoptimized -Db_sanitize=address,undefined -Db_lundef=false \
+    -Dplugins=false
+fi
+meson compile -C build-asan
+meson test -C build-asan --setup asan --suite unit --print-errorlogs --num-processes 2
+echo "all test suites passed"

@@ -1,0 +1,46 @@
+/// \file
+/// Small layers and functions every plugin would otherwise write again.
+#pragma once
+
+#include <cstdint>
+
+#include <torch/nn/module.h>
+#include <torch/nn/modules/linear.h>
+#include <torch/nn/pimpl.h>
+
+#include "modalkit/batch.hpp"
+
+namespace modalkit {
+
+/// Mean over the real tokens of `seq` → `[B, D]`. A sample with no real token (all modalities
+/// absent) gets zeros; this is the one place where zeros stand for "nothing", and the mask
+/// says so.
+at::Tensor masked_mean_pool(const Sequence& seq);
+
+/// `mask` `[B, T]` with the rows of absent samples (`present[b] == false`) cleared. An
+/// undefined `present` means all present.
+at::Tensor apply_presence(const at::Tensor& mask, const at::Tensor& present);
+
+/// Options of Projection.
+struct ProjectionOptions {
+  /// Creates options projecting from `in` features to `out` features.
+  ProjectionOptions(int64_t in, int64_t out) : in_(in), out_(out) {}
+  TORCH_ARG(int64_t, in);   ///< input width
+  TORCH_ARG(int64_t, out);  ///< output width (usually the pipeline's d_model)
+};
+
+/// Projects an encoder's native width to the pipeline's d_model: a Linear layer, or the
+/// identity when the widths already agree (so no parameters are wasted).
+class ProjectionImpl : public torch::nn::Module {
+ public:
+  /// Builds the projection.
+  explicit ProjectionImpl(const ProjectionOptions& options);
+  /// `[..., in]` → `[..., out]`.
+  at::Tensor forward(const at::Tensor& x);
+
+ private:
+  torch::nn::Linear linear_{nullptr};
+};
+TORCH_MODULE(Projection);
+
+}  // namespace modalkit

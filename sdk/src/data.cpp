@@ -1,0 +1,66 @@
+// Batches and the default behaviour of modality plugins.
+#include <ATen/ATen.h>
+
+#include "modalkit/batch.hpp"
+#include "modalkit/errors.hpp"
+#include "modalkit/modality.hpp"
+
+namespace modalkit {
+
+namespace {
+at::Tensor moved(const at::Tensor& t, const c10::Device& device) {
+  return t.defined() ? t.to(device, /*non_blocking=*/true) : t;
+}
+}  // namespace
+
+ModalityInput ModalityInput::to(const c10::Device& device) const {
+  return ModalityInput{moved(data, device), moved(mask, device), moved(present, device)};
+}
+
+int64_t Batch::size() const {
+  if (index.defined()) return index.size(0);
+  for (const auto& [name, input] : inputs) {
+    if (input.data.defined()) return input.data.size(0);
+  }
+  for (const auto& [name, target] : targets) return target.size(0);
+  return 0;
+}
+
+Batch Batch::to(const c10::Device& device) const {
+  Batch out;
+  for (const auto& [name, input] : inputs) out.inputs.emplace(name, input.to(device));
+  for (const auto& [name, target] : targets) out.targets.emplace(name, moved(target, device));
+  out.task_id = task_id;
+  out.index = moved(index, device);
+  return out;
+}
+
+Encoder::~Encoder() = default;
+ModalityPlugin::~ModalityPlugin() = default;
+
+void ModalityPlugin::fit(const std::vector<RawValue>& /*train*/) {}
+
+nlohmann::json ModalityPlugin::fitted_state() const { return nullptr; }
+
+void ModalityPlugin::load_fitted_state(const nlohmann::json& /*state*/) {}
+
+RawValue ModalityPlugin::perturb(const RawValue& raw, double /*level*/,
+                                 std::mt19937_64& /*rng*/) const {
+  return raw;
+}
+
+ModalityInput ModalityPlugin::collate(const std::vector<at::Tensor>& features) const {
+  if (features.empty()) throw Error("collate: empty batch");
+  for (size_t i = 1; i < features.size(); ++i) {
+    if (features[i].sizes() != features[0].sizes()) {
+      throw Error("collate: features of different shapes in one batch (" +
+                  c10::str(features[0].sizes()) + " vs " + c10::str(features[i].sizes()) +
+                  "); a variable-length modality must override collate()");
+    }
+  }
+  ModalityInput input;
+  input.data = at::stack(features);
+  return input;
+}
+
+}  // namespace modalkit

@@ -1,0 +1,217 @@
+// The `modalkit` binary end to end: versions, plugin listing, validation errors and exit
+// codes, the image → concat → supervised slice trained and evaluated on the embedded set, and
+// failing plugins contained with their names.
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <array>
+#include <cstdio>
+#include <fstream>
+#include <sstream>
+
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+namespace {
+
+struct Result {
+  int rc = -1;
+  std::string out, err;
+};
+
+std::string env(const char* name) {
+  const char* v = std::getenv(name);
+  return v ? v : "";
+}
+
+std::string read_all(const fs::path& p) {
+  std::ifstream in(p);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+/// Runs the CLI with the build's plugin directories on its path.
+Result modalkit(const std::string& args) {
+  const fs::path err_file = fs::current_path() / ("cli-stderr-" + std::to_string(::getpid()));
+  const std::string cmd = "'" + env("MODALKIT_BIN") + "' --plugin-path '" + env("MODALKIT_PLUGIN_BUILD_DIR") +
+                          "' --plugin-path '" + env("MODALKIT_TEST_PLUGIN_DIR") + "' " + args + " 2>'" +
+                          err_file.string() + "'";
+  Result r;
+  FILE* pipe = ::popen(cmd.c_str(), "r");
+  std::array<char, 4096> buf{};
+  size_t n;
+  while ((n = fread(buf.data(), 1, buf.size(), pipe)) > 0) r.out.append(buf.data(), n);
+  const int status = ::pclose(pipe);
+  r.rc = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  r.err = read_all(err_file);
+  fs::remove(err_file);
+  return r;
+}
+
+fs::path source(const std::string& rel) { return fs::path(env("MODALKIT_SOURCE_ROOT")) / rel; }
+
+/// Writes a variant of the slice pipeline (in the build tree, with an absolute dataset path).
+fs::path pipeline_variant(const std::string& name, const std::function<void(json&)>& edit) {
+  json doc = json::parse(read_all(source("examples/pipelines/fashion-mnist-image.json")));
+  doc["data"]["dataset"] = source("data/embedded/fashion-mnist/dataset.json").string();
+  edit(doc);
+  const fs::path file = fs::current_path() / ("pipeline-" + name + "-" + std::to_string(::getpid()) + ".json");
+  std::ofstream(file) << doc.dump(2);
+  return file;
+}
+
+bool has(const std::string& text, const std::string& part) { return text.find(part) != std::string::npos; }
+
+}  // namespace
+
+TEST(Cli, VersionNamesLibTorchThreadsAndBlas) {
+  auto r = modalkit("--version");
+  ASSERT_EQ(r.rc, 0) << r.err;
+  EXPECT_TRUE(has(r.out, "modalkit 0.1.0")) << r.out;
+  EXPECT_TRUE(has(r.out, "LibTorch: 1.13")) << r.out;
+  EXPECT_TRUE(has(r.out, "threads: ")) << r.out;
+  EXPECT_TRUE(has(r.out, "BLAS: ")) << r.out;
+  EXPECT_TRUE(has(r.out, "(ABI 1.0)")) << r.out;
+}
+
+TEST(Cli, PluginsListJsonHasKindVersionAbi) {
+  auto r = modalkit("plugins list --json");
+  ASSERT_EQ(r.rc, 0) << r.err;
+  json list = json::parse(r.out);
+  std::map<std::string, json> by_name;
+  for (const auto& p : list) by_name[p["name"]] = p;
+  for (const auto& [name, kind] : std::map<std::string, std::string>{
+           {"image", "modality"}, {"concat", "fusion"}, {"supervised", "transfer"}}) {
+    ASSERT_TRUE(by_name.count(name)) << r.out;
+    EXPECT_EQ(by_name[name]["kind"], kind);
+    EXPECT_EQ(by_name[name]["version"], "0.1.0");
+    EXPECT_EQ(by_name[name]["abi"]["major"], 1);
+  }
+  // Broken manifests are reported, not fatal.
+  EXPECT_TRUE(has(r.err, "brokenjson.plugin.json")) << r.err;
+}
+
+TEST(Cli, DescribeShowsDefaults) {
+  auto r = modalkit("plugins describe image --json");
+  ASSERT_EQ(r.rc, 0) << r.err;
+  json d = json::parse(r.out);
+  EXPECT_EQ(d["config_defaults"]["height"], 28);
+  EXPECT_EQ(d["config_defaults"]["perturbation"], "noise");
+  auto unknown = modalkit("plugins describe nosuch");
+  EXPECT_EQ(unknown.rc, 2);
+  EXPECT_TRUE(has(unknown.err, "unknown plugin \"nosuch\" (known: ")) << unknown.err;
+}
+
+TEST(Cli, ValidateAcceptsTheExample) {
+  auto r = modalkit("validate '" + source("examples/pipelines/fashion-mnist-image.json").string() + "'");
+  EXPECT_EQ(r.rc, 0) << r.err;
+  EXPECT_TRUE(has(r.out, "valid")) << r.out;
+}
+
+TEST(Cli, ValidateReportsEveryErrorAsPointersWithExit2) {
+  auto file = pipeline_variant("bad", [](json& d) {
+    d["train"]["epochs"] = "five";
+    d["train"]["epoch"] = 3;
+    d.erase("transfer");
+    d["fusion"]["plugin"] = "nosuchfusion";
+  });
+  auto r = modalkit("validate '" + file.string() + "'");
+  EXPECT_EQ(r.rc, 2);
+  EXPECT_TRUE(has(r.err, "/train/epochs")) << r.err;
+  EXPECT_TRUE(has(r.err, "\"five\"")) << r.err;
+  EXPECT_TRUE(has(r.err, "epoch")) << r.err;
+  EXPECT_TRUE(has(r.err, "transfer")) << r.err;
+  EXPECT_TRUE(has(r.err, file.filename().string())) << r.err;
+  fs::remove(file);
+}
+
+TEST(Cli, ValidateChecksPluginConfigsAndPlugins) {
+  auto file = pipeline_variant("config", [](json& d) {
+    d["modalities"]["image"]["config"]["height"] = "28";
+    d["fusion"]["plugin"] = "nosuchfusion";
+  });
+  auto r = modalkit("validate '" + file.string() + "'");
+  EXPECT_EQ(r.rc, 2);
+  EXPECT_TRUE(has(r.err, "/modalities/image/config/height")) << r.err;
+  EXPECT_TRUE(has(r.err, "/fusion/plugin")) << r.err;
+  EXPECT_TRUE(has(r.err, "nosuchfusion")) << r.err;
+  fs::remove(file);
+}
+
+TEST(Cli, ValidateChecksTheTaskTarget) {
+  auto file = pipeline_variant("target", [](json& d) { d["tasks"]["label"]["target"] = "colour"; });
+  auto r = modalkit("validate '" + file.string() + "'");
+  EXPECT_EQ(r.rc, 2);
+  EXPECT_TRUE(has(r.err, "has no field \"colour\"")) << r.err;
+  fs::remove(file);
+}
+
+TEST(Cli, UsageErrorsExit2) {
+  EXPECT_EQ(modalkit("frobnicate").rc, 2);
+  auto r = modalkit("train '" + source("examples/pipelines/fashion-mnist-image.json").string() + "'");
+  EXPECT_EQ(r.rc, 2);
+  EXPECT_TRUE(has(r.err, "train needs --out DIR")) << r.err;
+  EXPECT_EQ(modalkit("validate /nonexistent/pipeline.json").rc, 2);
+}
+
+TEST(Cli, TrainsTheSliceAndEvalReproducesIt) {
+  const fs::path run = fs::current_path() / ("run-slice-" + std::to_string(::getpid()));
+  fs::remove_all(run);
+  const std::string pipeline = source("examples/pipelines/fashion-mnist-image.json").string();
+  auto r = modalkit("train '" + pipeline + "' --out '" + run.string() + "' --set train.epochs=3");
+  ASSERT_EQ(r.rc, 0) << r.err;
+  EXPECT_TRUE(has(r.out, "held-out label: accuracy = ")) << r.out;
+  for (const char* f : {"pipeline.json", "run.json", "metrics.jsonl", "model.pt", "results.json", "fitted_state.json"}) {
+    EXPECT_TRUE(fs::exists(run / f)) << f;
+  }
+  json results = json::parse(read_all(run / "results.json"));
+  const double acc = results["tasks"]["label"]["accuracy"];
+  EXPECT_GT(acc, 0.6);  // chance is 0.1
+  EXPECT_EQ(results["samples"], 1000);
+  json resolved = json::parse(read_all(run / "pipeline.json"));
+  EXPECT_EQ(resolved["train"]["epochs"], 3);  // --set took effect, defaults filled in
+  EXPECT_EQ(resolved["train"]["optimizer"]["weight_decay"], 0);
+  json runinfo = json::parse(read_all(run / "run.json"));
+  EXPECT_EQ(runinfo["plugins"]["image"]["sha256"].get<std::string>().size(), 64u);
+  std::ifstream metrics(run / "metrics.jsonl");
+  int lines = 0;
+  for (std::string line; std::getline(metrics, line);) ++lines;
+  EXPECT_EQ(lines, 3);
+
+  auto e = modalkit("eval '" + pipeline + "' --run '" + run.string() + "' --json");
+  ASSERT_EQ(e.rc, 0) << e.err;
+  json ev = json::parse(e.out);
+  EXPECT_DOUBLE_EQ(ev["tasks"]["label"]["accuracy"].get<double>(), acc);
+  fs::remove_all(run);
+}
+
+TEST(Cli, ThrowingPluginsAreContainedAndNamed) {
+  for (const std::string fail : {"construct", "forward"}) {
+    auto file = pipeline_variant("faulty-" + fail, [&](json& d) {
+      d["fusion"] = {{"plugin", "faulty"}, {"config", {{"fail", fail}}}};
+      d["train"]["epochs"] = 1;
+    });
+    const fs::path run = fs::current_path() / ("run-faulty-" + fail);
+    auto r = modalkit("train '" + file.string() + "' --out '" + run.string() + "'");
+    EXPECT_EQ(r.rc, 1) << fail;
+    EXPECT_TRUE(has(r.err, "plugin faulty: ")) << r.err;
+    EXPECT_TRUE(has(r.err, fail == "construct" ? "constructor failed on purpose" : "forward failed on purpose"))
+        << r.err;
+    fs::remove(file);
+    fs::remove_all(run);
+  }
+}
+
+TEST(Cli, MismatchedPluginIsRefusedWithBothVersions) {
+  auto file = pipeline_variant("badabi", [](json& d) { d["fusion"] = {{"plugin", "badabi"}}; });
+  auto r = modalkit("train '" + file.string() + "' --out '" + (fs::current_path() / "run-badabi").string() + "'");
+  EXPECT_EQ(r.rc, 1);
+  EXPECT_TRUE(has(r.err, "plugin badabi: refused by the handshake: SDK ABI major 99 does not match the host's 1"))
+      << r.err;
+  fs::remove(file);
+  fs::remove_all(fs::current_path() / "run-badabi");
+}

@@ -1,0 +1,218 @@
+// The image plugin, loaded through the host like any plugin: decoding against independent
+// encodings (PNG written by stb_image_write, IDX written here), bad input, perturbations,
+// normalisation fitted on train, the encoder's standardized sequence.
+#include <unistd.h>
+
+#include <fstream>
+
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+#include <zlib.h>
+
+#define STB_IMAGE_WRITE_IMPLEMENTATION
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmissing-field-initializers"
+#pragma GCC diagnostic ignored "-Wsign-compare"
+#include <stb/stb_image_write.h>
+#pragma GCC diagnostic pop
+
+#include "modalkit/modality.hpp"
+#include "registry.hpp"
+
+namespace fs = std::filesystem;
+
+namespace {
+
+struct ImageFixture : ::testing::Test {
+  fs::path dir;
+  std::unique_ptr<modalkit::host::PluginRegistry> registry;
+  std::shared_ptr<modalkit::ModalityPlugin> image;
+
+  void SetUp() override {
+    dir = fs::current_path() / ("tmp-image-" + std::to_string(::getpid()));
+    fs::remove_all(dir);
+    fs::create_directories(dir);
+    registry = std::make_unique<modalkit::host::PluginRegistry>(
+        std::vector<fs::path>{std::getenv("MODALKIT_PLUGIN_BUILD_DIR")});
+    image = make({{"height", 8}, {"width", 8}, {"channels", 1}, {"conv_channels", {4, 8}}, {"dropout", 0.0},
+                  {"normalize", true}, {"perturbation", "noise"}});
+  }
+  void TearDown() override { fs::remove_all(dir); }
+
+  std::shared_ptr<modalkit::ModalityPlugin> make(const nlohmann::json& config) {
+    modalkit::CreateArgs args;
+    args.config = modalkit::Config(config, "/modalities/image/config");
+    args.instance = "image";
+    args.d_model = 16;
+    return registry->create<modalkit::ModalityPlugin>("image", MODALKIT_KIND_MODALITY, args);
+  }
+
+  modalkit::RawValue decode(const std::string& ref) {
+    nlohmann::json v = ref;
+    std::string origin = "samples.jsonl:1";
+    return image->decode(modalkit::FieldRef{v, dir, origin});
+  }
+
+  std::string decode_error(const std::string& ref) {
+    try {
+      decode(ref);
+    } catch (const std::exception& e) {
+      return e.what();
+    }
+    return "";
+  }
+
+  void write_idx(const std::string& name, const std::vector<uint8_t>& pixels, uint32_t n, uint32_t rows,
+                 uint32_t cols, bool gz) {
+    std::string bytes;
+    for (uint32_t v : {0x00000803u, n, rows, cols}) {
+      for (int s = 24; s >= 0; s -= 8) bytes += static_cast<char>((v >> s) & 0xff);
+    }
+    bytes.append(pixels.begin(), pixels.end());
+    if (gz) {
+      gzFile f = gzopen((dir / name).c_str(), "wb");
+      gzwrite(f, bytes.data(), static_cast<unsigned>(bytes.size()));
+      gzclose(f);
+    } else {
+      std::ofstream(dir / name, std::ios::binary) << bytes;
+    }
+  }
+};
+
+std::vector<uint8_t> ramp(size_t n) {
+  std::vector<uint8_t> px(n);
+  for (size_t i = 0; i < n; ++i) px[i] = static_cast<uint8_t>((i * 7) % 256);
+  return px;
+}
+
+}  // namespace
+
+TEST_F(ImageFixture, PngRoundTrip) {
+  auto px = ramp(64);
+  ASSERT_TRUE(stbi_write_png((dir / "a.png").c_str(), 8, 8, 1, px.data(), 8));
+  auto raw = decode("a.png");
+  ASSERT_EQ(raw.tensor.sizes(), (std::vector<int64_t>{1, 8, 8}));
+  ASSERT_EQ(raw.tensor.scalar_type(), torch::kUInt8);
+  auto expected = torch::from_blob(px.data(), {1, 8, 8}, torch::kUInt8);
+  EXPECT_TRUE(raw.tensor.equal(expected));
+}
+
+TEST_F(ImageFixture, RgbPngBecomesGreyOrStaysRgb) {
+  std::vector<uint8_t> rgb(8 * 8 * 3, 0);
+  for (size_t i = 0; i < rgb.size(); i += 3) rgb[i] = 255;  // pure red
+  ASSERT_TRUE(stbi_write_png((dir / "red.png").c_str(), 8, 8, 3, rgb.data(), 24));
+  auto grey = decode("red.png");
+  EXPECT_EQ(grey.tensor.size(0), 1);
+  auto colour = make({{"height", 8}, {"width", 8}, {"channels", 3}, {"conv_channels", {4, 8}}, {"dropout", 0.0},
+                      {"normalize", true}, {"perturbation", "noise"}});
+  nlohmann::json v = "red.png";
+  std::string origin = "s:1";
+  auto raw = colour->decode(modalkit::FieldRef{v, dir, origin});
+  ASSERT_EQ(raw.tensor.sizes(), (std::vector<int64_t>{3, 8, 8}));
+  EXPECT_EQ(raw.tensor[0].min().item<int>(), 255);
+  EXPECT_EQ(raw.tensor[1].max().item<int>(), 0);
+}
+
+TEST_F(ImageFixture, IdxPlainAndGzipped) {
+  auto px = ramp(3 * 64);
+  write_idx("x.idx", px, 3, 8, 8, false);
+  write_idx("x.idx.gz", px, 3, 8, 8, true);
+  for (const std::string f : {"x.idx", "x.idx.gz"}) {
+    auto raw = decode(f + "#2");
+    auto expected = torch::from_blob(px.data() + 128, {1, 8, 8}, torch::kUInt8);
+    EXPECT_TRUE(raw.tensor.equal(expected)) << f;
+  }
+  EXPECT_NE(decode_error("x.idx#3").find("index 3 is past the end"), std::string::npos);
+  EXPECT_NE(decode_error("x.idx#-1").find("bad IDX index"), std::string::npos);
+  EXPECT_NE(decode_error("x.idx#two").find("bad IDX index \"two\""), std::string::npos);
+}
+
+TEST_F(ImageFixture, BadInputNamesTheFile) {
+  std::ofstream(dir / "corrupt.png", std::ios::binary) << "\x89PNG\r\n\x1a\nthis is not a png";
+  auto msg = decode_error("corrupt.png");
+  EXPECT_NE(msg.find((dir / "corrupt.png").string()), std::string::npos) << msg;
+  EXPECT_NE(msg.find("not a readable PNG or JPEG"), std::string::npos) << msg;
+
+  auto px = ramp(16 * 16);
+  ASSERT_TRUE(stbi_write_png((dir / "big.png").c_str(), 16, 16, 1, px.data(), 16));
+  msg = decode_error("big.png");
+  EXPECT_NE(msg.find("image is 16x16, the image plugin is configured for 8x8"), std::string::npos) << msg;
+
+  EXPECT_NE(decode_error("missing.png").find("samples.jsonl:1: cannot open image file"), std::string::npos);
+
+  write_idx("trunc.idx", ramp(100), 3, 8, 8, false);  // header says 192 pixel bytes
+  msg = decode_error("trunc.idx#0");
+  EXPECT_NE(msg.find("but the file holds 100"), std::string::npos) << msg;
+
+  write_idx("absurd.idx", ramp(10), 0xFFFFFFFFu, 4000, 4000, false);
+  msg = decode_error("absurd.idx#0");
+  EXPECT_NE(msg.find("beyond this reader's 4 GiB limit"), std::string::npos) << msg;
+
+  nlohmann::json number = 5;
+  std::string origin = "s:9";
+  try {
+    image->decode(modalkit::FieldRef{number, dir, origin});
+    FAIL();
+  } catch (const modalkit::DataError& e) {
+    EXPECT_EQ(std::string(e.what()), "s:9: image field must be a path string, found 5");
+  }
+}
+
+TEST_F(ImageFixture, PerturbationGrowsWithLevelAndIsRepeatable) {
+  modalkit::RawValue raw{torch::full({1, 8, 8}, 128, torch::kUInt8), "", 0};
+  double last = 0;
+  for (double level : {0.1, 0.3, 0.6, 1.0}) {
+    std::mt19937_64 rng(42);
+    auto out = image->perturb(raw, level, rng);
+    double change = (out.tensor.to(torch::kFloat) - raw.tensor.to(torch::kFloat)).abs().mean().item<double>();
+    EXPECT_GT(change, last) << level;
+    last = change;
+    std::mt19937_64 again(42);
+    EXPECT_TRUE(image->perturb(raw, level, again).tensor.equal(out.tensor));
+  }
+  std::mt19937_64 rng(1);
+  EXPECT_TRUE(image->perturb(raw, 0.0, rng).tensor.equal(raw.tensor));
+  auto occl = make({{"height", 8}, {"width", 8}, {"channels", 1}, {"conv_channels", {4, 8}}, {"dropout", 0.0},
+                    {"normalize", true}, {"perturbation", "occlusion"}});
+  std::mt19937_64 r2(3);
+  auto half = occl->perturb(raw, 0.5, r2);
+  EXPECT_EQ((half.tensor == 0).sum().item<int64_t>(), 16);  // a 4x4 square
+}
+
+TEST_F(ImageFixture, NormalisationIsFittedOnTrainOnly) {
+  std::vector<modalkit::RawValue> train = {{torch::full({1, 8, 8}, 0, torch::kUInt8), "", 0},
+                                           {torch::full({1, 8, 8}, 255, torch::kUInt8), "", 0}};
+  image->fit(train);
+  auto state = image->fitted_state();
+  EXPECT_NEAR(state["mean"].get<double>(), 0.5, 1e-12);
+  EXPECT_NEAR(state["std"].get<double>(), 0.5, 1e-12);
+  auto f = image->featurize(train[1]);
+  EXPECT_NEAR(f.mean().item<double>(), 1.0, 1e-6);
+  auto fresh = make({{"height", 8}, {"width", 8}, {"channels", 1}, {"conv_channels", {4, 8}}, {"dropout", 0.0},
+                     {"normalize", true}, {"perturbation", "noise"}});
+  fresh->load_fitted_state(state);
+  EXPECT_TRUE(fresh->featurize(train[1]).equal(f));
+}
+
+TEST_F(ImageFixture, EncoderEmitsOneTokenPerPatch) {
+  auto encoder = image->make_encoder();
+  modalkit::ModalityInput in{torch::randn({3, 1, 8, 8}), {}, torch::ones({3}, torch::kBool)};
+  auto seq = encoder->forward(in);
+  EXPECT_EQ(seq.x.sizes(), (std::vector<int64_t>{3, 4, 16}));  // (8/4)*(8/4) tokens of d_model 16
+  EXPECT_EQ(seq.mask.sizes(), (std::vector<int64_t>{3, 4}));
+  auto names = encoder->named_parameters();
+  EXPECT_TRUE(names.contains("conv1.weight"));
+  EXPECT_TRUE(names.contains("proj.linear.weight"));
+}
+
+TEST_F(ImageFixture, ConfigErrorsNameThePointer) {
+  try {
+    make({{"height", 10}, {"width", 8}, {"channels", 1}, {"conv_channels", {4, 8}}, {"dropout", 0.0},
+          {"normalize", true}, {"perturbation", "noise"}});
+    FAIL();
+  } catch (const modalkit::PluginError& e) {
+    EXPECT_NE(std::string(e.what()).find("/modalities/image/config/height: height and width must be multiples of 4"),
+              std::string::npos)
+        << e.what();
+  }
+}

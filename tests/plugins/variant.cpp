@@ -1,0 +1,19 @@
+// Deliberately mismatched plugin libraries for the loader tests. One source, built several
+// times with different defines (tests/plugins/meson.build), each refused by the host before
+// any C++ type of it is used, so the component itself is a bare Component.
+#include "modalkit/plugin.hpp"
+#include VARIANT_MANIFEST_HEADER
+
+namespace {
+class Inert : public modalkit::Component {
+ public:
+  explicit Inert(const modalkit::CreateArgs& /*args*/) {}
+};
+}  // namespace
+
+#ifndef VARIANT_NO_ENTRY
+MODALKIT_PLUGIN(VARIANT_BINARY_NAME, "0.1.0", kManifest, MODALKIT_FUSION(VARIANT_BINARY_NAME, Inert))
+#else
+// A library without the entry symbol: what a random .so next to a manifest looks like.
+extern "C" __attribute__((visibility("default"))) int not_a_modalkit_plugin() { return 42; }
+#endif

@@ -1,0 +1,180 @@
+// The SDK's own behaviour: config access, batches, pooling and presence, task heads, guards.
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include "modalkit/sdk.hpp"
+
+using modalkit::Config;
+using modalkit::ConfigError;
+
+namespace {
+
+std::string error_of(const std::function<void()>& fn) {
+  try {
+    fn();
+  } catch (const std::exception& e) {
+    return e.what();
+  }
+  return "";
+}
+
+}  // namespace
+
+TEST(Config, TypedAccessAndPointersInErrors) {
+  Config c(nlohmann::json{{"n", 3}, {"lr", 0.5}, {"name", "x"}, {"flag", true}, {"sub", {{"k", 1}}}},
+           "/modalities/image/config");
+  EXPECT_EQ(c.get<int64_t>("n"), 3);
+  EXPECT_DOUBLE_EQ(c.get<double>("lr"), 0.5);
+  EXPECT_DOUBLE_EQ(c.get<double>("n"), 3.0);  // an integer is a number
+  EXPECT_EQ(c.get<std::string>("name"), "x");
+  EXPECT_TRUE(c.get<bool>("flag"));
+  EXPECT_EQ(c.get_or<int64_t>("absent", 7), 7);
+  EXPECT_EQ(c.at("sub").get<int64_t>("k"), 1);
+  EXPECT_EQ(c.at("sub").pointer(), "/modalities/image/config/sub");
+  EXPECT_EQ(error_of([&] { c.get<int64_t>("name"); }),
+            "/modalities/image/config/name: expected integer, found string \"x\"");
+  EXPECT_EQ(error_of([&] { c.get<int64_t>("lr"); }),
+            "/modalities/image/config/lr: expected integer, found number 0.5");
+  EXPECT_EQ(error_of([&] { c.get<std::string>("missing"); }),
+            "/modalities/image/config/missing: missing required value");
+  EXPECT_EQ(error_of([&] { c.get_or<bool>("n", false); }),
+            "/modalities/image/config/n: expected boolean, found number 3");
+  EXPECT_THROW(Config(nlohmann::json::array(), "/x"), ConfigError);
+}
+
+TEST(Config, EscapesKeysInPointers) {
+  Config c(nlohmann::json::object(), "/a");
+  EXPECT_EQ(error_of([&] { c.get<int>("b/c~d"); }), "/a/b~1c~0d: missing required value");
+}
+
+TEST(Batch, SizeAndMoveKeepEverything) {
+  modalkit::Batch b;
+  b.inputs["image"] = {torch::rand({4, 1, 2, 2}), {}, torch::tensor({true, false, true, true})};
+  b.targets["label"] = torch::tensor({0, 1, 2, 3});
+  b.task_id = 3;
+  b.index = torch::arange(4);
+  EXPECT_EQ(b.size(), 4);
+  modalkit::Batch c = b.to(torch::kCPU);
+  EXPECT_EQ(c.task_id, 3);
+  EXPECT_TRUE(c.inputs.at("image").data.equal(b.inputs.at("image").data));
+  EXPECT_FALSE(c.inputs.at("image").mask.defined());
+  EXPECT_TRUE(c.inputs.at("image").present.equal(b.inputs.at("image").present));
+  EXPECT_TRUE(c.has("image"));
+  EXPECT_FALSE(c.has("audio"));
+}
+
+TEST(Layers, MaskedMeanPoolMatchesManualMean) {
+  torch::manual_seed(0);
+  auto x = torch::randn({2, 3, 4});
+  auto mask = torch::tensor({{true, false, true}, {false, false, false}});
+  auto pooled = modalkit::masked_mean_pool({x, mask});
+  auto expected0 = (x[0][0] + x[0][2]) / 2;
+  EXPECT_TRUE(torch::allclose(pooled[0], expected0));
+  EXPECT_TRUE(torch::equal(pooled[1], torch::zeros({4})));  // nothing real: zeros, by the mask
+}
+
+TEST(Layers, PresenceClearsWholeRows) {
+  auto mask = torch::ones({3, 2}, torch::kBool);
+  auto out = modalkit::apply_presence(mask, torch::tensor({true, false, true}));
+  EXPECT_EQ(out.sum().item<int64_t>(), 4);
+  EXPECT_FALSE(out[1].any().item<bool>());
+  EXPECT_TRUE(modalkit::apply_presence(mask, torch::Tensor()).equal(mask));
+}
+
+TEST(Layers, ProjectionIsIdentityWhenWidthsAgree) {
+  modalkit::Projection same(modalkit::ProjectionOptions(8, 8));
+  EXPECT_EQ(same->parameters().size(), 0u);
+  auto x = torch::randn({2, 8});
+  EXPECT_TRUE(same->forward(x).equal(x));
+  modalkit::Projection wider(modalkit::ProjectionOptions(8, 16));
+  EXPECT_EQ(wider->forward(x).sizes(), (std::vector<int64_t>{2, 16}));
+}
+
+TEST(TaskHead, MulticlassLossIsCrossEntropyOfPooledLinear) {
+  torch::manual_seed(1);
+  modalkit::TaskSpec spec{"label", modalkit::TaskType::kMulticlass, "label", {"a", "b", "c"}, 3, {"accuracy"}};
+  auto head = modalkit::make_task_head(spec, 4);
+  auto x = torch::randn({2, 5, 4});
+  auto mask = torch::ones({2, 5}, torch::kBool);
+  auto logits = head->forward({x, mask});
+  ASSERT_EQ(logits.sizes(), (std::vector<int64_t>{2, 3}));
+  // Independent computation: the head's linear layer applied to the plain mean.
+  auto params = head->named_parameters();
+  auto manual = torch::matmul(x.mean(1), params["linear.weight"].t()) + params["linear.bias"];
+  EXPECT_TRUE(torch::allclose(logits, manual, 1e-5, 1e-6));
+  auto targets = torch::tensor({2, 0});
+  auto logp = torch::log_softmax(manual, 1);
+  auto expected = -(logp[0][2] + logp[1][0]) / 2;
+  EXPECT_NEAR(head->loss(logits, targets).item<double>(), expected.item<double>(), 1e-5);
+}
+
+TEST(TaskHead, BinaryAndRegressionShapes) {
+  modalkit::TaskSpec bin{"spam", modalkit::TaskType::kBinary, "y", {"ham", "spam"}, 1, {}};
+  auto head = modalkit::make_task_head(bin, 4);
+  auto out = head->forward({torch::randn({3, 1, 4}), torch::ones({3, 1}, torch::kBool)});
+  EXPECT_EQ(out.sizes(), (std::vector<int64_t>{3}));
+  auto t = torch::tensor({0.0, 1.0, 1.0});
+  auto expected = torch::binary_cross_entropy_with_logits(out, t.to(torch::kFloat));
+  EXPECT_NEAR(head->loss(out, t).item<double>(), expected.item<double>(), 1e-6);
+  modalkit::TaskSpec gen{"caption", modalkit::TaskType::kGeneration, "text", {}, 1, {}};
+  EXPECT_THROW(modalkit::make_task_head(gen, 4), modalkit::Error);
+  EXPECT_EQ(modalkit::parse_task_type("regression"), modalkit::TaskType::kRegression);
+  EXPECT_THROW(modalkit::parse_task_type("ranking"), modalkit::Error);
+}
+
+TEST(Guard, NamesThePluginAndKeepsTheInnermostName) {
+  EXPECT_EQ(error_of([] { modalkit::guard("image", [] { throw std::runtime_error("bad pixel"); }); }),
+            "plugin image: bad pixel");
+  EXPECT_EQ(error_of([] {
+              modalkit::guard("supervised", [] {
+                modalkit::guard("image", [] { throw std::runtime_error("bad pixel"); });
+              });
+            }),
+            "plugin image: bad pixel");
+  // LibTorch errors lose their C++ backtrace on the way.
+  std::string msg = error_of([] { modalkit::guard("concat", [] { TORCH_CHECK(false, "shapes differ"); }); });
+  EXPECT_EQ(msg, "plugin concat: shapes differ");
+  EXPECT_EQ(modalkit::guard("x", [] { return 5; }), 5);
+}
+
+namespace {
+struct BadEncoder : modalkit::Encoder {
+  modalkit::Sequence forward(const modalkit::ModalityInput& in) override {
+    return {in.data, torch::ones({in.data.size(0)}, torch::kBool)};  // mask of the wrong rank
+  }
+};
+struct GoodEncoder : modalkit::Encoder {
+  modalkit::Sequence forward(const modalkit::ModalityInput& in) override {
+    return {in.data, torch::ones({in.data.size(0), in.data.size(1)}, torch::kBool)};
+  }
+};
+struct FixedModality : modalkit::ModalityPlugin {
+  modalkit::RawValue decode(const modalkit::FieldRef&) const override { return {}; }
+  at::Tensor featurize(const modalkit::RawValue& r) const override { return r.tensor; }
+  std::shared_ptr<modalkit::Encoder> make_encoder() override { return std::make_shared<GoodEncoder>(); }
+};
+}  // namespace
+
+TEST(EncoderRef, ChecksShapesAndAppliesPresence) {
+  modalkit::ModalityInput in{torch::randn({2, 3, 4}), {}, torch::tensor({true, false})};
+  modalkit::EncoderRef bad(std::make_shared<BadEncoder>(), "audio");
+  EXPECT_NE(error_of([&] { bad(in); }).find("plugin audio: encoder must return x [B,T,D] and mask [B,T]"),
+            std::string::npos);
+  modalkit::EncoderRef good(std::make_shared<GoodEncoder>(), "audio");
+  auto seq = good(in);
+  EXPECT_TRUE(seq.mask[0].all().item<bool>());
+  EXPECT_FALSE(seq.mask[1].any().item<bool>());
+}
+
+TEST(ModalityPlugin, DefaultCollateStacksOrExplains) {
+  FixedModality m;
+  auto batch = m.collate({torch::zeros({2, 2}), torch::ones({2, 2})});
+  EXPECT_EQ(batch.data.sizes(), (std::vector<int64_t>{2, 2, 2}));
+  EXPECT_NE(error_of([&] { m.collate({torch::zeros({2}), torch::zeros({3})}); })
+                .find("a variable-length modality must override collate()"),
+            std::string::npos);
+  std::mt19937_64 rng(1);
+  modalkit::RawValue raw{torch::ones({2}), "", 0};
+  EXPECT_TRUE(m.perturb(raw, 0.5, rng).tensor.equal(raw.tensor));  // default: unchanged
+  EXPECT_TRUE(m.fitted_state().is_null());
+}
