@@ -192,12 +192,6 @@ std::unique_ptr<torch::optim::Optimizer> make_optimizer(const nlohmann::json& op
   return std::make_unique<torch::optim::SGD>(params, torch::optim::SGDOptions(lr));
 }
 
-std::string join(const std::vector<std::string>& v) {
-  std::string out;
-  for (const auto& s : v) out += (out.empty() ? "" : ",") + s;
-  return out;
-}
-
 c10::Device device_of(const nlohmann::json& doc) {
   const std::string d = doc.at("train").at("device");
   c10::Device device(d);

@@ -12,6 +12,7 @@
 #include <torch/nn/modules/dropout.h>
 #include <torch/nn/modules/pooling.h>
 #include <torch/nn/modules/linear.h>
+#include <torch/nn/modules/normalization.h>
 
 #define STB_IMAGE_IMPLEMENTATION
 #define STBI_ONLY_PNG
@@ -96,7 +97,10 @@ struct ImageOptions {
 };
 
 /// Two conv blocks (each halves the resolution), then one token per remaining position,
-/// projected to d_model and tagged with a learned position embedding.
+/// projected to d_model, tagged with a learned position embedding and passed through a
+/// residual token MLP. The MLP matters: heads mean-pool tokens, and a mean of linear features
+/// of 7x7 positions discards most of what a classifier needs; a mean of position-aware
+/// nonlinear features does not.
 class ConvImageEncoder : public modalkit::Encoder {
  public:
   ConvImageEncoder(const ImageOptions& o, int64_t d_model) {
@@ -106,6 +110,9 @@ class ConvImageEncoder : public modalkit::Encoder {
     proj_ = register_module("proj", modalkit::Projection(modalkit::ProjectionOptions(o.c2, d_model)));
     const int64_t tokens = (o.height / 4) * (o.width / 4);
     position_ = register_parameter("position", torch::randn({tokens, d_model}) * 0.02);
+    fc1_ = register_module("fc1", torch::nn::Linear(d_model, 2 * d_model));
+    fc2_ = register_module("fc2", torch::nn::Linear(2 * d_model, d_model));
+    norm_ = register_module("norm", torch::nn::LayerNorm(torch::nn::LayerNormOptions({d_model})));
   }
 
   modalkit::Sequence forward(const modalkit::ModalityInput& input) override {
@@ -113,7 +120,10 @@ class ConvImageEncoder : public modalkit::Encoder {
     auto h = F::max_pool2d(torch::relu(conv1_->forward(input.data)), F::MaxPool2dFuncOptions(2));
     h = F::max_pool2d(torch::relu(conv2_->forward(h)), F::MaxPool2dFuncOptions(2));
     h = h.flatten(2).transpose(1, 2);  // [B, T, c2]
-    auto x = dropout_->forward(proj_->forward(h) + position_);
+    auto x = proj_->forward(h) + position_;
+    // LayerNorm keeps token scales comparable across modalities and gives the head a usable
+    // signal from the first step (conv features at default init are tiny).
+    x = dropout_->forward(norm_->forward(x + fc2_->forward(torch::gelu(fc1_->forward(x)))));
     auto mask = torch::ones({x.size(0), x.size(1)}, torch::dtype(torch::kBool).device(x.device()));
     return {x, mask};
   }
@@ -122,6 +132,8 @@ class ConvImageEncoder : public modalkit::Encoder {
   torch::nn::Conv2d conv1_{nullptr}, conv2_{nullptr};
   torch::nn::Dropout dropout_{nullptr};
   modalkit::Projection proj_{nullptr};
+  torch::nn::Linear fc1_{nullptr}, fc2_{nullptr};
+  torch::nn::LayerNorm norm_{nullptr};
   torch::Tensor position_;
 };
 

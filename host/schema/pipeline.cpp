@@ -1,0 +1,96 @@
+#include "schema/pipeline.hpp"
+
+#include <memory>
+#include <utility>
+
+#include "schema/builtin_schemas.hpp"
+#include "schema/internal/compiled_schema.hpp"
+
+namespace modalkit::schema {
+
+namespace {
+
+using nlohmann::json;
+
+std::string quoted(const std::string& s) { return internal::preview(json(s)); }
+
+std::string with_article(const std::string& kind) {
+  const bool vowel = !kind.empty() && std::string("aeiou").find(kind[0]) != std::string::npos;
+  return (vowel ? "an " : "a ") + kind;
+}
+
+std::string join(const std::vector<std::string>& names) {
+  std::string out;
+  for (const auto& n : names) out += (out.empty() ? "" : ", ") + n;
+  return out.empty() ? "none" : out;
+}
+
+/// Checks one component (`{plugin, config, sha256}` at `pointer` in `doc`) against its
+/// manifest, filling its config's defaults when it is valid.
+void check_component(json& component, const std::string& pointer, const std::string& kind,
+                     const ManifestLookup& lookup, const std::vector<std::string>& known_plugins,
+                     std::vector<SchemaError>& errors) {
+  const std::string name = component.at("plugin").get<std::string>();
+  const Manifest* manifest = lookup ? lookup(name) : nullptr;
+  if (manifest == nullptr) {
+    errors.push_back({pointer + "/plugin", "unknown plugin " + quoted(name) + " (known: " + join(known_plugins) + ")"});
+    return;
+  }
+  if (manifest->kind != kind) {
+    errors.push_back({pointer + "/plugin", "plugin " + quoted(name) + " is " + with_article(manifest->kind) +
+                                               " plugin, expected " + with_article(kind) + " plugin"});
+    return;
+  }
+  std::shared_ptr<const JsonSchema> config_schema = manifest->config_validator;
+  if (!config_schema) {
+    try {
+      config_schema = std::make_shared<const JsonSchema>(
+          JsonSchema::compile(manifest->config_schema, manifest->file.string() + ": config_schema"));
+    } catch (const SchemaCompileError& e) {
+      errors.push_back({pointer + "/plugin", "plugin " + quoted(name) + " has an unusable config_schema: " + e.what()});
+      return;
+    }
+  }
+  json& config = component.at("config");
+  std::vector<SchemaError> config_errors = config_schema->validate(config);
+  if (config_errors.empty()) {
+    config_schema->fill_defaults(config);
+    return;
+  }
+  for (SchemaError& e : config_errors) errors.push_back({pointer + "/config" + e.pointer, std::move(e.message)});
+}
+
+}  // namespace
+
+std::vector<SchemaError> validate_pipeline(nlohmann::json& pipeline, const ManifestLookup& lookup,
+                                           const std::vector<std::string>& known_plugins) {
+  const JsonSchema& schema = builtin_schema("pipeline");
+  std::vector<SchemaError> errors = schema.validate(pipeline);
+  if (!errors.empty()) return errors;  // components are only meaningful in a well-formed pipeline
+
+  json doc = pipeline;  // work on a copy: `pipeline` changes only when everything is valid
+  schema.fill_defaults(doc);  // gives every component a `config` object to validate
+  for (auto& [modality, component] : doc.at("modalities").items()) {
+    check_component(component, append_pointer("/modalities", modality), "modality", lookup, known_plugins, errors);
+  }
+  check_component(doc.at("fusion"), "/fusion", "fusion", lookup, known_plugins, errors);
+  check_component(doc.at("transfer"), "/transfer", "transfer", lookup, known_plugins, errors);
+
+  if (const json& evaluate = doc.at("evaluate"); evaluate.contains("modalities")) {
+    const json& declared = doc.at("modalities");
+    std::vector<std::string> names;
+    for (const auto& [modality, component] : declared.items()) names.push_back(modality);
+    const json& chosen = evaluate.at("modalities");
+    for (std::size_t i = 0; i < chosen.size(); ++i) {
+      const std::string name = chosen[i].get<std::string>();
+      if (!declared.contains(name)) {
+        errors.push_back({"/evaluate/modalities/" + std::to_string(i),
+                          "unknown modality " + quoted(name) + " (declared: " + join(names) + ")"});
+      }
+    }
+  }
+  if (errors.empty()) pipeline = std::move(doc);
+  return errors;
+}
+
+}  // namespace modalkit::schema

@@ -1,0 +1,34 @@
+/// \file
+/// Validating a pipeline document: its structure against schemas/pipeline.schema.json, then each
+/// component against its plugin's manifest, with every error reported at once as a JSON pointer.
+#pragma once
+
+#include <functional>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "schema/json_schema.hpp"
+#include "schema/manifest.hpp"
+
+namespace modalkit::schema {
+
+/// Looks up a plugin's manifest by name; nullptr when unknown. The returned manifest must stay
+/// alive while validate_pipeline runs.
+using ManifestLookup = std::function<const Manifest*(const std::string& name)>;
+
+/// Validates `pipeline` and returns every error (empty = valid):
+/// 1. its structure against the pipeline schema; only if that holds, for each component
+///    (`/modalities/<m>`, `/fusion`, `/transfer`):
+/// 2. its plugin must be known (`/modalities/m/plugin: unknown plugin "x" (known: a, b)`, listing
+///    `known_plugins`) and of the slot's kind ("modality", "fusion", "transfer");
+/// 3. its `config` must satisfy the manifest's config_schema, pointers re-anchored
+///    (`/modalities/image/config/d_model: must be >= 1 (got 0)`);
+/// 4. `evaluate.modalities` entries must name declared modalities (`/evaluate/modalities/0`).
+/// On success, fills in the pipeline schema's defaults and each config's defaults; on failure
+/// leaves `pipeline` as it was.
+std::vector<SchemaError> validate_pipeline(nlohmann::json& pipeline, const ManifestLookup& lookup,
+                                           const std::vector<std::string>& known_plugins);
+
+}  // namespace modalkit::schema
