@@ -9,6 +9,7 @@
 #include <random>
 #include <set>
 
+#include <ATen/Context.h>
 #include <spdlog/spdlog.h>
 #include <torch/optim/adam.h>
 #include <torch/optim/adamw.h>
@@ -28,13 +29,31 @@ namespace modalkit::host {
 namespace fs = std::filesystem;
 
 HostContext::HostContext(std::shared_ptr<spdlog::logger> logger, uint64_t seed, c10::Device device,
-                         fs::path run_dir)
-    : logger_(std::move(logger)), seed_(seed), device_(device), run_dir_(std::move(run_dir)) {}
+                         fs::path run_dir, std::map<std::string, fs::path> artifacts)
+    : logger_(std::move(logger)),
+      seed_(seed),
+      device_(device),
+      run_dir_(std::move(run_dir)),
+      artifacts_(std::move(artifacts)) {}
 
 spdlog::logger& HostContext::logger() const { return *logger_; }
 
 fs::path HostContext::artifact_path(const std::string& name) const {
-  throw Error("artifact \"" + name + "\" is not declared by this pipeline");
+  auto it = artifacts_.find(name);
+  if (it != artifacts_.end()) return it->second;
+  std::string declared;
+  for (const auto& [n, p] : artifacts_) declared += (declared.empty() ? "" : ", ") + n;
+  throw Error("artifact \"" + name + "\" is not declared in the pipeline's /artifacts (declared: " +
+              (declared.empty() ? "none" : declared) + ")");
+}
+
+std::map<std::string, fs::path> pipeline_artifacts(const ResolvedPipeline& pipeline) {
+  std::map<std::string, fs::path> out;
+  for (const auto& [name, path] : pipeline.doc.at("artifacts").items()) {
+    fs::path p = path.get<std::string>();
+    out.emplace(name, p.is_absolute() ? p : pipeline.file.parent_path() / p);
+  }
+  return out;
 }
 
 std::shared_ptr<Component> HostContext::find_component(const std::string& name) const {
@@ -201,6 +220,15 @@ c10::Device device_of(const nlohmann::json& doc) {
   return device;
 }
 
+/// Seeds LibTorch, fixes its thread count and, in deterministic mode, asks it for
+/// deterministic kernels (warning where an operation has none) so reruns give the same bits.
+void configure_runtime(const nlohmann::json& doc) {
+  torch::manual_seed(doc.at("seed").get<uint64_t>());
+  at::set_num_threads(doc.at("train").at("threads").get<int>());
+  at::globalContext().setDeterministicAlgorithms(doc.at("train").at("deterministic").get<bool>(),
+                                                 /*warn_only=*/true);
+}
+
 nlohmann::json plugin_versions(const PluginRegistry& registry, const nlohmann::json& doc) {
   nlohmann::json out = nlohmann::json::object();
   auto add = [&](const std::string& name) {
@@ -329,8 +357,7 @@ nlohmann::json train(const ResolvedPipeline& pipeline, PluginRegistry& registry,
   const nlohmann::json& doc = pipeline.doc;
   const nlohmann::json& tr = doc.at("train");
   const uint64_t seed = doc.at("seed");
-  torch::manual_seed(seed);
-  at::set_num_threads(tr.at("threads"));
+  configure_runtime(doc);
   const int loader_threads = tr.at("loader_threads");
   const int64_t batch_size = tr.at("batch_size");
   const c10::Device device = device_of(doc);
@@ -338,7 +365,7 @@ nlohmann::json train(const ResolvedPipeline& pipeline, PluginRegistry& registry,
 
   fs::create_directories(options.out);
   Dataset dataset = Dataset::open(pipeline.dataset);
-  HostContext context(log, seed, device, options.out);
+  HostContext context(log, seed, device, options.out, pipeline_artifacts(pipeline));
   BuiltModel model = build_model(pipeline, registry, dataset, context);
   TransferStrategy& strategy = *model.strategy;
   const std::string sp = strategy.plugin_name();
@@ -383,7 +410,9 @@ nlohmann::json train(const ResolvedPipeline& pipeline, PluginRegistry& registry,
                         {"seed", seed}};
   write_text_atomically(options.out / "run.json", run.dump(2) + "\n");
   nlohmann::json fitted = nlohmann::json::object();
-  for (const auto& m : bindings) fitted[m.name] = m.plugin->fitted_state();
+  for (const auto& m : bindings) {
+    fitted[m.name] = guard(m.plugin->plugin_name(), [&] { return m.plugin->fitted_state(); });
+  }
   write_text_atomically(options.out / "fitted_state.json", fitted.dump(2) + "\n");
 
   HeldOutProtocol protocol(model.tasks);
@@ -480,11 +509,10 @@ nlohmann::json evaluate(const ResolvedPipeline& pipeline, PluginRegistry& regist
     }
   }
   const uint64_t seed = doc.at("seed");
-  torch::manual_seed(seed);
-  at::set_num_threads(doc.at("train").at("threads"));
+  configure_runtime(doc);
   const c10::Device device = device_of(doc);
   Dataset dataset = Dataset::open(pipeline.dataset);
-  HostContext context(spdlog::default_logger(), seed, device, options.run);
+  HostContext context(spdlog::default_logger(), seed, device, options.run, pipeline_artifacts(pipeline));
   BuiltModel model = build_model(pipeline, registry, dataset, context);
 
   std::vector<std::string> modalities = options.modalities.empty() ? model.test_modalities : options.modalities;

@@ -28,7 +28,7 @@ class HostContext : public Context {
  public:
   /// A context for a run of `pipeline` writing to `run_dir` (may be empty).
   HostContext(std::shared_ptr<spdlog::logger> logger, uint64_t seed, c10::Device device,
-              std::filesystem::path run_dir);
+              std::filesystem::path run_dir, std::map<std::string, std::filesystem::path> artifacts = {});
   spdlog::logger& logger() const override;
   uint64_t seed() const override { return seed_; }
   c10::Device device() const override { return device_; }
@@ -43,8 +43,12 @@ class HostContext : public Context {
   uint64_t seed_;
   c10::Device device_;
   std::filesystem::path run_dir_;
+  std::map<std::string, std::filesystem::path> artifacts_;
   std::map<std::string, std::shared_ptr<Component>> components_;
 };
+
+/// The pipeline's `artifacts` (name → path), resolved against the pipeline file's directory.
+std::map<std::string, std::filesystem::path> pipeline_artifacts(const ResolvedPipeline& pipeline);
 
 /// Everything built from a pipeline: plugins, the strategy (the whole trainable model), tasks.
 struct BuiltModel {

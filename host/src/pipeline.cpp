@@ -1,29 +1,12 @@
 #include "pipeline.hpp"
 
-#include <array>
-#include <memory>
-
-#include <openssl/evp.h>
-
+#include "hashing.hpp"
 #include "modalkit/errors.hpp"
 #include "schema/json_file.hpp"
 #include "schema/json_schema.hpp"
 #include "schema/pipeline.hpp"
 
 namespace modalkit::host {
-
-std::string sha256_text(const std::string& text) {
-  std::array<unsigned char, EVP_MAX_MD_SIZE> digest{};
-  unsigned int len = 0;
-  EVP_Digest(text.data(), text.size(), digest.data(), &len, EVP_sha256(), nullptr);
-  static const char* hex = "0123456789abcdef";
-  std::string out;
-  for (unsigned int i = 0; i < len; ++i) {
-    out += hex[digest[i] >> 4];
-    out += hex[digest[i] & 15];
-  }
-  return out;
-}
 
 void apply_overrides(nlohmann::json& doc, const std::vector<std::string>& sets) {
   for (const auto& set : sets) {

@@ -29,7 +29,4 @@ void apply_overrides(nlohmann::json& doc, const std::vector<std::string>& sets);
 ResolvedPipeline load_pipeline(const std::filesystem::path& file, const std::vector<std::string>& sets,
                                const PluginRegistry& registry);
 
-/// sha256 (hex) of a string.
-std::string sha256_text(const std::string& text);
-
 }  // namespace modalkit::host

@@ -12,9 +12,9 @@
 #include <sstream>
 
 #include <boost/dll/shared_library.hpp>
-#include <openssl/evp.h>
 
 #include "handshake.hpp"
+#include "hashing.hpp"
 #include "modalkit/build_tag.hpp"
 #include "modalkit/errors.hpp"
 #include "paths.hpp"
@@ -54,28 +54,6 @@ std::vector<fs::path> plugin_search_path(const std::vector<std::string>& cli_pat
     }
   }
   out.push_back(installed_plugin_dir());
-  return out;
-}
-
-std::string sha256_file(const fs::path& file) {
-  std::ifstream in(file, std::ios::binary);
-  if (!in) throw Error(file.string() + ": cannot open to compute its sha256");
-  std::unique_ptr<EVP_MD_CTX, void (*)(EVP_MD_CTX*)> ctx(EVP_MD_CTX_new(), EVP_MD_CTX_free);
-  EVP_DigestInit_ex(ctx.get(), EVP_sha256(), nullptr);
-  std::array<char, 1 << 16> buf{};
-  while (in) {
-    in.read(buf.data(), buf.size());
-    EVP_DigestUpdate(ctx.get(), buf.data(), static_cast<size_t>(in.gcount()));
-  }
-  std::array<unsigned char, EVP_MAX_MD_SIZE> digest{};
-  unsigned int len = 0;
-  EVP_DigestFinal_ex(ctx.get(), digest.data(), &len);
-  static const char* hex = "0123456789abcdef";
-  std::string out;
-  for (unsigned int i = 0; i < len; ++i) {
-    out += hex[digest[i] >> 4];
-    out += hex[digest[i] & 15];
-  }
   return out;
 }
 

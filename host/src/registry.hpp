@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "modalkit/abi.h"
+#include "hashing.hpp"
 #include "modalkit/component.hpp"
 #include "schema/manifest.hpp"
 
@@ -83,9 +84,6 @@ class PluginRegistry {
 const char* kind_name(int32_t kind);
 /// The modalkit_kind value of a manifest kind name; 0 when unknown.
 int32_t kind_value(const std::string& name);
-
-/// Hex sha256 of a file's contents; throws modalkit::Error naming the file on I/O errors.
-std::string sha256_file(const std::filesystem::path& file);
 
 /// Refuses a plugin directory or library that someone other than its owner can write to, or
 /// that belongs to another user than root or us. Throws modalkit::Error saying how to fix it.

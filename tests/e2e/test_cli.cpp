@@ -215,3 +215,19 @@ TEST(Cli, MismatchedPluginIsRefusedWithBothVersions) {
   fs::remove(file);
   fs::remove_all(fs::current_path() / "run-badabi");
 }
+
+TEST(Cli, SameSeedSameRun) {
+  const std::string pipeline = source("examples/pipelines/fashion-mnist-image.json").string();
+  std::vector<json> losses;
+  for (int i = 0; i < 2; ++i) {
+    const fs::path run = fs::current_path() / ("run-determinism-" + std::to_string(i));
+    fs::remove_all(run);
+    auto r = modalkit("train '" + pipeline + "' --out '" + run.string() + "' --set train.epochs=1");
+    ASSERT_EQ(r.rc, 0) << r.err;
+    losses.push_back(json::parse(read_all(run / "metrics.jsonl"))["train_loss"]);
+    losses.push_back(json::parse(read_all(run / "results.json"))["tasks"]);
+    fs::remove_all(run);
+  }
+  EXPECT_EQ(losses[0], losses[2]);  // bit-identical loss: seeded init, shuffling and dropout
+  EXPECT_EQ(losses[1], losses[3]);
+}

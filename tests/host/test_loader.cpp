@@ -6,7 +6,11 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include <spdlog/spdlog.h>
+
 #include "dataset.hpp"
+#include "error_of.hpp"
+#include "engine.hpp"
 #include "loader.hpp"
 #include "metrics.hpp"
 #include "modalkit/errors.hpp"
@@ -14,6 +18,7 @@
 namespace fs = std::filesystem;
 using modalkit::TaskSpec;
 using modalkit::TaskType;
+using modalkit::testing::error_of;
 
 namespace {
 
@@ -40,14 +45,6 @@ struct DatasetDir {
   }
 };
 
-std::string error_of(const std::function<void()>& fn) {
-  try {
-    fn();
-  } catch (const std::exception& e) {
-    return e.what();
-  }
-  return "";
-}
 
 }  // namespace
 
@@ -145,4 +142,18 @@ TEST(Metrics, AgreeWithHandComputedValues) {
   EXPECT_NE(error_of([&] { modalkit::host::compute_metrics(wrong, torch::zeros({3}), torch::zeros({3})); })
                 .find("needs a classification task"),
             std::string::npos);
+}
+
+TEST(Context, ArtifactsResolveAgainstThePipelineFile) {
+  modalkit::host::ResolvedPipeline p;
+  p.file = "/data/pipelines/p.json";
+  p.doc = {{"artifacts", {{"word_vectors", "../runs/wv/vectors.pt"}, {"abs", "/opt/lm.pt"}}}};
+  modalkit::host::HostContext ctx(spdlog::default_logger(), 7, torch::kCPU, "/runs/x",
+                                  modalkit::host::pipeline_artifacts(p));
+  EXPECT_EQ(ctx.artifact_path("word_vectors"), fs::path("/data/pipelines/../runs/wv/vectors.pt"));
+  EXPECT_EQ(ctx.artifact_path("abs"), fs::path("/opt/lm.pt"));
+  EXPECT_EQ(error_of([&] { ctx.artifact_path("lm"); }),
+            "artifact \"lm\" is not declared in the pipeline's /artifacts (declared: abs, word_vectors)");
+  EXPECT_EQ(ctx.seed(), 7u);
+  EXPECT_EQ(ctx.find_component("image"), nullptr);
 }

@@ -2,23 +2,12 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include "error_of.hpp"
 #include "modalkit/sdk.hpp"
 
 using modalkit::Config;
 using modalkit::ConfigError;
-
-namespace {
-
-std::string error_of(const std::function<void()>& fn) {
-  try {
-    fn();
-  } catch (const std::exception& e) {
-    return e.what();
-  }
-  return "";
-}
-
-}  // namespace
+using modalkit::testing::error_of;
 
 TEST(Config, TypedAccessAndPointersInErrors) {
   Config c(nlohmann::json{{"n", 3}, {"lr", 0.5}, {"name", "x"}, {"flag", true}, {"sub", {{"k", 1}}}},
