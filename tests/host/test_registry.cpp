@@ -7,6 +7,7 @@
 
 #include <gtest/gtest.h>
 
+#include "error_of.hpp"
 #include "handshake.hpp"
 #include "modalkit/build_tag.hpp"
 #include "modalkit/fusion.hpp"
@@ -188,21 +189,23 @@ TEST(Registry, RefusesLibraryOthersCanWrite) {
 }
 
 TEST(Registry, RefusesPluginDroppedIntoTmp) {
-  // /tmp is world-writable (sticky or not): code there could be swapped by anyone.
+  // /tmp is world-writable: code there could be swapped by anyone.
   struct stat st {};
   ASSERT_EQ(::stat("/tmp", &st), 0);
   ASSERT_TRUE(st.st_mode & S_IWOTH);
-  fs::path name = "modalkit-test-faulty-" + std::to_string(::getpid());
-  fs::copy_file(test_plugin_dir() / "faulty.plugin.json", "/tmp" / fs::path("faulty.plugin.json"),
-                fs::copy_options::overwrite_existing);
-  fs::copy_file(test_plugin_dir() / "libmodalkit_faulty.so", "/tmp" / name,
-                fs::copy_options::overwrite_existing);
-  fs::rename("/tmp" / name, "/tmp/libmodalkit_faulty.so");
-  PluginRegistry reg({"/tmp"});
-  auto msg = load_error(reg, "faulty");
-  fs::remove("/tmp/faulty.plugin.json");
-  fs::remove("/tmp/libmodalkit_faulty.so");
+  auto msg = modalkit::testing::error_of([] { modalkit::host::check_trusted_location("/tmp", "plugin directory"); });
   EXPECT_TRUE(contains(msg, "plugin directory /tmp is writable by other users")) << msg;
+  // The whole path, with a directory like /tmp (sticky, world-writable) of our own: scanning
+  // /tmp itself would also find every other plugin tree below it.
+  char tmpl[] = "/tmp/modalkit-test-XXXXXX";
+  ASSERT_NE(::mkdtemp(tmpl), nullptr);
+  const fs::path dir = tmpl;
+  copy_plugin("faulty", dir);
+  ASSERT_EQ(::chmod(dir.c_str(), 01777), 0);
+  PluginRegistry reg({dir});
+  msg = load_error(reg, "faulty");
+  fs::remove_all(dir);
+  EXPECT_TRUE(contains(msg, "plugin directory " + dir.string() + " is writable by other users")) << msg;
 }
 
 TEST(Registry, RefusesLibrarySymlinkedOutsideItsDirectory) {
