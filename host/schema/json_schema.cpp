@@ -82,6 +82,18 @@ std::vector<SchemaError> reference_validate(const JsonSchema& schema, const nloh
   return internal::fold_reference_errors(raw, doc);
 }
 
+std::string join_names(const std::vector<std::string>& names) {
+  std::string out;
+  for (const auto& n : names) out += (out.empty() ? "" : ", ") + n;
+  return out.empty() ? "none" : out;
+}
+
+std::string join_keys(const nlohmann::json& object) {
+  std::vector<std::string> names;
+  for (const auto& [key, value] : object.items()) names.push_back(key);
+  return join_names(names);
+}
+
 std::string format_errors(const std::vector<SchemaError>& errors, const std::string& file) {
   std::string out;
   for (const SchemaError& e : errors) {

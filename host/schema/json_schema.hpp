@@ -105,6 +105,11 @@ class ValidationFailed : public std::runtime_error {
   std::vector<SchemaError> errors_;
 };
 
+/// "a, b, c" for error messages listing what is known; "none" when `names` is empty.
+std::string join_names(const std::vector<std::string>& names);
+/// join_names of an object's keys, in document order.
+std::string join_keys(const nlohmann::json& object);
+
 /// Appends `token` to JSON pointer `pointer`, escaping `~` as `~0` and `/` as `~1`.
 std::string append_pointer(const std::string& pointer, const std::string& token);
 

@@ -6,6 +6,7 @@
 #include <filesystem>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 
@@ -25,6 +26,8 @@ struct Manifest {
   nlohmann::json config_schema;  ///< draft-07 schema of the component's `config` (default `{"type":"object"}`)
   nlohmann::json output;         ///< `{kind, width}`, or null when the manifest does not say
   nlohmann::json artifacts;      ///< array of `{name, type, required}` (default `[]`)
+  /// Modality plugins: the data set field types the plugin reads (empty: not declared).
+  std::vector<std::string> field_types;
   /// The manifest exactly as written (no defaults), so it can be compared with the copy
   /// embedded in the library.
   nlohmann::json raw;

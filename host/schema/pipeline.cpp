@@ -1,5 +1,6 @@
 #include "schema/pipeline.hpp"
 
+#include <algorithm>
 #include <memory>
 #include <utility>
 
@@ -19,27 +20,31 @@ std::string with_article(const std::string& kind) {
   return (vowel ? "an " : "a ") + kind;
 }
 
-std::string join(const std::vector<std::string>& names) {
-  std::string out;
-  for (const auto& n : names) out += (out.empty() ? "" : ", ") + n;
-  return out.empty() ? "none" : out;
-}
-
 /// Checks one component (`{plugin, config, sha256}` at `pointer` in `doc`) against its
 /// manifest, filling its config's defaults when it is valid.
 void check_component(json& component, const std::string& pointer, const std::string& kind,
                      const ManifestLookup& lookup, const std::vector<std::string>& known_plugins,
-                     std::vector<SchemaError>& errors) {
+                     const json& artifacts, std::vector<SchemaError>& errors) {
   const std::string name = component.at("plugin").get<std::string>();
   const Manifest* manifest = lookup ? lookup(name) : nullptr;
   if (manifest == nullptr) {
-    errors.push_back({pointer + "/plugin", "unknown plugin " + quoted(name) + " (known: " + join(known_plugins) + ")"});
+    errors.push_back({pointer + "/plugin", "unknown plugin " + quoted(name) + " (known: " + join_names(known_plugins) + ")"});
     return;
   }
   if (manifest->kind != kind) {
     errors.push_back({pointer + "/plugin", "plugin " + quoted(name) + " is " + with_article(manifest->kind) +
                                                " plugin, expected " + with_article(kind) + " plugin"});
     return;
+  }
+  // Artifacts the plugin cannot work without must be named by the pipeline now, not fail
+  // when the plugin first asks for them mid-run.
+  for (const json& artifact : manifest->artifacts) {
+    const std::string artifact_name = artifact.at("name").get<std::string>();
+    if (artifact.value("required", true) && !artifacts.contains(artifact_name)) {
+      errors.push_back({pointer + "/plugin", "plugin " + quoted(name) + " needs the artifact " + quoted(artifact_name) +
+                                                 " (a " + artifact.at("type").get<std::string>() +
+                                                 "); name it in /artifacts"});
+    }
   }
   std::shared_ptr<const JsonSchema> config_schema = manifest->config_validator;
   if (!config_schema) {
@@ -62,6 +67,17 @@ void check_component(json& component, const std::string& pointer, const std::str
 
 }  // namespace
 
+std::vector<std::string> metrics_for(const std::string& task_type) {
+  if (task_type == "regression") return {"mae", "pearson_r"};
+  if (task_type == "generation") return {};
+  return {"accuracy", "macro_f1", "auroc", "auprc"};  // multiclass, binary, multilabel
+}
+
+bool metric_applies(const std::string& metric, const std::string& task_type) {
+  const auto ok = metrics_for(task_type);
+  return std::find(ok.begin(), ok.end(), metric) != ok.end();
+}
+
 std::vector<SchemaError> validate_pipeline(nlohmann::json& pipeline, const ManifestLookup& lookup,
                                            const std::vector<std::string>& known_plugins) {
   const JsonSchema& schema = builtin_schema("pipeline");
@@ -71,21 +87,33 @@ std::vector<SchemaError> validate_pipeline(nlohmann::json& pipeline, const Manif
   json doc = pipeline;  // work on a copy: `pipeline` changes only when everything is valid
   schema.fill_defaults(doc);  // gives every component a `config` object to validate
   for (auto& [modality, component] : doc.at("modalities").items()) {
-    check_component(component, append_pointer("/modalities", modality), "modality", lookup, known_plugins, errors);
+    check_component(component, append_pointer("/modalities", modality), "modality", lookup, known_plugins,
+                    doc.at("artifacts"), errors);
   }
-  check_component(doc.at("fusion"), "/fusion", "fusion", lookup, known_plugins, errors);
-  check_component(doc.at("transfer"), "/transfer", "transfer", lookup, known_plugins, errors);
+  check_component(doc.at("fusion"), "/fusion", "fusion", lookup, known_plugins, doc.at("artifacts"), errors);
+  check_component(doc.at("transfer"), "/transfer", "transfer", lookup, known_plugins, doc.at("artifacts"), errors);
+
+  for (const auto& [task, spec] : doc.at("tasks").items()) {
+    const std::string type = spec.at("type").get<std::string>();
+    const json& metrics = spec.at("metrics");
+    for (std::size_t i = 0; i < metrics.size(); ++i) {
+      const std::string metric = metrics[i].get<std::string>();
+      if (!metric_applies(metric, type)) {
+        errors.push_back({append_pointer("/tasks", task) + "/metrics/" + std::to_string(i),
+                          "metric " + quoted(metric) + " does not apply to a " + type + " task (use " +
+                              join_names(metrics_for(type)) + ")"});
+      }
+    }
+  }
 
   if (const json& evaluate = doc.at("evaluate"); evaluate.contains("modalities")) {
     const json& declared = doc.at("modalities");
-    std::vector<std::string> names;
-    for (const auto& [modality, component] : declared.items()) names.push_back(modality);
     const json& chosen = evaluate.at("modalities");
     for (std::size_t i = 0; i < chosen.size(); ++i) {
       const std::string name = chosen[i].get<std::string>();
       if (!declared.contains(name)) {
         errors.push_back({"/evaluate/modalities/" + std::to_string(i),
-                          "unknown modality " + quoted(name) + " (declared: " + join(names) + ")"});
+                          "unknown modality " + quoted(name) + " (declared: " + join_keys(declared) + ")"});
       }
     }
   }

@@ -18,6 +18,12 @@ namespace modalkit::schema {
 /// alive while validate_pipeline runs.
 using ManifestLookup = std::function<const Manifest*(const std::string& name)>;
 
+/// The metrics that apply to a task type ("multiclass", "binary", "multilabel", "regression",
+/// "generation"); the host's metric code and validate share this one table.
+std::vector<std::string> metrics_for(const std::string& task_type);
+/// Whether `metric` is in metrics_for(task_type).
+bool metric_applies(const std::string& metric, const std::string& task_type);
+
 /// Validates `pipeline` and returns every error (empty = valid):
 /// 1. its structure against the pipeline schema; only if that holds, for each component
 ///    (`/modalities/<m>`, `/fusion`, `/transfer`):
@@ -25,7 +31,9 @@ using ManifestLookup = std::function<const Manifest*(const std::string& name)>;
 ///    `known_plugins`) and of the slot's kind ("modality", "fusion", "transfer");
 /// 3. its `config` must satisfy the manifest's config_schema, pointers re-anchored
 ///    (`/modalities/image/config/d_model: must be >= 1 (got 0)`);
-/// 4. `evaluate.modalities` entries must name declared modalities (`/evaluate/modalities/0`).
+/// 4. its manifest's required artifacts must be named in `/artifacts`;
+/// 5. `evaluate.modalities` entries must name declared modalities (`/evaluate/modalities/0`);
+/// 6. each task's metrics must apply to its type (`/tasks/t/metrics/0`).
 /// On success, fills in the pipeline schema's defaults and each config's defaults; on failure
 /// leaves `pipeline` as it was.
 std::vector<SchemaError> validate_pipeline(nlohmann::json& pipeline, const ManifestLookup& lookup,

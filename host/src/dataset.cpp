@@ -26,9 +26,7 @@ bool Dataset::has_split(const std::string& split) const { return doc_.at("splits
 const nlohmann::json& Dataset::field(const std::string& name) const {
   const auto& fields = doc_.at("fields");
   if (!fields.contains(name)) {
-    std::string known;
-    for (const auto& [k, v] : fields.items()) known += (known.empty() ? "" : ", ") + k;
-    throw DataError(file_.string(), "has no field \"" + name + "\" (fields: " + known + ")");
+    throw DataError(file_.string(), "has no field \"" + name + "\" (fields: " + schema::join_keys(fields) + ")");
   }
   return fields.at(name);
 }
@@ -42,9 +40,8 @@ std::vector<std::string> Dataset::labels(const std::string& name) const {
 const std::vector<Sample>& Dataset::samples(const std::string& split) {
   if (auto it = splits_.find(split); it != splits_.end()) return it->second;
   if (!has_split(split)) {
-    std::string known;
-    for (const auto& [k, v] : doc_.at("splits").items()) known += (known.empty() ? "" : ", ") + k;
-    throw DataError(file_.string(), "has no split \"" + split + "\" (splits: " + known + ")");
+    throw DataError(file_.string(),
+                    "has no split \"" + split + "\" (splits: " + schema::join_keys(doc_.at("splits")) + ")");
   }
   const auto& spec = doc_.at("splits").at(split);
   const std::filesystem::path path = base_dir_ / spec.at("samples").get<std::string>();

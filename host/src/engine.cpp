@@ -21,6 +21,7 @@
 #include <torch/utils.h>
 
 #include "metrics.hpp"
+#include "schema/json_schema.hpp"
 #include "modalkit/errors.hpp"
 #include "modalkit/evaluation.hpp"
 
@@ -41,17 +42,17 @@ spdlog::logger& HostContext::logger() const { return *logger_; }
 fs::path HostContext::artifact_path(const std::string& name) const {
   auto it = artifacts_.find(name);
   if (it != artifacts_.end()) return it->second;
-  std::string declared;
-  for (const auto& [n, p] : artifacts_) declared += (declared.empty() ? "" : ", ") + n;
+  std::vector<std::string> declared;
+  for (const auto& [n, p] : artifacts_) declared.push_back(n);
   throw Error("artifact \"" + name + "\" is not declared in the pipeline's /artifacts (declared: " +
-              (declared.empty() ? "none" : declared) + ")");
+              schema::join_names(declared) + ")");
 }
 
 std::map<std::string, fs::path> pipeline_artifacts(const ResolvedPipeline& pipeline) {
   std::map<std::string, fs::path> out;
   for (const auto& [name, path] : pipeline.doc.at("artifacts").items()) {
     fs::path p = path.get<std::string>();
-    out.emplace(name, p.is_absolute() ? p : pipeline.file.parent_path() / p);
+    out.emplace(name, p.is_absolute() ? p : pipeline.base_dir / p);
   }
   return out;
 }
@@ -242,9 +243,14 @@ nlohmann::json plugin_versions(const PluginRegistry& registry, const nlohmann::j
   return out;
 }
 
-std::vector<std::string> needed_modalities(const BuiltModel& model) {
+/// Modalities a training run loads: those the strategy trains and tests with, and those the
+/// pipeline's final evaluation asks for.
+std::vector<std::string> needed_modalities(const BuiltModel& model, const nlohmann::json& doc) {
   std::set<std::string> s(model.train_modalities.begin(), model.train_modalities.end());
   s.insert(model.test_modalities.begin(), model.test_modalities.end());
+  if (doc.at("evaluate").contains("modalities")) {
+    for (const auto& m : doc.at("evaluate").at("modalities")) s.insert(m.get<std::string>());
+  }
   std::vector<std::string> out;
   for (const auto& m : model.modalities) {
     if (s.count(m.name)) out.push_back(m.name);
@@ -262,6 +268,64 @@ std::vector<ModalityBinding> bindings_for(const BuiltModel& model, const std::ve
 
 }  // namespace
 
+void check_against_dataset(const ResolvedPipeline& pipeline, const Dataset& dataset, const PluginRegistry& registry) {
+  const nlohmann::json& doc = pipeline.doc;
+  const nlohmann::json& fields = dataset.doc().at("fields");
+  const std::string where = " of " + dataset.file().string();
+  std::vector<schema::SchemaError> errors;
+  for (const auto& [name, t] : doc.at("tasks").items()) {
+    const std::string at = schema::append_pointer("/tasks", name);
+    const std::string type = t.at("type");
+    const std::string target = t.at("target");
+    if (type == "multilabel" || type == "generation") {
+      errors.push_back({at + "/type", "task type \"" + type +
+                                          "\" is not trained by this version of modalkit (supported: multiclass, "
+                                          "binary, regression)"});
+      continue;
+    }
+    if (!fields.contains(target)) {
+      errors.push_back({at + "/target", "no field \"" + target + "\"" + where + " (fields: " + schema::join_keys(fields) + ")"});
+      continue;
+    }
+    const std::string field_type = fields.at(target).at("type");
+    const bool classification = type == "multiclass" || type == "binary";
+    if (classification && field_type != "label") {
+      errors.push_back({at + "/target", "field \"" + target + "\"" + where + " is of type " + field_type + ", a " +
+                                            type + " task needs a label field"});
+    } else if (!classification && field_type != "number") {
+      errors.push_back({at + "/target", "field \"" + target + "\"" + where + " is of type " + field_type +
+                                            ", a regression task needs a number field"});
+    } else if (type == "binary" && fields.at(target).at("labels").size() != 2) {
+      errors.push_back({at + "/type", "binary needs exactly 2 labels, field \"" + target + "\"" + where + " has " +
+                                          std::to_string(fields.at(target).at("labels").size())});
+    }
+  }
+  for (const auto& [name, m] : doc.at("modalities").items()) {
+    const std::string at = schema::append_pointer("/modalities", name);
+    const std::string field = m.at("field");
+    if (!fields.contains(field)) {
+      errors.push_back({at + "/field", "no field \"" + field + "\"" + where + " (fields: " + schema::join_keys(fields) + ")"});
+      continue;
+    }
+    const std::string field_type = fields.at(field).at("type");
+    const schema::Manifest* manifest = registry.find(m.at("plugin"));
+    if (manifest != nullptr && !manifest->field_types.empty() &&
+        std::find(manifest->field_types.begin(), manifest->field_types.end(), field_type) ==
+            manifest->field_types.end()) {
+      errors.push_back({at + "/field", "field \"" + field + "\"" + where + " is of type " + field_type +
+                                           ", plugin \"" + manifest->name + "\" reads " +
+                                           schema::join_names(manifest->field_types)});
+    }
+  }
+  for (const auto& [role, split] : doc.at("data").at("splits").items()) {
+    if (!dataset.has_split(split)) {
+      errors.push_back({"/data/splits/" + role, "no split \"" + split.get<std::string>() + "\"" + where +
+                                                    " (splits: " + schema::join_keys(dataset.doc().at("splits")) + ")"});
+    }
+  }
+  if (!errors.empty()) throw schema::ValidationFailed(pipeline.file.string(), std::move(errors));
+}
+
 std::map<std::string, TaskSpec> resolve_tasks(const nlohmann::json& pipeline, const Dataset& dataset) {
   std::map<std::string, TaskSpec> tasks;
   for (const auto& [name, t] : pipeline.at("tasks").items()) {
@@ -270,19 +334,9 @@ std::map<std::string, TaskSpec> resolve_tasks(const nlohmann::json& pipeline, co
     spec.type = parse_task_type(t.at("type"));
     spec.target = t.at("target");
     spec.metrics = t.at("metrics").get<std::vector<std::string>>();
-    const nlohmann::json& field = dataset.field(spec.target);
-    if (spec.type == TaskType::kMulticlass || spec.type == TaskType::kBinary || spec.type == TaskType::kMultilabel) {
-      if (field.at("type") != "label") {
-        throw Error("/tasks/" + name + "/target: field \"" + spec.target + "\" of " + dataset.file().string() +
-                    " is of type " + field.at("type").get<std::string>() + ", a " + to_string(spec.type) +
-                    " task needs a label field");
-      }
+    if (spec.type == TaskType::kMulticlass || spec.type == TaskType::kBinary) {
       spec.labels = dataset.labels(spec.target);
       spec.num_outputs = spec.type == TaskType::kBinary ? 1 : static_cast<int64_t>(spec.labels.size());
-      if (spec.type == TaskType::kBinary && spec.labels.size() != 2) {
-        throw Error("/tasks/" + name + "/type: binary needs exactly 2 labels, field \"" + spec.target + "\" has " +
-                    std::to_string(spec.labels.size()));
-      }
     } else {
       spec.num_outputs = 1;
     }
@@ -295,6 +349,7 @@ BuiltModel build_model(const ResolvedPipeline& pipeline, PluginRegistry& registr
                        HostContext& context) {
   const nlohmann::json& doc = pipeline.doc;
   BuiltModel model;
+  check_against_dataset(pipeline, dataset, registry);
   model.tasks = resolve_tasks(doc, dataset);
   const int64_t d_model = doc.at("d_model");
   std::vector<std::string> names;
@@ -373,7 +428,7 @@ nlohmann::json train(const ResolvedPipeline& pipeline, PluginRegistry& registry,
   const auto& splits = doc.at("data").at("splits");
   const std::string train_split = splits.at("train"), val_split = splits.at("val");
   const std::string eval_split = splits.at(doc.at("evaluate").at("split").get<std::string>());
-  const std::vector<std::string> needed = needed_modalities(model);
+  const std::vector<std::string> needed = needed_modalities(model, doc);
   const auto bindings = bindings_for(model, needed);
 
   const auto t0 = std::chrono::steady_clock::now();
@@ -403,7 +458,8 @@ nlohmann::json train(const ResolvedPipeline& pipeline, PluginRegistry& registry,
   write_text_atomically(options.out / "pipeline.json", doc.dump(2) + "\n");
   nlohmann::json run = {{"pipeline", doc.at("name")},
                         {"pipeline_hash", pipeline.hash},
-                        {"dataset", pipeline.dataset.string()},
+                        {"dataset", fs::absolute(pipeline.dataset).lexically_normal().string()},
+                        {"pipeline_dir", fs::absolute(pipeline.base_dir).lexically_normal().string()},
                         {"dataset_sha256", dataset.sha256()},
                         {"plugins", plugin_versions(registry, doc)},
                         {"sdk_version", MODALKIT_SDK_VERSION},
@@ -519,7 +575,7 @@ nlohmann::json evaluate(const ResolvedPipeline& pipeline, PluginRegistry& regist
   for (const auto& m : modalities) {
     bool known = false;
     for (const auto& b : model.modalities) known = known || b.name == m;
-    if (!known) throw Error("--modalities: \"" + m + "\" is not a modality of " + pipeline.file.string());
+    if (!known) throw UsageError("--modalities: \"" + m + "\" is not a modality of " + pipeline.file.string());
   }
   std::ifstream fin(options.run / "fitted_state.json");
   const nlohmann::json fitted = nlohmann::json::parse(fin, nullptr, false);

@@ -60,7 +60,15 @@ struct BuiltModel {
   std::vector<std::string> test_modalities;         ///< strategy->modalities_at_test()
 };
 
-/// Task specs from the pipeline, resolved against the data set's fields (label names).
+/// Checks what only the data set can tell, every error at once: each task's target exists and
+/// has a type its task needs (a label field with 2 labels for binary), its task type is one this
+/// host trains; each modality's field exists and has a type its plugin reads (manifest
+/// `field_types`); the splits of `/data/splits` exist. Throws schema::ValidationFailed naming the
+/// pipeline file, with JSON pointers into the pipeline.
+void check_against_dataset(const ResolvedPipeline& pipeline, const Dataset& dataset, const PluginRegistry& registry);
+
+/// Task specs from the pipeline, resolved against the data set's fields (label names). Call
+/// check_against_dataset first.
 std::map<std::string, TaskSpec> resolve_tasks(const nlohmann::json& pipeline, const Dataset& dataset);
 
 /// Builds the model of `pipeline` through the registry's plugins.

@@ -19,18 +19,20 @@ std::string describe_build(const modalkit_build_tag& t, uint32_t abi_major, uint
 std::optional<std::string> check_handshake(const modalkit_plugin_descriptor& p,
                                            const modalkit_build_tag& host, uint32_t host_major,
                                            uint32_t host_minor) {
-  // The descriptor only grows at its end: a smaller struct comes from an SDK too old to know
-  // the fields this host reads.
+  // {struct_size, abi_major, abi_minor} is the prefix every ABI major keeps; nothing past it
+  // (the build tag's strings included) is read until the major is known to match.
+  if (p.abi_major != host_major) {
+    return "SDK ABI major " + std::to_string(p.abi_major) + " does not match the host's " +
+           std::to_string(host_major) + " (rebuild the plugin against SDK " MODALKIT_SDK_VERSION ")";
+  }
+  // Within a major the descriptor only grows at its end: a smaller struct comes from an SDK
+  // too old to know the fields this host reads.
   if (p.struct_size < sizeof(modalkit_plugin_descriptor)) {
     return "descriptor is " + std::to_string(p.struct_size) + " bytes, the host needs at least " +
            std::to_string(sizeof(modalkit_plugin_descriptor)) + " (built against an older SDK)";
   }
   const std::string both = "; plugin built with " + describe_build(p.build, p.abi_major, p.abi_minor) +
                            ", host built with " + describe_build(host, host_major, host_minor);
-  if (p.abi_major != host_major) {
-    return "SDK ABI major " + std::to_string(p.abi_major) + " does not match the host's " +
-           std::to_string(host_major) + both;
-  }
   if (p.abi_minor > host_minor) {
     return "SDK ABI minor " + std::to_string(p.abi_minor) + " is newer than the host's " +
            std::to_string(host_minor) + " (update modalkit)" + both;

@@ -38,7 +38,7 @@ const char* kUsageText =
     "  plugins describe NAME [--json]     a plugin's manifest, config schema and defaults\n"
     "  validate PIPELINE.json             check a pipeline; errors as JSON pointers\n"
     "  train PIPELINE.json --out DIR [--set path=value]...\n"
-    "  eval PIPELINE.json --run DIR [--modalities a,b] [--split NAME] [--json]\n"
+    "  eval [PIPELINE.json] --run DIR [--modalities a,b] [--split NAME] [--json]\n"
     "\n"
     "plugins are searched in --plugin-path, then MODALKIT_PLUGIN_PATH, then the install dir.\n"
     "exit codes: 0 ok, 1 run failure, 2 usage or validation error, 130 interrupted\n";
@@ -116,12 +116,10 @@ int cmd_plugins(const std::vector<std::string>& argv, modalkit::host::PluginRegi
     const std::string name = need_arg(vm, 1, "plugin NAME");
     const auto* m = registry.find(name);
     if (m == nullptr) {
-      std::string known;
-      for (const auto& n : registry.names()) known += (known.empty() ? "" : ", ") + n;
-      throw UsageError("unknown plugin \"" + name + "\" (known: " + (known.empty() ? "none" : known) + ")");
+      throw UsageError("unknown plugin \"" + name + "\" (known: " + modalkit::schema::join_names(registry.names()) + ")");
     }
     json defaults = json::object();
-    modalkit::schema::JsonSchema::compile(m->config_schema, m->file.string()).fill_defaults(defaults);
+    m->config_validator->fill_defaults(defaults);
     if (as_json) {
       json out = m->raw;
       out["manifest_file"] = m->file.string();
@@ -146,7 +144,7 @@ int cmd_validate(const std::vector<std::string>& argv, modalkit::host::PluginReg
   auto pipeline = modalkit::host::load_pipeline(file, {}, registry);
   // The data set and the tasks' targets are part of a pipeline's validity.
   auto dataset = modalkit::host::Dataset::open(pipeline.dataset);
-  modalkit::host::resolve_tasks(pipeline.doc, dataset);
+  modalkit::host::check_against_dataset(pipeline, dataset, registry);
   std::cout << file.string() << ": valid (pipeline \"" << pipeline.doc["name"].get<std::string>() << "\", "
             << pipeline.doc["modalities"].size() << " modalities, data set " << pipeline.dataset.string() << ")\n";
   return kOk;
@@ -184,11 +182,14 @@ int cmd_eval(const std::vector<std::string>& argv, modalkit::host::PluginRegistr
       "modalities", po::value<std::string>(), "comma-separated modalities present")(
       "split", po::value<std::string>(), "split role: train, val or test")("json", "print JSON");
   auto vm = parse(argv, opts, 1);
-  const fs::path file = need_arg(vm, 0, "PIPELINE.json");
   if (!vm.count("run")) throw UsageError("eval needs --run DIR");
-  auto pipeline = modalkit::host::load_pipeline(file, {}, registry);
   modalkit::host::EvalOptions options;
   options.run = vm["run"].as<std::string>();
+  // By default the run's own resolved pipeline (with the --set overrides it was trained
+  // with); a PIPELINE.json argument evaluates the run under another pipeline file.
+  const auto args = args_of(vm);
+  auto pipeline = !args.empty() ? modalkit::host::load_pipeline(args[0], {}, registry)
+                                  : modalkit::host::load_run_pipeline(options.run, registry);
   if (vm.count("modalities")) options.modalities = split_commas(vm["modalities"].as<std::string>());
   if (vm.count("split")) {
     options.split = vm["split"].as<std::string>();
@@ -260,6 +261,9 @@ int main(int argc, char** argv) {
     std::cerr << "modalkit " << command << ": " << e.what() << "\n\n" << kUsageText;
     return kUsage;
   } catch (const po::error& e) {
+    std::cerr << "modalkit " << command << ": " << e.what() << "\n";
+    return kUsage;
+  } catch (const modalkit::host::UsageError& e) {
     std::cerr << "modalkit " << command << ": " << e.what() << "\n";
     return kUsage;
   } catch (const modalkit::schema::ValidationFailed& e) {

@@ -12,7 +12,7 @@ void apply_overrides(nlohmann::json& doc, const std::vector<std::string>& sets) 
   for (const auto& set : sets) {
     const auto eq = set.find('=');
     if (eq == std::string::npos || eq == 0) {
-      throw Error("--set " + set + ": expected path=value, e.g. --set train.epochs=3");
+      throw UsageError("--set " + set + ": expected path=value, e.g. --set train.epochs=3");
     }
     std::string path = set.substr(0, eq);
     const std::string text = set.substr(eq + 1);
@@ -26,24 +26,37 @@ void apply_overrides(nlohmann::json& doc, const std::vector<std::string>& sets) 
     try {
       doc[nlohmann::json::json_pointer(path)] = value;
     } catch (const nlohmann::json::exception& e) {
-      throw Error("--set " + set + ": cannot set " + path + " (" + e.what() + ")");
+      throw UsageError("--set " + set + ": cannot set " + path + " (" + e.what() + ")");
     }
   }
 }
 
 ResolvedPipeline load_pipeline(const std::filesystem::path& file, const std::vector<std::string>& sets,
-                               const PluginRegistry& registry) {
+                               const PluginRegistry& registry, std::filesystem::path base_dir) {
   ResolvedPipeline out;
   out.file = file;
+  out.base_dir = base_dir.empty() ? file.parent_path() : std::move(base_dir);
   out.doc = schema::read_json_file(file);
   apply_overrides(out.doc, sets);
   auto lookup = [&](const std::string& name) { return registry.find(name); };
   auto errors = schema::validate_pipeline(out.doc, lookup, registry.names());
   if (!errors.empty()) throw schema::ValidationFailed(file.string(), std::move(errors));
   std::filesystem::path dataset = out.doc.at("data").at("dataset").get<std::string>();
-  out.dataset = dataset.is_absolute() ? dataset : file.parent_path() / dataset;
+  out.dataset = dataset.is_absolute() ? dataset : out.base_dir / dataset;
   out.hash = sha256_text(out.doc.dump());
   return out;
+}
+
+ResolvedPipeline load_run_pipeline(const std::filesystem::path& run_dir, const PluginRegistry& registry) {
+  const std::filesystem::path run_file = run_dir / "run.json";
+  if (!std::filesystem::exists(run_file)) {
+    throw Error(run_dir.string() + ": not a run directory (no run.json)");
+  }
+  const nlohmann::json run = schema::read_json_file(run_file);
+  if (!run.is_object() || !run.contains("pipeline_dir") || !run.at("pipeline_dir").is_string()) {
+    throw Error(run_file.string() + ": has no \"pipeline_dir\" (a run from an older modalkit: pass PIPELINE.json)");
+  }
+  return load_pipeline(run_dir / "pipeline.json", {}, registry, run.at("pipeline_dir").get<std::string>());
 }
 
 }  // namespace modalkit::host

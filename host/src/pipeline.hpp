@@ -8,6 +8,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "modalkit/errors.hpp"
 #include "registry.hpp"
 
 namespace modalkit::host {
@@ -16,17 +17,29 @@ namespace modalkit::host {
 struct ResolvedPipeline {
   std::filesystem::path file;      ///< the pipeline file as given
   nlohmann::json doc;              ///< the resolved document
-  std::filesystem::path dataset;   ///< data.dataset resolved against the pipeline's directory
+  std::filesystem::path base_dir;  ///< relative paths (data set, artifacts) resolve against this
+  std::filesystem::path dataset;   ///< data.dataset resolved against base_dir
   std::string hash;                ///< sha256 of the resolved document's canonical dump
 };
 
+/// A command-line mistake (exit code 2): a malformed `--set`, an unknown `--modalities` entry.
+class UsageError : public Error {
+ public:
+  using Error::Error;
+};
+
 /// Applies `path=value` overrides (path as `train.epochs` or `/train/epochs`; value parsed as
-/// JSON, or taken as a string when it is not JSON). Throws modalkit::Error on a malformed one.
+/// JSON, or taken as a string when it is not JSON). Throws UsageError on a malformed one.
 void apply_overrides(nlohmann::json& doc, const std::vector<std::string>& sets);
 
 /// Reads, overrides, validates and resolves `file`. Throws schema::JsonFileError or
 /// schema::ValidationFailed (every error at once, as JSON pointers).
+/// Relative paths resolve against `base_dir`, by default the file's own directory.
 ResolvedPipeline load_pipeline(const std::filesystem::path& file, const std::vector<std::string>& sets,
-                               const PluginRegistry& registry);
+                               const PluginRegistry& registry, std::filesystem::path base_dir = {});
+
+/// The resolved pipeline a run was trained with (`RUN/pipeline.json`), its relative paths
+/// resolved against the original pipeline's directory (recorded in `RUN/run.json`).
+ResolvedPipeline load_run_pipeline(const std::filesystem::path& run_dir, const PluginRegistry& registry);
 
 }  // namespace modalkit::host

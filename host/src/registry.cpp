@@ -11,6 +11,7 @@
 #include <fstream>
 #include <sstream>
 
+#include <boost/dll/library_info.hpp>
 #include <boost/dll/shared_library.hpp>
 
 #include "handshake.hpp"
@@ -149,12 +150,6 @@ std::vector<std::shared_ptr<boost::dll::shared_library>>& library_store() {
   return *store;
 }
 
-std::string known_list(const std::vector<std::string>& names) {
-  std::string out;
-  for (const auto& n : names) out += (out.empty() ? "" : ", ") + n;
-  return out.empty() ? "none" : out;
-}
-
 }  // namespace
 
 const LoadedPlugin& PluginRegistry::load(const std::string& name, const std::optional<std::string>& pin) {
@@ -166,7 +161,7 @@ const LoadedPlugin& PluginRegistry::load(const std::string& name, const std::opt
   }
   const schema::Manifest* m = find(name);
   if (m == nullptr) {
-    throw PluginError(name, "no manifest found (known plugins: " + known_list(names()) + ")");
+    throw PluginError(name, "no manifest found (known plugins: " + schema::join_names(names()) + ")");
   }
   auto fail = [&](const std::string& what) -> PluginError { return PluginError(name, what); };
 
@@ -195,19 +190,36 @@ const LoadedPlugin& PluginRegistry::load(const std::string& name, const std::opt
     throw fail("library " + real_lib.string() + " has sha256 " + loaded.sha256 + ", the pipeline pins " + *pin);
   }
 
+  // The entry must be a Boost.DLL alias: a pointer stored in the library's "boostdll"
+  // section. Read from the file, before anything is mapped, so that a plain function that
+  // merely has the entry's name is never dereferenced as that pointer.
+  try {
+    boost::dll::library_info info(boost::dll::fs::path(real_lib.string()));
+    const auto aliases = info.symbols("boostdll");
+    if (std::find(aliases.begin(), aliases.end(), MODALKIT_ENTRY_SYMBOL) == aliases.end()) {
+      const auto all = info.symbols();
+      const bool plain = std::find(all.begin(), all.end(), MODALKIT_ENTRY_SYMBOL) != all.end();
+      throw fail(real_lib.string() + (plain ? " exports \"" MODALKIT_ENTRY_SYMBOL "\" but not as a Boost.DLL alias"
+                                            : " has no entry symbol \"" MODALKIT_ENTRY_SYMBOL "\"") +
+                 " (expected a library built with MODALKIT_PLUGIN from the modalkit SDK)");
+    }
+  } catch (const PluginError&) {
+    throw;
+  } catch (const std::exception& e) {
+    throw fail("cannot read the symbol table of " + real_lib.string() + ": " + e.what());
+  }
+
   std::shared_ptr<boost::dll::shared_library> lib;
   try {
+    // rtld_now: an unresolved symbol (a plugin linked against another SDK or LibTorch build)
+    // fails here, with the loader's message, instead of at the first call deep in training.
     lib = std::make_shared<boost::dll::shared_library>(
         boost::dll::fs::path(real_lib.string()),
-        boost::dll::load_mode::rtld_lazy | boost::dll::load_mode::rtld_local);
+        boost::dll::load_mode::rtld_now | boost::dll::load_mode::rtld_local);
   } catch (const std::exception& e) {
     throw fail("cannot load " + real_lib.string() + ": " + e.what());
   }
   library_store().push_back(lib);  // never unloaded, even when a check below refuses it
-  if (!lib->has(MODALKIT_ENTRY_SYMBOL)) {
-    throw fail(real_lib.string() + " has no entry symbol \"" MODALKIT_ENTRY_SYMBOL
-               "\" (expected a library built with MODALKIT_PLUGIN from the modalkit SDK)");
-  }
   const modalkit_plugin_descriptor* d = lib->get_alias<const modalkit_plugin_descriptor*()>(MODALKIT_ENTRY_SYMBOL)();
   if (d == nullptr) throw fail("entry returned no descriptor");
 

@@ -142,12 +142,49 @@ TEST(Cli, ValidateChecksPluginConfigsAndPlugins) {
   fs::remove(file);
 }
 
-TEST(Cli, ValidateChecksTheTaskTarget) {
-  auto file = pipeline_variant("target", [](json& d) { d["tasks"]["label"]["target"] = "colour"; });
+TEST(Cli, ValidateChecksThePipelineAgainstTheDataSet) {
+  // Every data set mistake at once, each at its pointer.
+  auto file = pipeline_variant("target", [](json& d) {
+    d["tasks"]["label"]["target"] = "colour";
+    d["tasks"]["size"] = {{"type", "regression"}, {"target", "label"}, {"metrics", {"mae"}}};
+    d["tasks"]["tags"] = {{"type", "multilabel"}, {"target", "label"}};
+    d["modalities"]["image"]["field"] = "label";
+    d["data"]["splits"] = {{"val", "validation"}};
+  });
   auto r = modalkit("validate '" + file.string() + "'");
   EXPECT_EQ(r.rc, 2);
-  EXPECT_TRUE(has(r.err, "has no field \"colour\"")) << r.err;
+  EXPECT_TRUE(has(r.err, "/tasks/label/target: no field \"colour\"")) << r.err;
+  EXPECT_TRUE(has(r.err, "(fields: image, label, source)")) << r.err;
+  EXPECT_TRUE(has(r.err, "/tasks/size/target: field \"label\"")) << r.err;
+  EXPECT_TRUE(has(r.err, "a regression task needs a number field")) << r.err;
+  EXPECT_TRUE(has(r.err, "/tasks/tags/type: task type \"multilabel\" is not trained")) << r.err;
+  EXPECT_TRUE(has(r.err, "/modalities/image/field: field \"label\"")) << r.err;
+  EXPECT_TRUE(has(r.err, "plugin \"image\" reads image")) << r.err;
+  EXPECT_TRUE(has(r.err, "/data/splits/val: no split \"validation\"")) << r.err;
   fs::remove(file);
+}
+
+TEST(Cli, ValidateChecksMetricsAgainstTaskTypes) {
+  auto file = pipeline_variant("metrics", [](json& d) { d["tasks"]["label"]["metrics"] = {"accuracy", "mae"}; });
+  auto r = modalkit("validate '" + file.string() + "'");
+  EXPECT_EQ(r.rc, 2);
+  EXPECT_TRUE(has(r.err, "/tasks/label/metrics/1: metric \"mae\" does not apply to a multiclass task")) << r.err;
+  fs::remove(file);
+  file = pipeline_variant("nometrics", [](json& d) { d["tasks"]["label"]["metrics"] = json::array(); });
+  r = modalkit("validate '" + file.string() + "'");
+  EXPECT_EQ(r.rc, 2);
+  EXPECT_TRUE(has(r.err, "/tasks/label/metrics")) << r.err;
+  fs::remove(file);
+}
+
+TEST(Cli, MalformedSetIsAUsageError) {
+  const std::string pipeline = source("examples/pipelines/fashion-mnist-image.json").string();
+  auto r = modalkit("train '" + pipeline + "' --out /nonexistent/run --set train.epochs");
+  EXPECT_EQ(r.rc, 2);
+  EXPECT_TRUE(has(r.err, "--set train.epochs: expected path=value")) << r.err;
+  r = modalkit("train '" + pipeline + "' --out /nonexistent/run --set train.epochs=0");
+  EXPECT_EQ(r.rc, 2);
+  EXPECT_TRUE(has(r.err, "/train/epochs")) << r.err;
 }
 
 TEST(Cli, UsageErrorsExit2) {
@@ -186,6 +223,18 @@ TEST(Cli, TrainsTheSliceAndEvalReproducesIt) {
   ASSERT_EQ(e.rc, 0) << e.err;
   json ev = json::parse(e.out);
   EXPECT_DOUBLE_EQ(ev["tasks"]["label"]["accuracy"].get<double>(), acc);
+  EXPECT_TRUE(has(e.err, "differs from the one the run was trained with")) << e.err;  // epochs 15 vs 4
+
+  // Without a pipeline argument eval uses the run's own resolved pipeline (with its --set),
+  // from any working directory.
+  e = modalkit("eval --run '" + run.string() + "' --json");
+  ASSERT_EQ(e.rc, 0) << e.err;
+  EXPECT_DOUBLE_EQ(json::parse(e.out)["tasks"]["label"]["accuracy"].get<double>(), acc);
+  EXPECT_FALSE(has(e.err, "differs")) << e.err;
+
+  e = modalkit("eval --run '" + run.string() + "' --modalities image,sound");
+  EXPECT_EQ(e.rc, 2);
+  EXPECT_TRUE(has(e.err, "--modalities: \"sound\" is not a modality")) << e.err;
   fs::remove_all(run);
 }
 

@@ -147,6 +147,7 @@ TEST(Metrics, AgreeWithHandComputedValues) {
 TEST(Context, ArtifactsResolveAgainstThePipelineFile) {
   modalkit::host::ResolvedPipeline p;
   p.file = "/data/pipelines/p.json";
+  p.base_dir = "/data/pipelines";
   p.doc = {{"artifacts", {{"word_vectors", "../runs/wv/vectors.pt"}, {"abs", "/opt/lm.pt"}}}};
   modalkit::host::HostContext ctx(spdlog::default_logger(), 7, torch::kCPU, "/runs/x",
                                   modalkit::host::pipeline_artifacts(p));

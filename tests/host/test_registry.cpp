@@ -83,8 +83,17 @@ TEST(Handshake, RefusesEachMismatchNamingBothSides) {
   };
   auto d = good_descriptor();
   d.abi_major = 2;
+  // Another major may lay out everything after the fixed prefix differently: its build tag
+  // must not be read at all (these pointers would crash if dereferenced).
+  d.build.compiler_family = reinterpret_cast<const char*>(0x1);
+  d.build.sdk_version = reinterpret_cast<const char*>(0x1);
   auto msg = check(d);
   EXPECT_TRUE(contains(msg, "SDK ABI major 2 does not match the host's 1")) << msg;
+  EXPECT_TRUE(contains(msg, "rebuild the plugin against SDK " MODALKIT_SDK_VERSION)) << msg;
+
+  d = good_descriptor();
+  d.abi_minor = 5;
+  msg = check(d);
   EXPECT_TRUE(contains(msg, "plugin built with")) << msg;
   EXPECT_TRUE(contains(msg, "host built with")) << msg;
 
@@ -149,6 +158,13 @@ TEST(Registry, RefusesMissingEntrySymbol) {
   PluginRegistry reg({test_plugin_dir()});
   auto msg = load_error(reg, "noentry");
   EXPECT_TRUE(contains(msg, "has no entry symbol \"modalkit_plugin_entry\"")) << msg;
+}
+
+TEST(Registry, RefusesPlainFunctionNamedLikeTheEntry) {
+  PluginRegistry reg({test_plugin_dir()});
+  auto msg = load_error(reg, "plainentry");
+  EXPECT_TRUE(contains(msg, "plugin plainentry:")) << msg;
+  EXPECT_TRUE(contains(msg, "exports \"modalkit_plugin_entry\" but not as a Boost.DLL alias")) << msg;
 }
 
 TEST(Registry, RefusesBinaryNameDifferentFromManifest) {

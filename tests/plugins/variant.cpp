@@ -11,7 +11,12 @@ class Inert : public modalkit::Component {
 };
 }  // namespace
 
-#ifndef VARIANT_NO_ENTRY
+#if defined(VARIANT_PLAIN_ENTRY)
+// An ordinary exported function that happens to carry the entry's name. Boost.DLL's alias is
+// a pointer in the "boostdll" section; dereferencing this function's code as that pointer
+// would crash, so the host must refuse it from the section table alone.
+extern "C" __attribute__((visibility("default"))) int modalkit_plugin_entry() { return 42; }
+#elif !defined(VARIANT_NO_ENTRY)
 MODALKIT_PLUGIN(VARIANT_BINARY_NAME, "0.1.0", kManifest, MODALKIT_FUSION(VARIANT_BINARY_NAME, Inert))
 #else
 // A library without the entry symbol: what a random .so next to a manifest looks like.
