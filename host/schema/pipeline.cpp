@@ -24,11 +24,14 @@ std::string with_article(const std::string& kind) {
 /// manifest, filling its config's defaults when it is valid.
 void check_component(json& component, const std::string& pointer, const std::string& kind,
                      const ManifestLookup& lookup, const std::vector<std::string>& known_plugins,
-                     const json& artifacts, std::vector<SchemaError>& errors) {
+                     const json& artifacts, const std::function<std::string(const std::string&)>& explain_unknown,
+                     std::vector<SchemaError>& errors) {
   const std::string name = component.at("plugin").get<std::string>();
   const Manifest* manifest = lookup ? lookup(name) : nullptr;
   if (manifest == nullptr) {
-    errors.push_back({pointer + "/plugin", "unknown plugin " + quoted(name) + " (known: " + join_names(known_plugins) + ")"});
+    std::string why = explain_unknown ? explain_unknown(name) : std::string();
+    errors.push_back({pointer + "/plugin", "unknown plugin " + quoted(name) + " (known: " + join_names(known_plugins) + ")" +
+                                               (why.empty() ? "" : "; " + why)});
     return;
   }
   if (manifest->kind != kind) {
@@ -79,7 +82,8 @@ bool metric_applies(const std::string& metric, const std::string& task_type) {
 }
 
 std::vector<SchemaError> validate_pipeline(nlohmann::json& pipeline, const ManifestLookup& lookup,
-                                           const std::vector<std::string>& known_plugins) {
+                                           const std::vector<std::string>& known_plugins,
+                                           const std::function<std::string(const std::string&)>& explain_unknown) {
   const JsonSchema& schema = builtin_schema("pipeline");
   std::vector<SchemaError> errors = schema.validate(pipeline);
   if (!errors.empty()) return errors;  // components are only meaningful in a well-formed pipeline
@@ -88,10 +92,10 @@ std::vector<SchemaError> validate_pipeline(nlohmann::json& pipeline, const Manif
   schema.fill_defaults(doc);  // gives every component a `config` object to validate
   for (auto& [modality, component] : doc.at("modalities").items()) {
     check_component(component, append_pointer("/modalities", modality), "modality", lookup, known_plugins,
-                    doc.at("artifacts"), errors);
+                    doc.at("artifacts"), explain_unknown, errors);
   }
-  check_component(doc.at("fusion"), "/fusion", "fusion", lookup, known_plugins, doc.at("artifacts"), errors);
-  check_component(doc.at("transfer"), "/transfer", "transfer", lookup, known_plugins, doc.at("artifacts"), errors);
+  check_component(doc.at("fusion"), "/fusion", "fusion", lookup, known_plugins, doc.at("artifacts"), explain_unknown, errors);
+  check_component(doc.at("transfer"), "/transfer", "transfer", lookup, known_plugins, doc.at("artifacts"), explain_unknown, errors);
 
   for (const auto& [task, spec] : doc.at("tasks").items()) {
     const std::string type = spec.at("type").get<std::string>();

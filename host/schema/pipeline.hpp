@@ -36,7 +36,10 @@ bool metric_applies(const std::string& metric, const std::string& task_type);
 /// 6. each task's metrics must apply to its type (`/tasks/t/metrics/0`).
 /// On success, fills in the pipeline schema's defaults and each config's defaults; on failure
 /// leaves `pipeline` as it was.
-std::vector<SchemaError> validate_pipeline(nlohmann::json& pipeline, const ManifestLookup& lookup,
-                                           const std::vector<std::string>& known_plugins);
+/// `explain_unknown`, when given, adds why a plugin of that name was not found (e.g. its
+/// manifest was skipped at discovery); it returns "" when it knows nothing.
+std::vector<SchemaError> validate_pipeline(
+    nlohmann::json& pipeline, const ManifestLookup& lookup, const std::vector<std::string>& known_plugins,
+    const std::function<std::string(const std::string& name)>& explain_unknown = {});
 
 }  // namespace modalkit::schema

@@ -2,6 +2,7 @@
 
 #include <atomic>
 #include <mutex>
+#include <system_error>
 #include <thread>
 
 #include <ATen/ATen.h>
@@ -30,7 +31,12 @@ void parallel_for(size_t n, int threads, const std::function<void(size_t)>& fn) 
   };
   const int workers = std::max(1, std::min<int>(threads, static_cast<int>(n)));
   std::vector<std::thread> pool;
-  for (int t = 1; t < workers; ++t) pool.emplace_back(work);
+  try {
+    for (int t = 1; t < workers; ++t) pool.emplace_back(work);
+  } catch (const std::system_error&) {
+    // No more threads to be had: the ones started and this one share the work, and every
+    // started thread is joined below (an unjoined std::thread would terminate the process).
+  }
   work();
   for (auto& t : pool) t.join();
   if (failure) std::rethrow_exception(failure);
@@ -75,6 +81,10 @@ SplitFeatures SplitFeatures::build(Dataset& dataset, const std::string& split,
                                    const std::map<std::string, TaskSpec>& tasks, int threads, bool fit,
                                    const std::vector<int64_t>& rows) {
   const std::vector<Sample>& all = dataset.samples(split);
+  if (all.empty()) {
+    // Fitting on nothing would give NaN statistics and an empty evaluation a metric of 0/0.
+    throw DataError(dataset.file().string(), "split \"" + split + "\" holds no samples");
+  }
   SplitFeatures out;
   if (rows.empty()) {
     for (size_t i = 0; i < all.size(); ++i) out.source_rows_.push_back(static_cast<int64_t>(i));
@@ -119,7 +129,13 @@ SplitFeatures SplitFeatures::build(Dataset& dataset, const std::string& split,
 
 Batch SplitFeatures::batch(const std::vector<int64_t>& rows, const std::vector<std::string>& modalities) const {
   Batch b;
-  b.index = at::tensor(rows, at::kLong);
+  const at::Tensor local = at::tensor(rows, at::kLong);
+  // The batch names its samples by their row in the split's file, not by their position in
+  // this (possibly label-subset) cache, so predictions and reports point at real samples.
+  std::vector<int64_t> source;
+  source.reserve(rows.size());
+  for (int64_t r : rows) source.push_back(source_rows_.at(static_cast<size_t>(r)));
+  b.index = at::tensor(source, at::kLong);
   for (const auto& name : modalities) {
     const auto& feats = features_.at(name);
     std::vector<at::Tensor> picked;
@@ -130,7 +146,7 @@ Batch SplitFeatures::batch(const std::vector<int64_t>& rows, const std::vector<s
     input.present = at::ones({static_cast<int64_t>(rows.size())}, at::kBool);
     b.inputs.emplace(name, std::move(input));
   }
-  for (const auto& [task, t] : targets_) b.targets.emplace(task, t.index_select(0, b.index));
+  for (const auto& [task, t] : targets_) b.targets.emplace(task, t.index_select(0, local));
   return b;
 }
 

@@ -39,7 +39,8 @@ ResolvedPipeline load_pipeline(const std::filesystem::path& file, const std::vec
   out.doc = schema::read_json_file(file);
   apply_overrides(out.doc, sets);
   auto lookup = [&](const std::string& name) { return registry.find(name); };
-  auto errors = schema::validate_pipeline(out.doc, lookup, registry.names());
+  auto explain = [&](const std::string& name) { return registry.skipped_reason(name); };
+  auto errors = schema::validate_pipeline(out.doc, lookup, registry.names(), explain);
   if (!errors.empty()) throw schema::ValidationFailed(file.string(), std::move(errors));
   std::filesystem::path dataset = out.doc.at("data").at("dataset").get<std::string>();
   out.dataset = dataset.is_absolute() ? dataset : out.base_dir / dataset;

@@ -129,6 +129,16 @@ void PluginRegistry::scan(const fs::path& dir, int depth) {
   }
 }
 
+std::string PluginRegistry::skipped_reason(const std::string& name) const {
+  std::string out;
+  for (const auto& p : problems_) {
+    if (p.file.filename() == name + ".plugin.json") {
+      out += (out.empty() ? "" : "; ") + p.file.string() + " was skipped: " + p.message;
+    }
+  }
+  return out;
+}
+
 const schema::Manifest* PluginRegistry::find(const std::string& name) const {
   auto it = manifests_.find(name);
   return it == manifests_.end() ? nullptr : &it->second;
@@ -161,7 +171,9 @@ const LoadedPlugin& PluginRegistry::load(const std::string& name, const std::opt
   }
   const schema::Manifest* m = find(name);
   if (m == nullptr) {
-    throw PluginError(name, "no manifest found (known plugins: " + schema::join_names(names()) + ")");
+    const std::string why = skipped_reason(name);
+    throw PluginError(name, "no manifest found (known plugins: " + schema::join_names(names()) + ")" +
+                                (why.empty() ? "" : "; " + why));
   }
   auto fail = [&](const std::string& what) -> PluginError { return PluginError(name, what); };
 

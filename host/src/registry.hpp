@@ -49,6 +49,9 @@ class PluginRegistry {
   std::vector<std::string> names() const;
   /// Manifests that were skipped, and why.
   const std::vector<DiscoveryProblem>& problems() const { return problems_; }
+  /// Why discovery skipped a file named `<name>.plugin.json` ("" when none was skipped): what
+  /// an "unknown plugin" message adds so the user sees the real cause.
+  std::string skipped_reason(const std::string& name) const;
   /// The directories searched, in order.
   const std::vector<std::filesystem::path>& search_path() const { return search_path_; }
 

@@ -102,6 +102,30 @@ TEST(Loader, TargetsAreCheckedAgainstTheLabelSet) {
   EXPECT_NE(error_of([&] { modalkit::host::read_target(nan, r); }).find("must be a number"), std::string::npos);
 }
 
+TEST(Loader, BatchesNameSamplesByTheirRowInTheSplit) {
+  DatasetDir d;
+  auto file = d.write_dataset(3, "{\"x\": 1, \"y\": \"a\"}\n{\"x\": 2, \"y\": \"b\"}\n{\"x\": 3, \"y\": \"c\"}\n");
+  auto ds = modalkit::host::Dataset::open(file);
+  std::map<std::string, TaskSpec> tasks{{"label", {"label", TaskType::kMulticlass, "y", {"a", "b", "c"}, 3, {"accuracy"}}}};
+  // A label subset keeps rows 2 and 0 of the split, in that order.
+  auto f = modalkit::host::SplitFeatures::build(ds, "train", {}, tasks, 1, false, {2, 0});
+  ASSERT_EQ(f.size(), 2);
+  modalkit::Batch b = f.batch({1, 0}, {});
+  EXPECT_EQ(std::vector<int64_t>(b.index.data_ptr<int64_t>(), b.index.data_ptr<int64_t>() + 2),
+            (std::vector<int64_t>{0, 2}));
+  const at::Tensor y = b.targets.at("label");
+  EXPECT_EQ(y[0].item<int64_t>(), 0);  // row 0 is "a"
+  EXPECT_EQ(y[1].item<int64_t>(), 2);  // row 2 is "c"
+}
+
+TEST(Loader, EmptySplitIsADataError) {
+  DatasetDir d;
+  auto file = d.write_dataset(0, "");
+  auto ds = modalkit::host::Dataset::open(file);
+  EXPECT_EQ(error_of([&] { modalkit::host::SplitFeatures::build(ds, "train", {}, {}, 1, true); }),
+            file.string() + ": split \"train\" holds no samples");
+}
+
 TEST(Loader, ParallelForReportsTheLowestFailingIndex) {
   for (int threads : {1, 2, 4}) {
     std::vector<int> seen(100, 0);

@@ -139,6 +139,12 @@ TEST(Registry, DiscoveryRefusesBrokenManifestsWithoutLoadingAnything) {
   EXPECT_TRUE(contains(problems["badschema.plugin.json"], "/version")) << problems["badschema.plugin.json"];
   ASSERT_TRUE(problems.count("escape.plugin.json"));
   EXPECT_TRUE(contains(problems["escape.plugin.json"], "/library")) << problems["escape.plugin.json"];
+
+  // Asking for a skipped plugin by name says why it is unknown, not only that it is.
+  auto msg = load_error(reg, "brokenjson");
+  EXPECT_TRUE(contains(msg, "plugin brokenjson: no manifest found")) << msg;
+  EXPECT_TRUE(contains(msg, "brokenjson.plugin.json was skipped: ")) << msg;
+  EXPECT_TRUE(contains(msg, "brokenjson.plugin.json:2:")) << msg;
 }
 
 TEST(Registry, RefusesWrongAbiMajorNamingBothVersions) {
