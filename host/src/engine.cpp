@@ -20,6 +20,7 @@
 #include <torch/nn/utils/clip_grad.h>
 #include <torch/utils.h>
 
+#include "interrupt.hpp"
 #include "metrics.hpp"
 #include "schema/json_schema.hpp"
 #include "modalkit/errors.hpp"
@@ -491,6 +492,12 @@ nlohmann::json train(const ResolvedPipeline& pipeline, PluginRegistry& registry,
     for (size_t start = 0; start < order.size(); start += static_cast<size_t>(batch_size)) {
       std::vector<int64_t> rows(order.begin() + static_cast<long>(start),
                                 order.begin() + static_cast<long>(std::min(order.size(), start + batch_size)));
+      if (interrupt_requested()) {
+        // model.pt holds the best epoch so far (or nothing before the first one ends);
+        // metrics.jsonl every finished epoch. Resuming mid-run comes with checkpoints.
+        throw Interrupted("interrupted in epoch " + std::to_string(epoch) + " at step " + std::to_string(steps) +
+                          "; " + options.out.string() + " holds the epochs that finished");
+      }
       Batch batch = train_f.batch(rows, model.train_modalities).to(device);
       optimizer->zero_grad();
       LossTerms terms = guard(sp, [&] { return strategy.loss(batch); });

@@ -9,6 +9,7 @@
 
 #include "dataset.hpp"
 #include "engine.hpp"
+#include "interrupt.hpp"
 #include "modalkit/errors.hpp"
 #include "pipeline.hpp"
 #include "registry.hpp"
@@ -22,7 +23,7 @@ using nlohmann::json;
 
 namespace {
 
-constexpr int kOk = 0, kRunFailure = 1, kUsage = 2;
+constexpr int kOk = 0, kRunFailure = 1, kUsage = 2, kInterrupted = 130;
 
 /// A usage error: wrong command, option or argument (exit 2).
 struct UsageError : std::runtime_error {
@@ -254,7 +255,10 @@ int main(int argc, char** argv) {
     modalkit::host::PluginRegistry registry(modalkit::host::plugin_search_path(plugin_paths));
     if (command == "plugins") return cmd_plugins(sub, registry);
     if (command == "validate") return cmd_validate(sub, registry);
-    if (command == "train") return cmd_train(sub, registry);
+    if (command == "train") {
+      modalkit::host::install_interrupt_handler();
+      return cmd_train(sub, registry);
+    }
     if (command == "eval") return cmd_eval(sub, registry);
     throw UsageError("unknown command \"" + command + "\"");
   } catch (const UsageError& e) {
@@ -263,6 +267,9 @@ int main(int argc, char** argv) {
   } catch (const po::error& e) {
     std::cerr << "modalkit " << command << ": " << e.what() << "\n";
     return kUsage;
+  } catch (const modalkit::host::Interrupted& e) {
+    std::cerr << "modalkit " << command << ": " << e.what() << "\n";
+    return kInterrupted;
   } catch (const modalkit::host::UsageError& e) {
     std::cerr << "modalkit " << command << ": " << e.what() << "\n";
     return kUsage;

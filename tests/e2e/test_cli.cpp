@@ -238,6 +238,27 @@ TEST(Cli, TrainsTheSliceAndEvalReproducesIt) {
   fs::remove_all(run);
 }
 
+TEST(Cli, SigintStopsTrainingWithExit130) {
+  const fs::path run = fs::current_path() / ("run-sigint-" + std::to_string(::getpid()));
+  const fs::path err = fs::current_path() / ("sigint-stderr-" + std::to_string(::getpid()));
+  fs::remove_all(run);
+  // Interrupt once the first epoch has been written, as a user pressing Ctrl-C would.
+  const std::string cmd =
+      "'" + env("MODALKIT_BIN") + "' --plugin-path '" + env("MODALKIT_PLUGIN_BUILD_DIR") + "' train '" +
+      source("examples/pipelines/fashion-mnist-image.json").string() + "' --out '" + run.string() +
+      "' --set train.epochs=100 2>'" + err.string() + "' & pid=$!; " +
+      "for i in $(seq 1 1200); do [ -s '" + (run / "metrics.jsonl").string() + "' ] && break; sleep 0.1; done; " +
+      "kill -INT $pid; wait $pid";
+  const int status = std::system(cmd.c_str());
+  ASSERT_TRUE(WIFEXITED(status));
+  EXPECT_EQ(WEXITSTATUS(status), 130) << read_all(err);
+  EXPECT_TRUE(has(read_all(err), "interrupted in epoch ")) << read_all(err);
+  EXPECT_TRUE(fs::exists(run / "model.pt"));  // the best epoch so far survives
+  EXPECT_FALSE(fs::exists(run / "results.json"));  // an interrupted run is not a finished one
+  fs::remove_all(run);
+  fs::remove(err);
+}
+
 TEST(Cli, ThrowingPluginsAreContainedAndNamed) {
   for (const std::string fail : {"construct", "forward"}) {
     auto file = pipeline_variant("faulty-" + fail, [&](json& d) {
