@@ -17,7 +17,17 @@ Dataset Dataset::open(const std::filesystem::path& file) {
   ds.doc_ = schema::read_json_file(file);
   auto errors = schema::builtin_schema("dataset").validate(ds.doc_);
   if (!errors.empty()) throw schema::ValidationFailed(file.string(), std::move(errors));
-  ds.sha256_ = sha256_file(file);
+  // dataset.json and the split files it names, so a changed sample list is a changed data
+  // set; the sample files those lines point to are not read here (70k PNGs would be slow).
+  std::string digest = "dataset.json " + sha256_file(file) + "\n";
+  for (const auto& [split, spec] : ds.doc_.at("splits").items()) {
+    const std::filesystem::path samples = ds.base_dir_ / spec.at("samples").get<std::string>();
+    if (!std::filesystem::exists(samples)) {
+      throw DataError(file.string(), "split \"" + split + "\": samples file " + samples.string() + " does not exist");
+    }
+    digest += split + " " + sha256_file(samples) + "\n";
+  }
+  ds.sha256_ = sha256_text(digest);
   return ds;
 }
 

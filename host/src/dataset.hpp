@@ -37,7 +37,8 @@ class Dataset {
   const std::filesystem::path& base_dir() const { return base_dir_; }
   /// The dataset.json document.
   const nlohmann::json& doc() const { return doc_; }
-  /// sha256 of dataset.json (identifies the data set's version in run metadata).
+  /// sha256 over dataset.json and each split's samples file (identifies the data set's
+  /// version in run metadata; the sample files those lines reference are not hashed).
   const std::string& sha256() const { return sha256_; }
 
  private:
