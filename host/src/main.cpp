@@ -1,5 +1,6 @@
 // The `modalkit` command line. Exit codes (docs/architecture.md): 0 success, 1 run failure,
 // 2 usage or validation error, 130 interrupted.
+#include <algorithm>
 #include <iostream>
 #include <sstream>
 
@@ -7,6 +8,7 @@
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
 
+#include "data_commands.hpp"
 #include "dataset.hpp"
 #include "engine.hpp"
 #include "interrupt.hpp"
@@ -38,6 +40,9 @@ const char* kUsageText =
     "  plugins list [--json]              plugins found (manifests only, nothing loaded)\n"
     "  plugins describe NAME [--json]     a plugin's manifest, config schema and defaults\n"
     "  validate PIPELINE.json             check a pipeline; errors as JSON pointers\n"
+    "  data validate DATASET.json [--json] [--config FIELD=JSON]...\n"
+    "                                     schema, samples files, every sample decodes; counts\n"
+    "  data inspect DATASET.json [--json] splits, label balance, per-field statistics\n"
     "  train PIPELINE.json --out DIR [--set path=value]...\n"
     "  eval [PIPELINE.json] --run DIR [--modalities a,b] [--split NAME] [--json]\n"
     "\n"
@@ -208,6 +213,40 @@ int cmd_eval(const std::vector<std::string>& argv, modalkit::host::PluginRegistr
   return kOk;
 }
 
+int cmd_data(const std::vector<std::string>& argv, modalkit::host::PluginRegistry& registry) {
+  po::options_description opts;
+  opts.add_options()("json", "print JSON")("threads", po::value<int>()->default_value(2), "decode threads")(
+      "config", po::value<std::vector<std::string>>()->composing(),
+      "FIELD=JSON: config of the plugin that decodes FIELD");
+  auto vm = parse(argv, opts, 2);
+  const std::string sub = need_arg(vm, 0, "data subcommand (validate or inspect)");
+  if (sub != "validate" && sub != "inspect") {
+    throw UsageError("unknown data subcommand \"" + sub + "\" (expected validate or inspect)");
+  }
+  const fs::path file = need_arg(vm, 1, "DATASET.json");
+  modalkit::host::DataCheckOptions options;
+  options.threads = std::max(1, vm["threads"].as<int>());
+  if (vm.count("config")) {
+    for (const auto& c : vm["config"].as<std::vector<std::string>>()) {
+      const auto eq = c.find('=');
+      json value = eq == std::string::npos ? json() : json::parse(c.substr(eq + 1), nullptr, false);
+      if (eq == std::string::npos || eq == 0 || value.is_discarded() || !value.is_object()) {
+        throw UsageError("--config " + c + ": expected FIELD={...JSON object...}, e.g. --config image='{\"height\": 32}'");
+      }
+      options.field_configs[c.substr(0, eq)] = value;
+    }
+  }
+  const bool as_json = vm.count("json") > 0;
+  if (sub == "validate") {
+    json r = modalkit::host::validate_dataset(file, registry, options);
+    std::cout << (as_json ? r.dump(2) + "\n" : modalkit::host::format_validation(r));
+    return r.at("valid").get<bool>() ? kOk : kUsage;
+  }
+  json r = modalkit::host::inspect_dataset(file, registry, options);
+  std::cout << (as_json ? r.dump(2) + "\n" : modalkit::host::format_inspection(r));
+  return kOk;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -255,6 +294,7 @@ int main(int argc, char** argv) {
     modalkit::host::PluginRegistry registry(modalkit::host::plugin_search_path(plugin_paths));
     if (command == "plugins") return cmd_plugins(sub, registry);
     if (command == "validate") return cmd_validate(sub, registry);
+    if (command == "data") return cmd_data(sub, registry);
     if (command == "train") {
       modalkit::host::install_interrupt_handler();
       return cmd_train(sub, registry);
