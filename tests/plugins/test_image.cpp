@@ -40,8 +40,11 @@ struct ImageFixture : ::testing::Test {
   void TearDown() override { fs::remove_all(dir); }
 
   std::shared_ptr<modalkit::ModalityPlugin> make(const nlohmann::json& config) {
+    // As the host gives it: the manifest's defaults filled in.
+    nlohmann::json filled = config;
+    registry->find("image")->config_validator->fill_defaults(filled);
     modalkit::CreateArgs args;
-    args.config = modalkit::Config(config, "/modalities/image/config");
+    args.config = modalkit::Config(filled, "/modalities/image/config");
     args.instance = "image";
     args.d_model = 16;
     return registry->create<modalkit::ModalityPlugin>("image", MODALKIT_KIND_MODALITY, args);
@@ -203,6 +206,60 @@ TEST_F(ImageFixture, EncoderEmitsOneTokenPerPatch) {
   auto names = encoder->named_parameters();
   EXPECT_TRUE(names.contains("conv1.weight"));
   EXPECT_TRUE(names.contains("proj.linear.weight"));
+}
+
+TEST_F(ImageFixture, PatchEncoderEmitsOneTokenPerPatchAndLearns) {
+  auto patch = make({{"height", 8}, {"width", 8}, {"encoder", "patch"}, {"patch_size", 2}, {"layers", 1},
+                     {"heads", 4}, {"dropout", 0.0}});
+  auto encoder = patch->make_encoder();
+  modalkit::ModalityInput in{torch::randn({3, 1, 8, 8}), {}, torch::ones({3}, torch::kBool)};
+  auto seq = encoder->forward(in);
+  EXPECT_EQ(seq.x.sizes(), (std::vector<int64_t>{3, 16, 16}));  // (8/2)*(8/2) patches of d_model 16
+  auto names = encoder->named_parameters();
+  EXPECT_TRUE(names.contains("embed.weight"));
+  EXPECT_TRUE(names.contains("blocks.layers.0.self_attn.in_proj_weight"));
+  // Tokens depend on their own patch: changing one pixel changes only that patch's token
+  // before attention, so with layers 0 exactly one token moves.
+  auto local = make({{"height", 8}, {"width", 8}, {"encoder", "patch"}, {"patch_size", 2}, {"layers", 0},
+                     {"dropout", 0.0}})->make_encoder();
+  auto a = torch::randn({1, 1, 8, 8});
+  auto b = a.clone();
+  b[0][0][5][6] += 1.0;  // patch row 2, column 3 → token 2*4+3 = 11
+  auto da = local->forward({a, {}, torch::ones({1}, torch::kBool)}).x;
+  auto db = local->forward({b, {}, torch::ones({1}, torch::kBool)}).x;
+  auto moved = (da - db)[0].abs().sum(-1).gt(1e-6).nonzero().flatten();  // token indices of sample 0
+  ASSERT_EQ(moved.numel(), 1) << moved;
+  EXPECT_EQ(moved[0].item<int64_t>(), 11);
+  // It trains: a few Adam steps fit a fixed random batch's target.
+  torch::optim::Adam opt(encoder->parameters(), torch::optim::AdamOptions(1e-2));
+  auto x = torch::randn({8, 1, 8, 8});
+  auto y = torch::randn({8, 16});
+  double first = 0, last = 0;
+  for (int step = 0; step < 30; ++step) {
+    opt.zero_grad();
+    auto loss = (encoder->forward({x, {}, torch::ones({8}, torch::kBool)}).x.mean(1) - y).pow(2).mean();
+    loss.backward();
+    opt.step();
+    (step == 0 ? first : last) = loss.item<double>();
+  }
+  EXPECT_LT(last, 0.5 * first);
+
+  try {
+    make({{"height", 8}, {"width", 8}, {"encoder", "patch"}, {"patch_size", 3}});
+    FAIL();
+  } catch (const modalkit::PluginError& e) {
+    EXPECT_NE(std::string(e.what()).find("/modalities/image/config/patch_size: height 8 and width 8 must be multiples"),
+              std::string::npos)
+        << e.what();
+  }
+  try {
+    make({{"height", 8}, {"width", 8}, {"encoder", "patch"}, {"heads", 3}});
+    FAIL();
+  } catch (const modalkit::PluginError& e) {
+    EXPECT_NE(std::string(e.what()).find("/modalities/image/config/heads: d_model 16 is not divisible by heads 3"),
+              std::string::npos)
+        << e.what();
+  }
 }
 
 TEST_F(ImageFixture, ConfigErrorsNameThePointer) {

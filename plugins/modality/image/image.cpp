@@ -1,6 +1,6 @@
 // The image modality: IDX (`file#index`) and PNG/JPEG (stb_image) decoding, noise and occlusion
-// perturbations, pixel standardisation fitted on the train split, and a small conv encoder that
-// emits one token per 4x4 patch.
+// perturbations, pixel standardisation fitted on the train split, and two encoders: a small conv
+// net emitting one token per 4x4 patch, or a ViT-style patch embedding with Transformer layers.
 #include <fstream>
 #include <map>
 #include <memory>
@@ -13,6 +13,8 @@
 #include <torch/nn/modules/pooling.h>
 #include <torch/nn/modules/linear.h>
 #include <torch/nn/modules/normalization.h>
+#include <torch/nn/modules/transformercoder.h>
+#include <torch/nn/modules/transformerlayer.h>
 
 #define STB_IMAGE_IMPLEMENTATION
 #define STBI_ONLY_PNG
@@ -94,6 +96,8 @@ struct ImageOptions {
   double dropout;
   bool normalize;
   std::string perturbation;
+  std::string encoder;  // "conv" or "patch"
+  int64_t patch_size, layers, heads;
 };
 
 /// Two conv blocks (each halves the resolution), then one token per remaining position,
@@ -137,6 +141,43 @@ class ConvImageEncoder : public modalkit::Encoder {
   torch::Tensor position_;
 };
 
+/// ViT-style (Dosovitskiy et al. 2021): non-overlapping patch_size x patch_size patches, each
+/// linearly embedded (a strided convolution is exactly that), a learned position embedding, then
+/// `layers` pre-norm Transformer encoder layers. One token per patch.
+class PatchImageEncoder : public modalkit::Encoder {
+ public:
+  PatchImageEncoder(const ImageOptions& o, int64_t d_model) {
+    embed_ = register_module("embed", torch::nn::Conv2d(torch::nn::Conv2dOptions(o.channels, d_model, o.patch_size)
+                                                            .stride(o.patch_size)));
+    const int64_t tokens = (o.height / o.patch_size) * (o.width / o.patch_size);
+    position_ = register_parameter("position", torch::randn({tokens, d_model}) * 0.02);
+    if (o.layers > 0) {
+      auto layer = torch::nn::TransformerEncoderLayerOptions(d_model, o.heads)
+                       .dim_feedforward(2 * d_model)
+                       .dropout(o.dropout)
+                       .activation(torch::kGELU);
+      blocks_ = register_module("blocks", torch::nn::TransformerEncoder(
+                                              torch::nn::TransformerEncoderOptions(layer, o.layers)));
+    }
+    norm_ = register_module("norm", torch::nn::LayerNorm(torch::nn::LayerNormOptions({d_model})));
+  }
+
+  modalkit::Sequence forward(const modalkit::ModalityInput& input) override {
+    auto x = embed_->forward(input.data).flatten(2).transpose(1, 2) + position_;  // [B, T, D]
+    // LibTorch's TransformerEncoder takes [T, B, D].
+    if (!blocks_.is_empty()) x = blocks_->forward(x.transpose(0, 1)).transpose(0, 1);
+    x = norm_->forward(x);
+    auto mask = torch::ones({x.size(0), x.size(1)}, torch::dtype(torch::kBool).device(x.device()));
+    return {x, mask};
+  }
+
+ private:
+  torch::nn::Conv2d embed_{nullptr};
+  torch::nn::TransformerEncoder blocks_{nullptr};
+  torch::nn::LayerNorm norm_{nullptr};
+  torch::Tensor position_;
+};
+
 class ImageModality : public modalkit::ModalityPlugin {
  public:
   explicit ImageModality(const modalkit::CreateArgs& args) : d_model_(args.d_model) {
@@ -144,10 +185,25 @@ class ImageModality : public modalkit::ModalityPlugin {
     auto conv = c.json().at("conv_channels");
     opt_ = ImageOptions{c.get<int64_t>("height"), c.get<int64_t>("width"), c.get<int64_t>("channels"),
                         conv.at(0).get<int64_t>(), conv.at(1).get<int64_t>(), c.get<double>("dropout"),
-                        c.get<bool>("normalize"), c.get<std::string>("perturbation")};
-    if (opt_.height % 4 != 0 || opt_.width % 4 != 0) {
+                        c.get<bool>("normalize"), c.get<std::string>("perturbation"),
+                        c.get<std::string>("encoder"), c.get<int64_t>("patch_size"), c.get<int64_t>("layers"),
+                        c.get<int64_t>("heads")};
+    if (opt_.encoder == "conv" && (opt_.height % 4 != 0 || opt_.width % 4 != 0)) {
       throw modalkit::ConfigError(c.pointer() + "/height",
                                   "height and width must be multiples of 4 (two 2x poolings)");
+    }
+    if (opt_.encoder == "patch") {
+      if (opt_.height % opt_.patch_size != 0 || opt_.width % opt_.patch_size != 0) {
+        throw modalkit::ConfigError(c.pointer() + "/patch_size",
+                                    "height " + std::to_string(opt_.height) + " and width " +
+                                        std::to_string(opt_.width) + " must be multiples of patch_size " +
+                                        std::to_string(opt_.patch_size));
+      }
+      if (d_model_ % opt_.heads != 0) {
+        throw modalkit::ConfigError(c.pointer() + "/heads", "d_model " + std::to_string(d_model_) +
+                                                                " is not divisible by heads " +
+                                                                std::to_string(opt_.heads));
+      }
     }
   }
 
@@ -213,6 +269,7 @@ class ImageModality : public modalkit::ModalityPlugin {
   }
 
   std::shared_ptr<modalkit::Encoder> make_encoder() override {
+    if (opt_.encoder == "patch") return std::make_shared<PatchImageEncoder>(opt_, d_model_);
     return std::make_shared<ConvImageEncoder>(opt_, d_model_);
   }
 
