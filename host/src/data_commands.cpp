@@ -71,9 +71,10 @@ std::string shape_of(const at::Tensor& t) {
   return out.empty() ? "scalar" : out;
 }
 
-/// Walks every sample of every split, field by field, calling `visit(split, field, type, sample,
-/// value, raw)` where `raw` is the decoded value for media fields (nullptr otherwise). Errors
-/// of one sample do not stop the walk; they are collected.
+/// Walks every sample of every split, field by field, calling `visit(split, field, type, value,
+/// raw)`: for label and number fields `value` is what read_target made of it (the class index,
+/// the number), for string fields the value itself; `raw` is the decoded value for media fields
+/// (nullptr otherwise). Errors of one sample do not stop the walk; they are collected.
 class Walker {
  public:
   Walker(const std::filesystem::path& file, PluginRegistry& registry, const DataCheckOptions& options)
@@ -149,8 +150,7 @@ class Walker {
             auto it = s.fields.find(field);
             if (it == s.fields.end()) throw DataError(s.origin, "sample has no field \"" + field + "\"");
             if (type == "label" || type == "number") {
-              read_target(s, as_target);
-              visit(split, field, type, *it, nullptr);
+              visit(split, field, type, json(read_target(s, as_target)), nullptr);
             } else if (type == "string") {
               if (!it->is_string()) throw DataError(s.origin, "field \"" + field + "\" must be a string, found " + it->dump());
               visit(split, field, type, *it, nullptr);
@@ -226,8 +226,7 @@ nlohmann::json inspect_dataset(const std::filesystem::path& file, PluginRegistry
   json splits = walker.walk([&](const std::string& split, const std::string& field, const std::string& type,
                                 const json& value, const RawValue* raw) {
     if (type == "label") {
-      std::string name = value.is_string() ? value.get<std::string>()
-                                           : fields.at(field).at("labels").at(value.get<size_t>()).get<std::string>();
+      const std::string name = fields.at(field).at("labels").at(static_cast<size_t>(value.get<double>()));
       std::lock_guard<std::mutex> lock(mutex);
       ++labels[split][field][name];
     } else if (type == "number") {

@@ -17,18 +17,27 @@ Dataset Dataset::open(const std::filesystem::path& file) {
   ds.doc_ = schema::read_json_file(file);
   auto errors = schema::builtin_schema("dataset").validate(ds.doc_);
   if (!errors.empty()) throw schema::ValidationFailed(file.string(), std::move(errors));
-  // dataset.json and the split files it names, so a changed sample list is a changed data
-  // set; the sample files those lines point to are not read here (70k PNGs would be slow).
-  std::string digest = "dataset.json " + sha256_file(file) + "\n";
   for (const auto& [split, spec] : ds.doc_.at("splits").items()) {
     const std::filesystem::path samples = ds.base_dir_ / spec.at("samples").get<std::string>();
     if (!std::filesystem::exists(samples)) {
       throw DataError(file.string(), "split \"" + split + "\": samples file " + samples.string() + " does not exist");
     }
-    digest += split + " " + sha256_file(samples) + "\n";
   }
-  ds.sha256_ = sha256_text(digest);
   return ds;
+}
+
+const std::string& Dataset::sha256() const {
+  // Only a run's metadata needs it, so validate, inspect and eval do not pay for reading every
+  // split file twice. dataset.json and the split files it names, so a changed sample list is a
+  // changed data set; the sample files those lines point to are not read (70k PNGs would be slow).
+  if (sha256_.empty()) {
+    std::string digest = "dataset.json " + sha256_file(file_) + "\n";
+    for (const auto& [split, spec] : doc_.at("splits").items()) {
+      digest += split + " " + sha256_file(base_dir_ / spec.at("samples").get<std::string>()) + "\n";
+    }
+    sha256_ = sha256_text(digest);
+  }
+  return sha256_;
 }
 
 bool Dataset::has_split(const std::string& split) const { return doc_.at("splits").contains(split); }

@@ -38,13 +38,14 @@ class Dataset {
   /// The dataset.json document.
   const nlohmann::json& doc() const { return doc_; }
   /// sha256 over dataset.json and each split's samples file (identifies the data set's
-  /// version in run metadata; the sample files those lines reference are not hashed).
-  const std::string& sha256() const { return sha256_; }
+  /// version in run metadata; the sample files those lines reference are not hashed). Computed
+  /// on first use; not thread-safe.
+  const std::string& sha256() const;
 
  private:
   std::filesystem::path file_, base_dir_;
   nlohmann::json doc_;
-  std::string sha256_;
+  mutable std::string sha256_;  // filled by sha256()
   std::map<std::string, std::vector<Sample>> splits_;
 };
 

@@ -39,6 +39,17 @@ struct ImageFixture : ::testing::Test {
   }
   void TearDown() override { fs::remove_all(dir); }
 
+  /// The message of the PluginError make(config) throws; fails the test if it throws none.
+  std::string make_error(const nlohmann::json& config) {
+    try {
+      make(config);
+    } catch (const modalkit::PluginError& e) {
+      return e.what();
+    }
+    ADD_FAILURE() << "no PluginError for config " << config.dump();
+    return "";
+  }
+
   std::shared_ptr<modalkit::ModalityPlugin> make(const nlohmann::json& config) {
     // As the host gives it: the manifest's defaults filled in.
     nlohmann::json filled = config;
@@ -244,32 +255,17 @@ TEST_F(ImageFixture, PatchEncoderEmitsOneTokenPerPatchAndLearns) {
   }
   EXPECT_LT(last, 0.5 * first);
 
-  try {
-    make({{"height", 8}, {"width", 8}, {"encoder", "patch"}, {"patch_size", 3}});
-    FAIL();
-  } catch (const modalkit::PluginError& e) {
-    EXPECT_NE(std::string(e.what()).find("/modalities/image/config/patch_size: height 8 and width 8 must be multiples"),
-              std::string::npos)
-        << e.what();
-  }
-  try {
-    make({{"height", 8}, {"width", 8}, {"encoder", "patch"}, {"heads", 3}});
-    FAIL();
-  } catch (const modalkit::PluginError& e) {
-    EXPECT_NE(std::string(e.what()).find("/modalities/image/config/heads: d_model 16 is not divisible by heads 3"),
-              std::string::npos)
-        << e.what();
-  }
+  auto msg = make_error({{"height", 8}, {"width", 8}, {"encoder", "patch"}, {"patch_size", 3}});
+  EXPECT_NE(msg.find("/modalities/image/config/patch_size: height 8 and width 8 must be multiples"), std::string::npos)
+      << msg;
+  msg = make_error({{"height", 8}, {"width", 8}, {"encoder", "patch"}, {"heads", 3}});
+  EXPECT_NE(msg.find("/modalities/image/config/heads: d_model 16 is not divisible by heads 3"), std::string::npos)
+      << msg;
 }
 
 TEST_F(ImageFixture, ConfigErrorsNameThePointer) {
-  try {
-    make({{"height", 10}, {"width", 8}, {"channels", 1}, {"conv_channels", {4, 8}}, {"dropout", 0.0},
-          {"normalize", true}, {"perturbation", "noise"}});
-    FAIL();
-  } catch (const modalkit::PluginError& e) {
-    EXPECT_NE(std::string(e.what()).find("/modalities/image/config/height: height and width must be multiples of 4"),
-              std::string::npos)
-        << e.what();
-  }
+  auto msg = make_error({{"height", 10}, {"width", 8}, {"channels", 1}, {"conv_channels", {4, 8}}, {"dropout", 0.0},
+                         {"normalize", true}, {"perturbation", "noise"}});
+  EXPECT_NE(msg.find("/modalities/image/config/height: height and width must be multiples of 4"), std::string::npos)
+      << msg;
 }
