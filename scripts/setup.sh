@@ -9,6 +9,7 @@ packages=(
   libtorch-dev libopenblas0-pthread        # OpenBLAS: Debian's reference BLAS is ~35x slower
   libboost-dev libboost-filesystem-dev libboost-program-options-dev
   nlohmann-json3-dev libvalijson-dev libspdlog-dev libssl-dev zlib1g-dev libstb-dev
+  libsndfile1-dev libsamplerate0-dev       # audio plugin: decoding (WAV, FLAC) and resampling
   libgtest-dev libgmock-dev
   clang libclang-rt-14-dev                 # libFuzzer targets of the test suite
 )

@@ -63,4 +63,27 @@ ModalityInput ModalityPlugin::collate(const std::vector<at::Tensor>& features) c
   return input;
 }
 
+ModalityInput collate_padded(const std::vector<at::Tensor>& features, double pad_value) {
+  if (features.empty()) throw Error("collate: empty batch");
+  int64_t longest = 0;
+  for (const auto& f : features) {
+    if (f.dim() < 1 || f.sizes().slice(1) != features[0].sizes().slice(1)) {
+      throw Error("collate: variable-length features must agree past their first axis (" +
+                  c10::str(features[0].sizes()) + " vs " + c10::str(f.sizes()) + ")");
+    }
+    longest = std::max(longest, f.size(0));
+  }
+  std::vector<int64_t> shape{static_cast<int64_t>(features.size()), longest};
+  for (int64_t d : features[0].sizes().slice(1)) shape.push_back(d);
+  ModalityInput input;
+  input.data = at::full(shape, pad_value, features[0].options());
+  input.mask = at::zeros({shape[0], longest}, at::kBool);
+  for (size_t i = 0; i < features.size(); ++i) {
+    const int64_t n = features[i].size(0);
+    input.data[static_cast<int64_t>(i)].narrow(0, 0, n).copy_(features[i]);
+    input.mask[static_cast<int64_t>(i)].narrow(0, 0, n).fill_(true);
+  }
+  return input;
+}
+
 }  // namespace modalkit

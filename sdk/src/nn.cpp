@@ -38,6 +38,11 @@ at::Tensor apply_presence(const at::Tensor& mask, const at::Tensor& present) {
   return mask.logical_and(present.to(torch::kBool).unsqueeze(1));
 }
 
+at::Tensor strided_mask(const at::Tensor& mask, int64_t stride) {
+  TORCH_CHECK(mask.dim() == 2 && stride >= 1, "strided_mask: expected [B,L] and stride >= 1");
+  return mask.slice(1, 0, mask.size(1), stride);
+}
+
 at::Tensor masked_mean_pool(const Sequence& seq) {
   TORCH_CHECK(seq.x.dim() == 3, "masked_mean_pool: expected [B,T,D], got ", seq.x.sizes());
   at::Tensor weights = seq.mask.to(seq.x.scalar_type()).unsqueeze(-1);  // [B,T,1]

@@ -1,8 +1,6 @@
 // The image plugin, loaded through the host like any plugin: decoding against independent
 // encodings (PNG written by stb_image_write, IDX written here), bad input, perturbations,
 // normalisation fitted on train, the encoder's standardized sequence.
-#include <unistd.h>
-
 #include <fstream>
 
 #include <gtest/gtest.h>
@@ -16,65 +14,25 @@
 #include <stb/stb_image_write.h>
 #pragma GCC diagnostic pop
 
-#include "modalkit/modality.hpp"
-#include "registry.hpp"
+#include "modality_fixture.hpp"
 
 namespace fs = std::filesystem;
 
 namespace {
 
-struct ImageFixture : ::testing::Test {
-  fs::path dir;
-  std::unique_ptr<modalkit::host::PluginRegistry> registry;
+struct ImageFixture : ModalityFixture {
   std::shared_ptr<modalkit::ModalityPlugin> image;
 
+  ImageFixture() : ModalityFixture("image") {}
+
   void SetUp() override {
-    dir = fs::current_path() / ("tmp-image-" + std::to_string(::getpid()));
-    fs::remove_all(dir);
-    fs::create_directories(dir);
-    registry = std::make_unique<modalkit::host::PluginRegistry>(
-        std::vector<fs::path>{std::getenv("MODALKIT_PLUGIN_BUILD_DIR")});
+    ModalityFixture::SetUp();
     image = make({{"height", 8}, {"width", 8}, {"channels", 1}, {"conv_channels", {4, 8}}, {"dropout", 0.0},
                   {"normalize", true}, {"perturbation", "noise"}});
   }
-  void TearDown() override { fs::remove_all(dir); }
 
-  /// The message of the PluginError make(config) throws; fails the test if it throws none.
-  std::string make_error(const nlohmann::json& config) {
-    try {
-      make(config);
-    } catch (const modalkit::PluginError& e) {
-      return e.what();
-    }
-    ADD_FAILURE() << "no PluginError for config " << config.dump();
-    return "";
-  }
-
-  std::shared_ptr<modalkit::ModalityPlugin> make(const nlohmann::json& config) {
-    // As the host gives it: the manifest's defaults filled in.
-    nlohmann::json filled = config;
-    registry->find("image")->config_validator->fill_defaults(filled);
-    modalkit::CreateArgs args;
-    args.config = modalkit::Config(filled, "/modalities/image/config");
-    args.instance = "image";
-    args.d_model = 16;
-    return registry->create<modalkit::ModalityPlugin>("image", MODALKIT_KIND_MODALITY, args);
-  }
-
-  modalkit::RawValue decode(const std::string& ref) {
-    nlohmann::json v = ref;
-    std::string origin = "samples.jsonl:1";
-    return image->decode(modalkit::FieldRef{v, dir, origin});
-  }
-
-  std::string decode_error(const std::string& ref) {
-    try {
-      decode(ref);
-    } catch (const std::exception& e) {
-      return e.what();
-    }
-    return "";
-  }
+  modalkit::RawValue decode(const std::string& ref) { return decode_with(*image, ref, dir); }
+  std::string decode_error(const std::string& ref) { return decode_error_with(*image, ref, dir); }
 
   void write_idx(const std::string& name, const std::vector<uint8_t>& pixels, uint32_t n, uint32_t rows,
                  uint32_t cols, bool gz) {

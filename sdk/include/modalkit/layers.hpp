@@ -21,6 +21,11 @@ at::Tensor masked_mean_pool(const Sequence& seq);
 /// undefined `present` means all present.
 at::Tensor apply_presence(const at::Tensor& mask, const at::Tensor& present);
 
+/// The mask after a strided layer over a padded axis (kernel k, padding k/2, so the output has
+/// ceil(L / stride) positions): output position i is real when input position i * stride is.
+/// Since SDK ABI 1.1.
+at::Tensor strided_mask(const at::Tensor& mask, int64_t stride);
+
 /// Options of Projection.
 struct ProjectionOptions {
   /// Creates options projecting from `in` features to `out` features.

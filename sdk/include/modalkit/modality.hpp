@@ -79,4 +79,9 @@ class ModalityPlugin : public Component {
   virtual std::shared_ptr<Encoder> make_encoder() = 0;
 };
 
+/// Collates variable-length features `[L_i, ...]` (equal trailing shapes) into `data`
+/// `[B, max L, ...]` padded with `pad_value` and `mask` `[B, max L]` (true = real position):
+/// what a variable-length modality's collate() returns. Since SDK ABI 1.1.
+ModalityInput collate_padded(const std::vector<at::Tensor>& features, double pad_value = 0.0);
+
 }  // namespace modalkit
