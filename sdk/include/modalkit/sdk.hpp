@@ -7,6 +7,7 @@
 #include "modalkit/component.hpp"
 #include "modalkit/config.hpp"
 #include "modalkit/context.hpp"
+#include "modalkit/csv.hpp"
 #include "modalkit/errors.hpp"
 #include "modalkit/evaluation.hpp"
 #include "modalkit/fusion.hpp"

