@@ -346,42 +346,55 @@ std::map<std::string, TaskSpec> resolve_tasks(const nlohmann::json& pipeline, co
   return tasks;
 }
 
-BuiltModel build_model(const ResolvedPipeline& pipeline, PluginRegistry& registry, const Dataset& dataset,
-                       HostContext& context) {
+namespace {
+
+/// What the host gives a component of `doc` at `pointer` (instance name `instance`).
+CreateArgs create_args(const nlohmann::json& doc, HostContext& context, const std::string& pointer,
+                       const nlohmann::json& component, const std::string& instance) {
+  CreateArgs args;
+  args.config = Config(component.at("config"), pointer + "/config");
+  args.context = &context;
+  args.instance = instance;
+  args.d_model = doc.at("d_model");
+  for (const auto& [m, spec] : doc.at("modalities").items()) args.modalities.push_back(m);
+  return args;
+}
+
+}  // namespace
+
+BuiltModel create_modalities(const ResolvedPipeline& pipeline, PluginRegistry& registry, const Dataset& dataset,
+                             HostContext& context) {
   const nlohmann::json& doc = pipeline.doc;
   BuiltModel model;
   check_against_dataset(pipeline, dataset, registry);
   model.tasks = resolve_tasks(doc, dataset);
+  for (const auto& [m, spec] : doc.at("modalities").items()) {
+    auto made = registry.create<ModalityPlugin>(spec.at("plugin"), MODALKIT_KIND_MODALITY,
+                                                create_args(doc, context, "/modalities/" + m, spec, m), pin_of(spec));
+    context.add_component(m, made);
+    model.modalities.push_back(ModalityBinding{m, spec.at("field"), made});
+  }
+  return model;
+}
+
+void build_networks(const ResolvedPipeline& pipeline, PluginRegistry& registry, HostContext& context,
+                    BuiltModel& model) {
+  const nlohmann::json& doc = pipeline.doc;
   const int64_t d_model = doc.at("d_model");
-  std::vector<std::string> names;
-  for (const auto& [m, spec] : doc.at("modalities").items()) names.push_back(m);
-
-  auto args_for = [&](const std::string& pointer, const nlohmann::json& component, const std::string& instance) {
-    CreateArgs args;
-    args.config = Config(component.at("config"), pointer + "/config");
-    args.context = &context;
-    args.instance = instance;
-    args.d_model = d_model;
-    args.modalities = names;
-    return args;
-  };
-
   ModelParts parts;
   parts.d_model = d_model;
   std::map<std::string, int64_t> widths;
-  for (const auto& [m, spec] : doc.at("modalities").items()) {
-    const std::string plugin = spec.at("plugin");
-    auto made = registry.create<ModalityPlugin>(plugin, MODALKIT_KIND_MODALITY,
-                                                args_for("/modalities/" + m, spec, m), pin_of(spec));
-    context.add_component(m, made);
-    model.modalities.push_back(ModalityBinding{m, spec.at("field"), made});
-    auto encoder = guard(plugin, [&] { return made->make_encoder(); });
+  std::vector<std::string> names;
+  for (const auto& m : model.modalities) {
+    const std::string plugin = m.plugin->plugin_name();
+    auto encoder = guard(plugin, [&] { return m.plugin->make_encoder(); });
     if (!encoder) throw PluginError(plugin, "make_encoder() returned nothing");
-    parts.encoders.emplace(m, EncoderRef(encoder, plugin));
-    widths[m] = d_model;
+    parts.encoders.emplace(m.name, EncoderRef(encoder, plugin));
+    widths[m.name] = d_model;
+    names.push_back(m.name);
   }
   const auto& fusion_spec = doc.at("fusion");
-  CreateArgs fusion_args = args_for("/fusion", fusion_spec, "fusion");
+  CreateArgs fusion_args = create_args(doc, context, "/fusion", fusion_spec, "fusion");
   fusion_args.input_widths = widths;
   model.fusion = registry.create<FusionOperator>(fusion_spec.at("plugin"), MODALKIT_KIND_FUSION, fusion_args,
                                                  pin_of(fusion_spec));
@@ -392,7 +405,8 @@ BuiltModel build_model(const ResolvedPipeline& pipeline, PluginRegistry& registr
 
   const auto& transfer = doc.at("transfer");
   model.strategy = registry.create<TransferStrategy>(transfer.at("plugin"), MODALKIT_KIND_TRANSFER,
-                                                     args_for("/transfer", transfer, "transfer"), pin_of(transfer));
+                                                     create_args(doc, context, "/transfer", transfer, "transfer"),
+                                                     pin_of(transfer));
   context.add_component("transfer", model.strategy);
   const std::string sp = model.strategy->plugin_name();
   guard(sp, [&] { model.strategy->build(parts); });
@@ -406,7 +420,6 @@ BuiltModel build_model(const ResolvedPipeline& pipeline, PluginRegistry& registr
     }
   }
   model.strategy->to(context.device());
-  return model;
 }
 
 nlohmann::json train(const ResolvedPipeline& pipeline, PluginRegistry& registry, const TrainOptions& options) {
@@ -422,21 +435,24 @@ nlohmann::json train(const ResolvedPipeline& pipeline, PluginRegistry& registry,
   fs::create_directories(options.out);
   Dataset dataset = Dataset::open(pipeline.dataset);
   HostContext context(log, seed, device, options.out, pipeline_artifacts(pipeline));
-  BuiltModel model = build_model(pipeline, registry, dataset, context);
-  TransferStrategy& strategy = *model.strategy;
-  const std::string sp = strategy.plugin_name();
+  BuiltModel model = create_modalities(pipeline, registry, dataset, context);
 
   const auto& splits = doc.at("data").at("splits");
   const std::string train_split = splits.at("train"), val_split = splits.at("val");
   const std::string eval_split = splits.at(doc.at("evaluate").at("split").get<std::string>());
-  const std::vector<std::string> needed = needed_modalities(model, doc);
-  const auto bindings = bindings_for(model, needed);
 
+  // fit comes first: an encoder's shape may depend on what it learned (a tabular plugin's
+  // columns and vocabularies), so networks are built after it. Every declared modality is fitted.
   const auto t0 = std::chrono::steady_clock::now();
   const auto train_rows = label_subset(static_cast<int64_t>(dataset.samples(train_split).size()),
                                        doc.at("data").at("label_fraction"), seed);
-  SplitFeatures train_f = SplitFeatures::build(dataset, train_split, bindings, model.tasks, loader_threads,
+  SplitFeatures train_f = SplitFeatures::build(dataset, train_split, model.modalities, model.tasks, loader_threads,
                                                /*fit=*/true, train_rows);
+  build_networks(pipeline, registry, context, model);
+  TransferStrategy& strategy = *model.strategy;
+  const std::string sp = strategy.plugin_name();
+  const std::vector<std::string> needed = needed_modalities(model, doc);
+  const auto bindings = bindings_for(model, needed);
   SplitFeatures val_f = SplitFeatures::build(dataset, val_split, bindings, model.tasks, loader_threads, false);
   SplitFeatures eval_f = eval_split == val_split
                              ? val_f
@@ -576,19 +592,20 @@ nlohmann::json evaluate(const ResolvedPipeline& pipeline, PluginRegistry& regist
   const c10::Device device = device_of(doc);
   Dataset dataset = Dataset::open(pipeline.dataset);
   HostContext context(spdlog::default_logger(), seed, device, options.run, pipeline_artifacts(pipeline));
-  BuiltModel model = build_model(pipeline, registry, dataset, context);
+  BuiltModel model = create_modalities(pipeline, registry, dataset, context);
+  std::ifstream fin(options.run / "fitted_state.json");
+  const nlohmann::json fitted = nlohmann::json::parse(fin, nullptr, false);
+  if (fitted.is_discarded()) throw Error((options.run / "fitted_state.json").string() + ": missing or not JSON");
+  for (const auto& m : model.modalities) {
+    if (fitted.contains(m.name)) guard(m.plugin->plugin_name(), [&] { m.plugin->load_fitted_state(fitted.at(m.name)); });
+  }
+  build_networks(pipeline, registry, context, model);
 
   std::vector<std::string> modalities = options.modalities.empty() ? model.test_modalities : options.modalities;
   for (const auto& m : modalities) {
     bool known = false;
     for (const auto& b : model.modalities) known = known || b.name == m;
     if (!known) throw UsageError("--modalities: \"" + m + "\" is not a modality of " + pipeline.file.string());
-  }
-  std::ifstream fin(options.run / "fitted_state.json");
-  const nlohmann::json fitted = nlohmann::json::parse(fin, nullptr, false);
-  if (fitted.is_discarded()) throw Error((options.run / "fitted_state.json").string() + ": missing or not JSON");
-  for (const auto& m : model.modalities) {
-    if (fitted.contains(m.name)) guard(m.plugin->plugin_name(), [&] { m.plugin->load_fitted_state(fitted.at(m.name)); });
   }
   load_weights(*model.strategy, options.run / "model.pt");
 

@@ -71,9 +71,15 @@ void check_against_dataset(const ResolvedPipeline& pipeline, const Dataset& data
 /// check_against_dataset first.
 std::map<std::string, TaskSpec> resolve_tasks(const nlohmann::json& pipeline, const Dataset& dataset);
 
-/// Builds the model of `pipeline` through the registry's plugins.
-BuiltModel build_model(const ResolvedPipeline& pipeline, PluginRegistry& registry, const Dataset& dataset,
-                       HostContext& context);
+/// First half of building `pipeline`'s model: checks it against the data set, resolves the tasks
+/// and creates the modality plugins (no networks yet: fit or load_fitted_state comes next).
+BuiltModel create_modalities(const ResolvedPipeline& pipeline, PluginRegistry& registry, const Dataset& dataset,
+                             HostContext& context);
+
+/// Second half, once the modalities are fitted: encoders, fusion, task heads and the transfer
+/// strategy, moved to the context's device.
+void build_networks(const ResolvedPipeline& pipeline, PluginRegistry& registry, HostContext& context,
+                    BuiltModel& model);
 
 /// Options of `modalkit train`.
 struct TrainOptions {
