@@ -78,7 +78,7 @@ TEST(Handshake, AcceptsItsOwnBuildAndOlderMinor) {
 TEST(Handshake, RefusesEachMismatchNamingBothSides) {
   const auto host = modalkit::current_build_tag();
   auto check = [&](modalkit_plugin_descriptor d) {
-    auto why = modalkit::host::check_handshake(d, host, 1, 0);
+    auto why = modalkit::host::check_handshake(d, host, MODALKIT_SDK_ABI_MAJOR, MODALKIT_SDK_ABI_MINOR);
     return why ? *why : std::string();
   };
   auto d = good_descriptor();
@@ -99,7 +99,7 @@ TEST(Handshake, RefusesEachMismatchNamingBothSides) {
 
   d = good_descriptor();
   d.abi_minor = 5;
-  EXPECT_TRUE(contains(check(d), "SDK ABI minor 5 is newer than the host's 0"));
+  EXPECT_TRUE(contains(check(d), "SDK ABI minor 5 is newer than the host's " + std::to_string(MODALKIT_SDK_ABI_MINOR)));
 
   d = good_descriptor();
   d.build.torch_minor = 12;
