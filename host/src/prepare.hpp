@@ -4,6 +4,7 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <map>
 #include <string>
 #include <utility>
 #include <vector>
@@ -16,7 +17,12 @@ struct PrepareOptions {
   std::filesystem::path cache;  ///< downloaded packages (empty: $XDG_CACHE_HOME/modalkit or ~/.cache/modalkit)
   uint64_t seed = 20261129;     ///< every random choice (splits, subsets, voices) derives from it
   int64_t subset = 0;           ///< > 0: about this many samples in all, split sizes in proportion, class-balanced
+  std::map<std::string, int64_t> split_limits;  ///< at most this many samples of a split (overrides subset)
 };
+
+/// Parses `--subset`: a total (`3000`) or per-split limits (`train=2000,val=500,test=1000`).
+/// Throws modalkit::Error explaining the form on anything else.
+void parse_subset(const std::string& text, PrepareOptions& options);
 
 /// Recipe names with a one-line description, in the order `data prepare --list` prints them.
 std::vector<std::pair<std::string, std::string>> list_recipes();

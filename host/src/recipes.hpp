@@ -53,9 +53,10 @@ std::map<std::string, std::vector<size_t>> stratified_split(
     size_t n, const std::function<std::string(size_t)>& stratum,
     const std::vector<std::pair<std::string, double>>& fractions, uint64_t seed);
 
-/// How many of a split's `part` samples (of `total` in all splits) a `--subset` keeps: the
-/// subset spread over the splits in proportion to their sizes; 0 (= all) without --subset.
-int64_t subset_share(const Context& ctx, size_t part, size_t total);
+/// How many of `split`'s `part` samples (of `total` in all splits) a `--subset` keeps: its own
+/// limit when one is given, else the total spread over the splits in proportion to their sizes;
+/// 0 (= all) without --subset.
+int64_t subset_share(const Context& ctx, const std::string& split, size_t part, size_t total);
 
 /// At most `limit` of `items` (all when limit <= 0), balanced over `stratum(i)` and in their
 /// original order; the choice is seeded.
@@ -68,6 +69,10 @@ class DatasetWriter {
  public:
   /// `doc` holds name, description, version and fields; splits and provenance are added here.
   DatasetWriter(const Context& ctx, nlohmann::json doc);
+  /// Removes the temporary directory unless finish() moved it into place.
+  ~DatasetWriter();
+  DatasetWriter(const DatasetWriter&) = delete;
+  DatasetWriter& operator=(const DatasetWriter&) = delete;
   /// Directory files of the data set are written to (relative sample paths resolve against it).
   const std::filesystem::path& dir() const { return tmp_; }
   /// Appends one sample to `split` (splits are written in the order first used).
@@ -81,11 +86,13 @@ class DatasetWriter {
   Context ctx_;
   nlohmann::json doc_;
   std::filesystem::path tmp_;
+  bool finished_ = false;
   std::vector<std::string> order_;
   std::map<std::string, std::vector<nlohmann::json>> splits_;
 };
 
 // The recipes (recipes_*.cpp).
+std::filesystem::path fashion_mnist(const Context& ctx);
 std::filesystem::path wine(const Context& ctx);
 std::filesystem::path breast_cancer(const Context& ctx);
 std::filesystem::path penguins(const Context& ctx);

@@ -129,7 +129,7 @@ fs::path spoken_words(const Context& ctx) {
   uint64_t salt = 0;
   for (const std::string split : {"train", "val", "test"}) {
     for (size_t i : balanced_subset(parts[split], [&](size_t k) { return std::string(kWords[all[k].word].label); },
-                                    subset_share(ctx, parts[split].size(), all.size()), ctx.options.seed + ++salt)) {
+                                    subset_share(ctx, split, parts[split].size(), all.size()), ctx.options.seed + ++salt)) {
       clips.push_back(all[i]);
     }
   }

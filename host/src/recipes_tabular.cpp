@@ -37,7 +37,7 @@ fs::path write_table(const Context& ctx, const Table& table, const std::map<std:
   uint64_t salt = 0;
   for (const auto& split : split_order) {
     const auto rows = balanced_subset(parts.at(split), [&](size_t i) { return table.labels[i]; },
-                                      subset_share(ctx, parts.at(split).size(), table.rows.size()),
+                                      subset_share(ctx, split, parts.at(split).size(), table.rows.size()),
                                       ctx.options.seed + ++salt);
     std::ofstream csv(writer.dir() / (split + ".csv"));
     csv << csv_line(table.columns) << '\n';
