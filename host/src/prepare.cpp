@@ -34,6 +34,8 @@ const std::vector<RecipeEntry>& table() {
        recipes::fashion_mnist},
       {"spoken-words", "espeak-ng speech: the 10 Fashion-MNIST class names and the digits, 96 voices, held-out voices for test",
        recipes::spoken_words},
+      {"sensor-network", "4 motes' real humidity/temperature, 32-reading windows; task: which mote; splits blocked in time",
+       recipes::sensor_network},
       {"wine", "sklearn's wine (178 x 13, 3 cultivars), stratified 60/20/20", recipes::wine},
       {"breast-cancer", "sklearn's Wisconsin breast cancer (569 x 30, benign/malignant), stratified 60/20/20",
        recipes::breast_cancer},

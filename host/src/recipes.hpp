@@ -97,6 +97,7 @@ std::filesystem::path wine(const Context& ctx);
 std::filesystem::path breast_cancer(const Context& ctx);
 std::filesystem::path penguins(const Context& ctx);
 std::filesystem::path seattle_weather(const Context& ctx);
+std::filesystem::path sensor_network(const Context& ctx);
 std::filesystem::path spoken_words(const Context& ctx);
 
 }  // namespace modalkit::host::recipes

@@ -98,6 +98,16 @@ bool parse_number(const std::string& cell, double& value) {
   return end == cell.c_str() + cell.size() && std::isfinite(value);
 }
 
+std::shared_ptr<const CsvTable> CsvCache::get(const std::filesystem::path& file, const std::string& origin) const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  auto& slot = tables_[file.string()];
+  if (!slot) {
+    if (!std::filesystem::exists(file)) throw DataError(origin, "CSV file " + file.string() + " does not exist");
+    slot = std::make_shared<const CsvTable>(read_csv(file));
+  }
+  return slot;
+}
+
 std::string csv_line(const std::vector<std::string>& cells) {
   std::string out;
   for (size_t i = 0; i < cells.size(); ++i) {

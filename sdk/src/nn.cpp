@@ -58,6 +58,14 @@ ProjectionImpl::ProjectionImpl(const ProjectionOptions& options) {
 
 at::Tensor ProjectionImpl::forward(const at::Tensor& x) { return linear_ ? linear_->forward(x) : x; }
 
+TemporalConvImpl::TemporalConvImpl(const TemporalConvOptions& o) {
+  conv_ = register_module("conv", torch::nn::Conv2d(torch::nn::Conv2dOptions(o.in(), o.out(), {1, o.kernel()})
+                                                        .stride({1, o.stride()})
+                                                        .padding({0, o.padding()})));
+}
+
+at::Tensor TemporalConvImpl::forward(const at::Tensor& x) { return conv_->forward(x.unsqueeze(2)).squeeze(2); }
+
 TaskHead::~TaskHead() = default;
 
 namespace {

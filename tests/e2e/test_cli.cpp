@@ -362,7 +362,7 @@ TEST(Cli, SameSeedSameRun) {
 TEST(Cli, EveryEmbeddedDataSetValidatesThroughItsPlugins) {
   // penguins' island and sex columns hold categories: the pipeline says so, and so must validate.
   for (const auto& [name, config] : std::vector<std::pair<std::string, std::string>>{
-           {"fashion-mnist", ""}, {"spoken-words", ""}, {"wine", ""},
+           {"fashion-mnist", ""}, {"spoken-words", ""}, {"wine", ""}, {"sensor-network", ""},
            {"penguins", " --config 'features={\"categorical\": [\"island\", \"sex\"]}'"}}) {
     const std::string file = source("data/embedded/" + name + "/dataset.json").string();
     auto r = modalkit("data validate '" + file + "' --json" + config);
@@ -387,14 +387,17 @@ TEST(Cli, TabularAndAudioPipelinesTrainAndEvalRestoresTheirFittedState) {
   // penguins: the encoder's embedding tables are sized by the vocabularies fit learned, so eval
   // must restore the fitted state before it builds the networks.
   for (const auto& [name, epochs, floor] : std::vector<std::tuple<std::string, int, double>>{
-           {"penguins-tabular", 10, 0.8}, {"spoken-words-audio", 3, 0.08}}) {
+           {"penguins-tabular", 10, 0.8}, {"spoken-words-audio", 3, 0.08},
+           // which mote, from temperature alone, is near chance on held-out time (docs/data.md):
+           // this one checks that eval rebuilds the encoder from the fitted channel count.
+           {"sensor-network-temperature", 2, 0.0}}) {
     const fs::path run = fs::current_path() / ("run-" + name + "-" + std::to_string(::getpid()));
     fs::remove_all(run);
     const std::string pipeline = source("examples/pipelines/" + name + ".json").string();
     auto r = modalkit("train '" + pipeline + "' --out '" + run.string() + "' --set train.epochs=" + std::to_string(epochs));
     ASSERT_EQ(r.rc, 0) << name << r.err;
     const double acc = json::parse(read_all(run / "results.json"))["tasks"]["label"]["accuracy"];
-    EXPECT_GT(acc, floor) << name;  // penguins: chance 0.44 (majority class); spoken words: chance 0.05
+    EXPECT_GE(acc, floor) << name;  // penguins: chance 0.44 (majority class); spoken words: chance 0.05
     auto e = modalkit("eval --run '" + run.string() + "' --json");
     ASSERT_EQ(e.rc, 0) << name << e.err;
     EXPECT_DOUBLE_EQ(json::parse(e.out)["tasks"]["label"]["accuracy"].get<double>(), acc) << name;

@@ -8,7 +8,6 @@
 #include <samplerate.h>
 #include <sndfile.h>
 
-#include <torch/nn/modules/conv.h>
 #include <torch/nn/modules/dropout.h>
 #include <torch/nn/modules/linear.h>
 #include <torch/nn/modules/normalization.h>
@@ -76,9 +75,9 @@ torch::Tensor zero_padding(const torch::Tensor& data, const torch::Tensor& mask)
 class ConvAudioEncoder : public modalkit::Encoder {
  public:
   ConvAudioEncoder(const AudioOptions& o, int64_t d_model) {
-    using torch::nn::Conv1dOptions;
-    conv1_ = register_module("conv1", torch::nn::Conv1d(Conv1dOptions(o.n_mels, o.channels, 3).stride(2).padding(1)));
-    conv2_ = register_module("conv2", torch::nn::Conv1d(Conv1dOptions(o.channels, o.channels, 3).stride(2).padding(1)));
+    using modalkit::TemporalConvOptions;
+    conv1_ = register_module("conv1", modalkit::TemporalConv(TemporalConvOptions(o.n_mels, o.channels, 3).stride(2).padding(1)));
+    conv2_ = register_module("conv2", modalkit::TemporalConv(TemporalConvOptions(o.channels, o.channels, 3).stride(2).padding(1)));
     proj_ = register_module("proj", modalkit::Projection(modalkit::ProjectionOptions(o.channels, d_model)));
     position_ = register_parameter("position", torch::randn({ceil_div(ceil_div(o.max_frames(), 2), 2), d_model}) * 0.02);
     fc1_ = register_module("fc1", torch::nn::Linear(d_model, 2 * d_model));
@@ -99,7 +98,7 @@ class ConvAudioEncoder : public modalkit::Encoder {
   }
 
  private:
-  torch::nn::Conv1d conv1_{nullptr}, conv2_{nullptr};
+  modalkit::TemporalConv conv1_{nullptr}, conv2_{nullptr};
   modalkit::Projection proj_{nullptr};
   torch::nn::Linear fc1_{nullptr}, fc2_{nullptr};
   torch::nn::LayerNorm norm_{nullptr};
@@ -112,8 +111,8 @@ class ConvAudioEncoder : public modalkit::Encoder {
 class TransformerAudioEncoder : public modalkit::Encoder {
  public:
   TransformerAudioEncoder(const AudioOptions& o, int64_t d_model) {
-    using torch::nn::Conv1dOptions;
-    embed_ = register_module("embed", torch::nn::Conv1d(Conv1dOptions(o.n_mels, d_model, 3).stride(2).padding(1)));
+    using modalkit::TemporalConvOptions;
+    embed_ = register_module("embed", modalkit::TemporalConv(TemporalConvOptions(o.n_mels, d_model, 3).stride(2).padding(1)));
     position_ = register_parameter("position", torch::randn({ceil_div(o.max_frames(), 2), d_model}) * 0.02);
     if (o.layers > 0) {
       auto layer = torch::nn::TransformerEncoderLayerOptions(d_model, o.heads)
@@ -136,7 +135,7 @@ class TransformerAudioEncoder : public modalkit::Encoder {
   }
 
  private:
-  torch::nn::Conv1d embed_{nullptr};
+  modalkit::TemporalConv embed_{nullptr};
   torch::nn::TransformerEncoder blocks_{nullptr};
   torch::nn::LayerNorm norm_{nullptr};
   torch::Tensor position_;

@@ -161,13 +161,13 @@ class TabularModality : public modalkit::ModalityPlugin {
       if (used != ref.size() - hash - 1) row = -1;
     } catch (const std::exception&) {
     }
-    if (row < 0 || row >= int64_t(table->csv.rows.size())) {
-      throw DataError(field.origin, "row \"" + ref.substr(hash + 1) + "\" is not in " + table->csv.file.string() +
-                                        " (" + std::to_string(table->csv.rows.size()) + " data rows)");
+    if (row < 0 || row >= int64_t(table->csv->rows.size())) {
+      throw DataError(field.origin, "row \"" + ref.substr(hash + 1) + "\" is not in " + table->csv->file.string() +
+                                        " (" + std::to_string(table->csv->rows.size()) + " data rows)");
     }
-    const auto& cells = table->csv.rows[size_t(row)];
+    const auto& cells = table->csv->rows[size_t(row)];
     // Line numbers count the header: data row r is on line r + 2.
-    const std::string where = table->csv.file.string() + ":" + std::to_string(row + 2);
+    const std::string where = table->csv->file.string() + ":" + std::to_string(row + 2);
     auto values = torch::empty({int64_t(table->numeric.size())}, torch::kDouble);
     for (size_t j = 0; j < table->numeric.size(); ++j) {
       const auto& [index, name] = table->numeric[j];
@@ -241,7 +241,7 @@ class TabularModality : public modalkit::ModalityPlugin {
  private:
   /// A CSV file with the configured columns resolved to cell indices.
   struct Table {
-    modalkit::CsvTable csv;
+    std::shared_ptr<const modalkit::CsvTable> csv;
     std::vector<std::pair<size_t, std::string>> numeric, categorical;
   };
 
@@ -263,18 +263,18 @@ class TabularModality : public modalkit::ModalityPlugin {
   }
 
   std::shared_ptr<const Table> open(const std::filesystem::path& path, const std::string& origin) const {
+    auto csv = csv_files_.get(path, origin);
     std::lock_guard<std::mutex> lock(mutex_);
     auto& slot = tables_[path.string()];
     if (slot) return slot;
-    if (!std::filesystem::exists(path)) throw DataError(origin, "CSV file " + path.string() + " does not exist");
     auto table = std::make_shared<Table>();
-    table->csv = modalkit::read_csv(path);
+    table->csv = csv;
     if (!layout_) {
-      for (const auto& name : categorical_) table->csv.column(name);  // every categorical column exists
-      layout_ = std::make_shared<Layout>(split(table->csv.header));
+      for (const auto& name : categorical_) csv->column(name);  // every categorical column exists
+      layout_ = std::make_shared<Layout>(split(csv->header));
     }
-    for (const auto& name : layout_->numeric) table->numeric.emplace_back(table->csv.column(name), name);
-    for (const auto& name : layout_->categorical) table->categorical.emplace_back(table->csv.column(name), name);
+    for (const auto& name : layout_->numeric) table->numeric.emplace_back(csv->column(name), name);
+    for (const auto& name : layout_->categorical) table->categorical.emplace_back(csv->column(name), name);
     slot = table;
     return slot;
   }
@@ -290,7 +290,8 @@ class TabularModality : public modalkit::ModalityPlugin {
   std::vector<std::vector<std::string>> vocab_;
   mutable std::mutex mutex_;
   mutable std::shared_ptr<const Layout> layout_;  // set once, by the config or the first file
-  mutable std::map<std::string, std::shared_ptr<const Table>> tables_;
+  modalkit::CsvCache csv_files_;
+  mutable std::map<std::string, std::shared_ptr<const Table>> tables_;  // with resolved columns
 };
 
 }  // namespace

@@ -4,6 +4,9 @@
 #pragma once
 
 #include <filesystem>
+#include <map>
+#include <memory>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -32,5 +35,17 @@ bool parse_number(const std::string& cell, double& value);
 
 /// `cells` as one CSV line (no newline): cells quoted when they hold a comma, quote or newline.
 std::string csv_line(const std::vector<std::string>& cells);
+
+/// CSV files read once and shared by loader threads (a modality's decode runs concurrently).
+class CsvCache {
+ public:
+  /// The parsed `file`; read on first use. Throws DataError naming `origin` when the file does
+  /// not exist, and the file (and line) when it does not parse.
+  std::shared_ptr<const CsvTable> get(const std::filesystem::path& file, const std::string& origin) const;
+
+ private:
+  mutable std::mutex mutex_;
+  mutable std::map<std::string, std::shared_ptr<const CsvTable>> tables_;
+};
 
 }  // namespace modalkit

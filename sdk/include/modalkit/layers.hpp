@@ -5,6 +5,7 @@
 #include <cstdint>
 
 #include <torch/nn/module.h>
+#include <torch/nn/modules/conv.h>
 #include <torch/nn/modules/linear.h>
 #include <torch/nn/pimpl.h>
 
@@ -47,5 +48,33 @@ class ProjectionImpl : public torch::nn::Module {
   torch::nn::Linear linear_{nullptr};
 };
 TORCH_MODULE(Projection);
+
+/// Options of TemporalConv.
+struct TemporalConvOptions {
+  /// A convolution from `in` to `out` channels with a `kernel`-wide window over time.
+  TemporalConvOptions(int64_t in, int64_t out, int64_t kernel) : in_(in), out_(out), kernel_(kernel) {}
+  TORCH_ARG(int64_t, in);       ///< input channels
+  TORCH_ARG(int64_t, out);      ///< output channels
+  TORCH_ARG(int64_t, kernel);   ///< window, in steps
+  TORCH_ARG(int64_t, stride) = 1;
+  TORCH_ARG(int64_t, padding) = 0;  ///< zeros added at both ends
+};
+
+/// A 1-D convolution over time, `[B, in, L]` → `[B, out, L']`, computed as a 2-D convolution with
+/// a 1 x kernel window. Use it instead of torch::nn::Conv1d: the Conv1d of LibTorch 1.13 as
+/// Debian builds it gives run-to-run different gradients on CPU (and occasionally NaN at batch
+/// sizes under 16), while the equivalent Conv2d is repeatable (test: TemporalConv.* in
+/// tests/sdk). Since SDK ABI 1.1.
+class TemporalConvImpl : public torch::nn::Module {
+ public:
+  /// Builds the convolution (LibTorch's default initialisation).
+  explicit TemporalConvImpl(const TemporalConvOptions& options);
+  /// `[B, in, L]` → `[B, out, (L + 2 padding - kernel) / stride + 1]`.
+  at::Tensor forward(const at::Tensor& x);
+
+ private:
+  torch::nn::Conv2d conv_{nullptr};
+};
+TORCH_MODULE(TemporalConv);
 
 }  // namespace modalkit
