@@ -362,7 +362,8 @@ TEST(Cli, SameSeedSameRun) {
 TEST(Cli, EveryEmbeddedDataSetValidatesThroughItsPlugins) {
   // penguins' island and sex columns hold categories: the pipeline says so, and so must validate.
   for (const auto& [name, config] : std::vector<std::pair<std::string, std::string>>{
-           {"fashion-mnist", ""}, {"spoken-words", ""}, {"wine", ""}, {"sensor-network", ""},
+           {"fashion-mnist", ""}, {"spoken-words", ""}, {"wine", ""}, {"sensor-network", ""}, {"spam", ""},
+           {"text-corpus", ""},
            {"penguins", " --config 'features={\"categorical\": [\"island\", \"sex\"]}'"}}) {
     const std::string file = source("data/embedded/" + name + "/dataset.json").string();
     auto r = modalkit("data validate '" + file + "' --json" + config);
@@ -390,7 +391,7 @@ TEST(Cli, TabularAndAudioPipelinesTrainAndEvalRestoresTheirFittedState) {
            {"penguins-tabular", 10, 0.8}, {"spoken-words-audio", 3, 0.08},
            // which mote, from temperature alone, is near chance on held-out time (docs/data.md):
            // this one checks that eval rebuilds the encoder from the fitted channel count.
-           {"sensor-network-temperature", 2, 0.0}}) {
+           {"sensor-network-temperature", 2, 0.0}, {"spam-text", 3, 0.6}}) {
     const fs::path run = fs::current_path() / ("run-" + name + "-" + std::to_string(::getpid()));
     fs::remove_all(run);
     const std::string pipeline = source("examples/pipelines/" + name + ".json").string();
@@ -403,4 +404,42 @@ TEST(Cli, TabularAndAudioPipelinesTrainAndEvalRestoresTheirFittedState) {
     EXPECT_DOUBLE_EQ(json::parse(e.out)["tasks"]["label"]["accuracy"].get<double>(), acc) << name;
     fs::remove_all(run);
   }
+}
+
+TEST(Cli, ArtifactsAreCheckedForTypeAndHashBeforeUse) {
+  // A copy of the embedded tokenizer and its sidecar, then three ways to spoil it.
+  const fs::path dir = fs::current_path() / ("artifacts-" + std::to_string(::getpid()));
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  const fs::path model = source("data/embedded/text-corpus/tokenizer.model");
+  fs::copy_file(model, dir / "tok.model");
+  fs::copy_file(model.string() + ".artifact.json", dir / "tok.model.artifact.json");
+  const std::string pipeline = source("examples/pipelines/spam-text.json").string();
+  auto train = [&] {
+    return modalkit("train '" + pipeline + "' --out '" + (dir / "run").string() +
+                    "' --set train.epochs=1 --set artifacts.tokenizer='\"" + (dir / "tok.model").string() + "\"'");
+  };
+  auto r = train();
+  ASSERT_EQ(r.rc, 0) << r.err;  // the intact copy is accepted
+
+  json sidecar = json::parse(read_all(dir / "tok.model.artifact.json"));
+  sidecar["type"] = "word-vectors";
+  std::ofstream(dir / "tok.model.artifact.json") << sidecar.dump();
+  r = train();
+  EXPECT_NE(r.rc, 0);
+  EXPECT_TRUE(has(r.err, "artifact \"tokenizer\"")) << r.err;
+  EXPECT_TRUE(has(r.err, "is of type \"word-vectors\", the plugin needs \"sentencepiece\"")) << r.err;
+
+  sidecar["type"] = "sentencepiece";
+  std::ofstream(dir / "tok.model.artifact.json") << sidecar.dump();
+  std::ofstream(dir / "tok.model", std::ios::app) << "x";
+  r = train();
+  EXPECT_NE(r.rc, 0);
+  EXPECT_TRUE(has(r.err, "differs from the")) << r.err;
+
+  fs::remove(dir / "tok.model.artifact.json");
+  r = train();
+  EXPECT_NE(r.rc, 0);
+  EXPECT_TRUE(has(r.err, "missing or unreadable tok.model.artifact.json")) << r.err;
+  fs::remove_all(dir);
 }

@@ -6,14 +6,32 @@
 #include <unistd.h>
 
 #include <filesystem>
+#include <map>
 #include <memory>
 #include <string>
 
 #include <gtest/gtest.h>
 
+#include "modalkit/context.hpp"
 #include "modalkit/errors.hpp"
 #include "modalkit/modality.hpp"
 #include "registry.hpp"
+
+/// A Context for plugins created outside a run: artifacts by name, no logger, components or run.
+class TestContext : public modalkit::Context {
+ public:
+  std::map<std::string, std::filesystem::path> artifacts;
+  spdlog::logger& logger() const override { throw modalkit::Error("TestContext has no logger"); }
+  uint64_t seed() const override { return 1; }
+  c10::Device device() const override { return c10::Device(c10::kCPU); }
+  std::filesystem::path run_dir() const override { return {}; }
+  std::filesystem::path artifact_path(const std::string& name) const override {
+    auto it = artifacts.find(name);
+    if (it == artifacts.end()) throw modalkit::Error("no artifact \"" + name + "\"");
+    return it->second;
+  }
+  std::shared_ptr<modalkit::Component> find_component(const std::string&) const override { return nullptr; }
+};
 
 class ModalityFixture : public ::testing::Test {
  protected:
@@ -32,14 +50,15 @@ class ModalityFixture : public ::testing::Test {
   }
   void TearDown() override { std::filesystem::remove_all(dir); }
 
-  /// A fresh plugin instance with `config` (defaults filled in) and d_model 16.
-  std::shared_ptr<modalkit::ModalityPlugin> make(const nlohmann::json& config) {
+  /// A fresh plugin instance with `config` (defaults filled in), d_model 16 and `context`.
+  std::shared_ptr<modalkit::ModalityPlugin> make(const nlohmann::json& config, modalkit::Context* context = nullptr) {
     nlohmann::json filled = config.is_null() ? nlohmann::json::object() : config;  // make({}) gives null
     registry->find(plugin_)->config_validator->fill_defaults(filled);
     modalkit::CreateArgs args;
     args.config = modalkit::Config(filled, "/modalities/" + plugin_ + "/config");
     args.instance = plugin_;
     args.d_model = 16;
+    args.context = context;
     return registry->create<modalkit::ModalityPlugin>(plugin_, MODALKIT_KIND_MODALITY, args);
   }
 
