@@ -1,5 +1,7 @@
 #include "engine.hpp"
 
+#include "artifacts.hpp"
+
 #include <fcntl.h>
 #include <unistd.h>
 
@@ -362,11 +364,27 @@ CreateArgs create_args(const nlohmann::json& doc, HostContext& context, const st
 
 }  // namespace
 
+void check_pipeline_artifacts(const ResolvedPipeline& pipeline, const PluginRegistry& registry) {
+  const nlohmann::json& doc = pipeline.doc;
+  const auto paths = pipeline_artifacts(pipeline);
+  std::vector<const nlohmann::json*> components{&doc.at("fusion"), &doc.at("transfer")};
+  for (const auto& [m, spec] : doc.at("modalities").items()) components.push_back(&spec);
+  for (const auto* spec : components) {
+    const auto* manifest = registry.find(spec->at("plugin").get<std::string>());
+    if (manifest == nullptr) continue;  // create() reports unknown plugins
+    for (const auto& a : manifest->artifacts) {
+      const std::string name = a.at("name");
+      if (const auto it = paths.find(name); it != paths.end()) check_artifact(name, it->second, a.at("type"));
+    }
+  }
+}
+
 BuiltModel create_modalities(const ResolvedPipeline& pipeline, PluginRegistry& registry, const Dataset& dataset,
                              HostContext& context) {
   const nlohmann::json& doc = pipeline.doc;
   BuiltModel model;
   check_against_dataset(pipeline, dataset, registry);
+  check_pipeline_artifacts(pipeline, registry);
   model.tasks = resolve_tasks(doc, dataset);
   for (const auto& [m, spec] : doc.at("modalities").items()) {
     auto made = registry.create<ModalityPlugin>(spec.at("plugin"), MODALKIT_KIND_MODALITY,

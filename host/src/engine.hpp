@@ -67,6 +67,11 @@ struct BuiltModel {
 /// pipeline file, with JSON pointers into the pipeline.
 void check_against_dataset(const ResolvedPipeline& pipeline, const Dataset& dataset, const PluginRegistry& registry);
 
+/// Checks each artifact the pipeline names against the type the plugins using it declare in
+/// their manifests, and its sha256 against its sidecar (artifacts.hpp); throws naming the first
+/// that fails.
+void check_pipeline_artifacts(const ResolvedPipeline& pipeline, const PluginRegistry& registry);
+
 /// Task specs from the pipeline, resolved against the data set's fields (label names). Call
 /// check_against_dataset first.
 std::map<std::string, TaskSpec> resolve_tasks(const nlohmann::json& pipeline, const Dataset& dataset);

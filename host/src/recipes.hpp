@@ -98,6 +98,8 @@ std::filesystem::path breast_cancer(const Context& ctx);
 std::filesystem::path penguins(const Context& ctx);
 std::filesystem::path seattle_weather(const Context& ctx);
 std::filesystem::path sensor_network(const Context& ctx);
+std::filesystem::path text_corpus(const Context& ctx);
+std::filesystem::path spam(const Context& ctx);
 std::filesystem::path spoken_words(const Context& ctx);
 
 }  // namespace modalkit::host::recipes
