@@ -1,6 +1,7 @@
 // Task heads, shared layers and the guarded references strategies call plugins through.
 #include <torch/nn/functional/loss.h>
 #include <torch/nn/modules/linear.h>
+#include <torch/nn/modules/transformerlayer.h>
 
 #include "modalkit/errors.hpp"
 #include "modalkit/evaluation.hpp"
@@ -65,6 +66,27 @@ TemporalConvImpl::TemporalConvImpl(const TemporalConvOptions& o) {
 }
 
 at::Tensor TemporalConvImpl::forward(const at::Tensor& x) { return conv_->forward(x.unsqueeze(2)).squeeze(2); }
+
+TokenTransformerImpl::TokenTransformerImpl(const TokenTransformerOptions& o) {
+  if (o.layers() > 0) {
+    auto layer = torch::nn::TransformerEncoderLayerOptions(o.d_model(), o.heads())
+                     .dim_feedforward(2 * o.d_model())
+                     .dropout(o.dropout())
+                     .activation(torch::kGELU);
+    blocks_ = register_module("blocks", torch::nn::TransformerEncoder(
+                                            torch::nn::TransformerEncoderOptions(layer, o.layers())));
+  }
+  norm_ = register_module("norm", torch::nn::LayerNorm(torch::nn::LayerNormOptions({o.d_model()})));
+}
+
+at::Tensor TokenTransformerImpl::forward(const at::Tensor& x, const at::Tensor& mask) {
+  at::Tensor h = x;
+  if (!blocks_.is_empty()) {
+    const at::Tensor padding = mask.defined() ? mask.logical_not() : at::Tensor();
+    h = blocks_->forward(h.transpose(0, 1), {}, padding).transpose(0, 1);
+  }
+  return norm_->forward(h);
+}
 
 TaskHead::~TaskHead() = default;
 

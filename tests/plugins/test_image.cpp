@@ -186,7 +186,7 @@ TEST_F(ImageFixture, PatchEncoderEmitsOneTokenPerPatchAndLearns) {
   EXPECT_EQ(seq.x.sizes(), (std::vector<int64_t>{3, 16, 16}));  // (8/2)*(8/2) patches of d_model 16
   auto names = encoder->named_parameters();
   EXPECT_TRUE(names.contains("embed.weight"));
-  EXPECT_TRUE(names.contains("blocks.layers.0.self_attn.in_proj_weight"));
+  EXPECT_TRUE(names.contains("transformer.blocks.layers.0.self_attn.in_proj_weight"));
   // Tokens depend on their own patch: changing one pixel changes only that patch's token
   // before attention, so with layers 0 exactly one token moves.
   auto local = make({{"height", 8}, {"width", 8}, {"encoder", "patch"}, {"patch_size", 2}, {"layers", 0},

@@ -11,8 +11,6 @@
 #include <torch/nn/modules/dropout.h>
 #include <torch/nn/modules/linear.h>
 #include <torch/nn/modules/normalization.h>
-#include <torch/nn/modules/transformercoder.h>
-#include <torch/nn/modules/transformerlayer.h>
 
 #include "audio_manifest.hpp"
 #include "modalkit/layers.hpp"
@@ -107,37 +105,27 @@ class ConvAudioEncoder : public modalkit::Encoder {
 };
 
 /// A stride-2 convolution (halves the frame rate, as Whisper's front end), a learned position
-/// embedding, then pre-built Transformer encoder layers that attend over real frames only.
+/// embedding, then Transformer encoder layers that attend over real frames only.
 class TransformerAudioEncoder : public modalkit::Encoder {
  public:
   TransformerAudioEncoder(const AudioOptions& o, int64_t d_model) {
     using modalkit::TemporalConvOptions;
     embed_ = register_module("embed", modalkit::TemporalConv(TemporalConvOptions(o.n_mels, d_model, 3).stride(2).padding(1)));
     position_ = register_parameter("position", torch::randn({ceil_div(o.max_frames(), 2), d_model}) * 0.02);
-    if (o.layers > 0) {
-      auto layer = torch::nn::TransformerEncoderLayerOptions(d_model, o.heads)
-                       .dim_feedforward(2 * d_model)
-                       .dropout(o.dropout)
-                       .activation(torch::kGELU);
-      blocks_ = register_module("blocks", torch::nn::TransformerEncoder(
-                                              torch::nn::TransformerEncoderOptions(layer, o.layers)));
-    }
-    norm_ = register_module("norm", torch::nn::LayerNorm(torch::nn::LayerNormOptions({d_model})));
+    transformer_ = register_module(
+        "transformer", modalkit::TokenTransformer(modalkit::TokenTransformerOptions(d_model, o.layers, o.heads).dropout(o.dropout)));
   }
 
   modalkit::Sequence forward(const modalkit::ModalityInput& input) override {
     auto x = torch::gelu(embed_->forward(zero_padding(input.data, input.mask).transpose(1, 2))).transpose(1, 2);
     x = x + position_.narrow(0, 0, x.size(1));
     auto mask = modalkit::strided_mask(input.mask, 2);
-    // LibTorch's TransformerEncoder takes [T, B, D] and a padding mask that is true at padding.
-    if (!blocks_.is_empty()) x = blocks_->forward(x.transpose(0, 1), {}, mask.logical_not()).transpose(0, 1);
-    return {norm_->forward(x), mask};
+    return {transformer_->forward(x, mask), mask};
   }
 
  private:
   modalkit::TemporalConv embed_{nullptr};
-  torch::nn::TransformerEncoder blocks_{nullptr};
-  torch::nn::LayerNorm norm_{nullptr};
+  modalkit::TokenTransformer transformer_{nullptr};
   torch::Tensor position_;
 };
 

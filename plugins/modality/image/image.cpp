@@ -13,8 +13,6 @@
 #include <torch/nn/modules/pooling.h>
 #include <torch/nn/modules/linear.h>
 #include <torch/nn/modules/normalization.h>
-#include <torch/nn/modules/transformercoder.h>
-#include <torch/nn/modules/transformerlayer.h>
 
 #define STB_IMAGE_IMPLEMENTATION
 #define STBI_ONLY_PNG
@@ -143,7 +141,7 @@ class ConvImageEncoder : public modalkit::Encoder {
 
 /// ViT-style (Dosovitskiy et al. 2021): non-overlapping patch_size x patch_size patches, each
 /// linearly embedded (a strided convolution is exactly that), a learned position embedding, then
-/// `layers` pre-norm Transformer encoder layers. One token per patch.
+/// `layers` Transformer encoder layers and a LayerNorm. One token per patch.
 class PatchImageEncoder : public modalkit::Encoder {
  public:
   PatchImageEncoder(const ImageOptions& o, int64_t d_model) {
@@ -151,30 +149,20 @@ class PatchImageEncoder : public modalkit::Encoder {
                                                             .stride(o.patch_size)));
     const int64_t tokens = (o.height / o.patch_size) * (o.width / o.patch_size);
     position_ = register_parameter("position", torch::randn({tokens, d_model}) * 0.02);
-    if (o.layers > 0) {
-      auto layer = torch::nn::TransformerEncoderLayerOptions(d_model, o.heads)
-                       .dim_feedforward(2 * d_model)
-                       .dropout(o.dropout)
-                       .activation(torch::kGELU);
-      blocks_ = register_module("blocks", torch::nn::TransformerEncoder(
-                                              torch::nn::TransformerEncoderOptions(layer, o.layers)));
-    }
-    norm_ = register_module("norm", torch::nn::LayerNorm(torch::nn::LayerNormOptions({d_model})));
+    transformer_ = register_module(
+        "transformer", modalkit::TokenTransformer(modalkit::TokenTransformerOptions(d_model, o.layers, o.heads).dropout(o.dropout)));
   }
 
   modalkit::Sequence forward(const modalkit::ModalityInput& input) override {
     auto x = embed_->forward(input.data).flatten(2).transpose(1, 2) + position_;  // [B, T, D]
-    // LibTorch's TransformerEncoder takes [T, B, D].
-    if (!blocks_.is_empty()) x = blocks_->forward(x.transpose(0, 1)).transpose(0, 1);
-    x = norm_->forward(x);
+    x = transformer_->forward(x);
     auto mask = torch::ones({x.size(0), x.size(1)}, torch::dtype(torch::kBool).device(x.device()));
     return {x, mask};
   }
 
  private:
   torch::nn::Conv2d embed_{nullptr};
-  torch::nn::TransformerEncoder blocks_{nullptr};
-  torch::nn::LayerNorm norm_{nullptr};
+  modalkit::TokenTransformer transformer_{nullptr};
   torch::Tensor position_;
 };
 

@@ -13,11 +13,9 @@
 
 #include <torch/nn/modules/dropout.h>
 #include <torch/nn/modules/embedding.h>
-#include <torch/nn/modules/normalization.h>
-#include <torch/nn/modules/transformercoder.h>
-#include <torch/nn/modules/transformerlayer.h>
 
 #include "modalkit/csv.hpp"
+#include "modalkit/layers.hpp"
 #include "modalkit/modality.hpp"
 #include "modalkit/plugin.hpp"
 #include "tabular_manifest.hpp"
@@ -51,14 +49,8 @@ class FtTransformerEncoder : public modalkit::Encoder {
     }
     offsets_ = register_buffer("offsets", torch::tensor(offsets.empty() ? std::vector<int64_t>{0} : offsets));
     if (total > 0) embedding_ = register_module("embedding", torch::nn::Embedding(total, d_model));
-    if (layers > 0) {
-      auto layer = torch::nn::TransformerEncoderLayerOptions(d_model, heads)
-                       .dim_feedforward(2 * d_model)
-                       .dropout(dropout)
-                       .activation(torch::kGELU);
-      blocks_ = register_module("blocks", torch::nn::TransformerEncoder(torch::nn::TransformerEncoderOptions(layer, layers)));
-    }
-    norm_ = register_module("norm", torch::nn::LayerNorm(torch::nn::LayerNormOptions({d_model})));
+    transformer_ = register_module(
+        "transformer", modalkit::TokenTransformer(modalkit::TokenTransformerOptions(d_model, layers, heads).dropout(dropout)));
   }
 
   modalkit::Sequence forward(const modalkit::ModalityInput& input) override {
@@ -69,9 +61,7 @@ class FtTransformerEncoder : public modalkit::Encoder {
       auto ids = input.data.narrow(1, numeric_, cats).to(torch::kLong) + offsets_;  // [B, C]
       tokens.push_back(embedding_->forward(ids));
     }
-    auto x = torch::cat(tokens, 1) + bias_;
-    if (!blocks_.is_empty()) x = blocks_->forward(x.transpose(0, 1)).transpose(0, 1);
-    x = norm_->forward(x);
+    auto x = transformer_->forward(torch::cat(tokens, 1) + bias_);
     return {x, torch::ones({x.size(0), x.size(1)}, torch::dtype(torch::kBool).device(x.device()))};
   }
 
@@ -79,8 +69,7 @@ class FtTransformerEncoder : public modalkit::Encoder {
   int64_t numeric_;
   torch::Tensor weight_, bias_, offsets_;
   torch::nn::Embedding embedding_{nullptr};
-  torch::nn::TransformerEncoder blocks_{nullptr};
-  torch::nn::LayerNorm norm_{nullptr};
+  modalkit::TokenTransformer transformer_{nullptr};
 };
 
 class TabularModality : public modalkit::ModalityPlugin {

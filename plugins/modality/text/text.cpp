@@ -13,11 +13,9 @@
 #include <unistd.h>
 
 #include <torch/nn/modules/embedding.h>
-#include <torch/nn/modules/normalization.h>
-#include <torch/nn/modules/transformercoder.h>
-#include <torch/nn/modules/transformerlayer.h>
 
 #include "modalkit/context.hpp"
+#include "modalkit/layers.hpp"
 #include "modalkit/modality.hpp"
 #include "modalkit/plugin.hpp"
 #include "text_manifest.hpp"
@@ -117,26 +115,18 @@ class TextEncoder : public modalkit::Encoder {
   TextEncoder(int64_t vocab, int64_t max_len, int64_t d_model, int64_t layers, int64_t heads, double dropout) {
     embedding_ = register_module("embedding", torch::nn::Embedding(vocab, d_model));
     position_ = register_parameter("position", torch::randn({max_len, d_model}) * 0.02);
-    if (layers > 0) {
-      auto layer = torch::nn::TransformerEncoderLayerOptions(d_model, heads)
-                       .dim_feedforward(2 * d_model)
-                       .dropout(dropout)
-                       .activation(torch::kGELU);
-      blocks_ = register_module("blocks", torch::nn::TransformerEncoder(torch::nn::TransformerEncoderOptions(layer, layers)));
-    }
-    norm_ = register_module("norm", torch::nn::LayerNorm(torch::nn::LayerNormOptions({d_model})));
+    transformer_ = register_module(
+        "transformer", modalkit::TokenTransformer(modalkit::TokenTransformerOptions(d_model, layers, heads).dropout(dropout)));
   }
 
   modalkit::Sequence forward(const modalkit::ModalityInput& input) override {
     auto x = embedding_->forward(input.data) + position_.narrow(0, 0, input.data.size(1));
-    if (!blocks_.is_empty()) x = blocks_->forward(x.transpose(0, 1), {}, input.mask.logical_not()).transpose(0, 1);
-    return {norm_->forward(x), input.mask};
+    return {transformer_->forward(x, input.mask), input.mask};
   }
 
  private:
   torch::nn::Embedding embedding_{nullptr};
-  torch::nn::TransformerEncoder blocks_{nullptr};
-  torch::nn::LayerNorm norm_{nullptr};
+  modalkit::TokenTransformer transformer_{nullptr};
   torch::Tensor position_;
 };
 

@@ -7,6 +7,8 @@
 #include <torch/nn/module.h>
 #include <torch/nn/modules/conv.h>
 #include <torch/nn/modules/linear.h>
+#include <torch/nn/modules/normalization.h>
+#include <torch/nn/modules/transformercoder.h>
 #include <torch/nn/pimpl.h>
 
 #include "modalkit/batch.hpp"
@@ -76,5 +78,32 @@ class TemporalConvImpl : public torch::nn::Module {
   torch::nn::Conv2d conv_{nullptr};
 };
 TORCH_MODULE(TemporalConv);
+
+/// Options of TokenTransformer.
+struct TokenTransformerOptions {
+  /// `layers` Transformer encoder layers of width `d_model` with `heads` attention heads.
+  TokenTransformerOptions(int64_t d_model, int64_t layers, int64_t heads)
+      : d_model_(d_model), layers_(layers), heads_(heads) {}
+  TORCH_ARG(int64_t, d_model);
+  TORCH_ARG(int64_t, layers);   ///< 0: only the final LayerNorm
+  TORCH_ARG(int64_t, heads);    ///< must divide d_model
+  TORCH_ARG(double, dropout) = 0.1;
+};
+
+/// The Transformer stack encoders put over their tokens: `layers` encoder layers (feed-forward
+/// 2 x d_model, GELU) that attend over real tokens only, then a LayerNorm. Takes and returns
+/// batch-first `[B, T, D]` (LibTorch's layers want `[T, B, D]`). Since SDK ABI 1.1.
+class TokenTransformerImpl : public torch::nn::Module {
+ public:
+  /// Builds the stack.
+  explicit TokenTransformerImpl(const TokenTransformerOptions& options);
+  /// `x` `[B, T, D]`; `mask` `[B, T]` bool, true at real tokens (undefined: all real).
+  at::Tensor forward(const at::Tensor& x, const at::Tensor& mask = {});
+
+ private:
+  torch::nn::TransformerEncoder blocks_{nullptr};
+  torch::nn::LayerNorm norm_{nullptr};
+};
+TORCH_MODULE(TokenTransformer);
 
 }  // namespace modalkit
