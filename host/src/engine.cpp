@@ -440,6 +440,20 @@ void build_networks(const ResolvedPipeline& pipeline, PluginRegistry& registry, 
   model.strategy->to(context.device());
 }
 
+namespace {
+
+/// Logs what --skip-bad left out of a split (the count and the first few reasons); returns the count.
+int64_t report_skipped(const std::string& split, const SplitFeatures& f) {
+  const auto& skipped = f.skipped();
+  if (skipped.empty()) return 0;
+  spdlog::warn("--skip-bad: skipped {} of {} samples of split \"{}\"", skipped.size(), skipped.size() + f.size(), split);
+  for (size_t i = 0; i < skipped.size() && i < 5; ++i) spdlog::warn("  skipped: {}", skipped[i].reason);
+  if (skipped.size() > 5) spdlog::warn("  ... and {} more", skipped.size() - 5);
+  return static_cast<int64_t>(skipped.size());
+}
+
+}  // namespace
+
 nlohmann::json train(const ResolvedPipeline& pipeline, PluginRegistry& registry, const TrainOptions& options) {
   const nlohmann::json& doc = pipeline.doc;
   const nlohmann::json& tr = doc.at("train");
@@ -464,17 +478,22 @@ nlohmann::json train(const ResolvedPipeline& pipeline, PluginRegistry& registry,
   const auto t0 = std::chrono::steady_clock::now();
   const auto train_rows = label_subset(static_cast<int64_t>(dataset.samples(train_split).size()),
                                        doc.at("data").at("label_fraction"), seed);
-  SplitFeatures train_f = SplitFeatures::build(dataset, train_split, model.modalities, model.tasks, loader_threads,
-                                               /*fit=*/true, train_rows);
+  SplitFeatures train_f = SplitFeatures::build(dataset, train_split, model.modalities, model.tasks,
+                                               {loader_threads, /*fit=*/true, options.skip_bad, train_rows});
   build_networks(pipeline, registry, context, model);
   TransferStrategy& strategy = *model.strategy;
   const std::string sp = strategy.plugin_name();
   const std::vector<std::string> needed = needed_modalities(model, doc);
   const auto bindings = bindings_for(model, needed);
-  SplitFeatures val_f = SplitFeatures::build(dataset, val_split, bindings, model.tasks, loader_threads, false);
-  SplitFeatures eval_f = eval_split == val_split
-                             ? val_f
-                             : SplitFeatures::build(dataset, eval_split, bindings, model.tasks, loader_threads, false);
+  const LoadOptions held_out{loader_threads, false, options.skip_bad, {}};
+  SplitFeatures val_f = SplitFeatures::build(dataset, val_split, bindings, model.tasks, held_out);
+  SplitFeatures eval_f =
+      eval_split == val_split ? val_f : SplitFeatures::build(dataset, eval_split, bindings, model.tasks, held_out);
+  nlohmann::json skipped = nlohmann::json::object();
+  for (const auto& [name, f] : {std::pair<std::string, const SplitFeatures*>{train_split, &train_f},
+                                {val_split, &val_f}, {eval_split, &eval_f}}) {
+    skipped[name] = report_skipped(name, *f);
+  }
   log->info("loaded {} train / {} {} / {} {} samples in {:.1f} s", train_f.size(), val_f.size(), val_split,
             eval_f.size(), eval_split,
             std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
@@ -583,6 +602,7 @@ nlohmann::json train(const ResolvedPipeline& pipeline, PluginRegistry& registry,
   result["selected_on"] = {{"split", val_split}, {"task", first_task.first}, {"metric", select_metric}, {"value", best}};
   result["label_fraction"] = doc.at("data").at("label_fraction");
   result["train_samples"] = train_f.size();
+  result["skipped"] = skipped;
   write_text_atomically(options.out / "results.json", result.dump(2) + "\n");
   return result;
 }
@@ -630,10 +650,12 @@ nlohmann::json evaluate(const ResolvedPipeline& pipeline, PluginRegistry& regist
   const auto& splits = doc.at("data").at("splits");
   const std::string split = splits.at(options.split.empty() ? doc.at("evaluate").at("split").get<std::string>() : options.split);
   SplitFeatures f = SplitFeatures::build(dataset, split, bindings_for(model, modalities), model.tasks,
-                                         doc.at("train").at("loader_threads"), false);
+                                         {doc.at("train").at("loader_threads"), false, options.skip_bad, {}});
+  const int64_t skipped = report_skipped(split, f);
   SplitSource source({{split, &f}}, doc.at("train").at("batch_size"), modalities, device);
   HeldOutProtocol protocol(model.tasks);
   nlohmann::json result = protocol.evaluate(*model.strategy, source, split, modalities);
+  result["skipped"] = {{split, skipped}};
   if (run.value("pipeline_hash", "") != pipeline.hash) {
     result["warning"] = "the pipeline differs from the one the run was trained with";
   }

@@ -89,6 +89,7 @@ void build_networks(const ResolvedPipeline& pipeline, PluginRegistry& registry, 
 /// Options of `modalkit train`.
 struct TrainOptions {
   std::filesystem::path out;  ///< the run directory
+  bool skip_bad = false;      ///< drop samples with bad data, count them in results.json
 };
 
 /// Trains, keeps the best epoch on validation, evaluates on the evaluation split and writes
@@ -100,6 +101,7 @@ struct EvalOptions {
   std::filesystem::path run;               ///< a run directory written by train
   std::vector<std::string> modalities;     ///< modalities present (empty = the strategy's test set)
   std::string split;                       ///< split to evaluate (empty = pipeline's evaluate.split)
+  bool skip_bad = false;                   ///< drop samples with bad data, count them in the result
 };
 
 /// Rebuilds the model of a finished run, loads its weights and fitted state, and evaluates.

@@ -1,9 +1,12 @@
 #include "loader.hpp"
 
+#include <algorithm>
 #include <atomic>
+#include <exception>
 #include <mutex>
 #include <system_error>
 #include <thread>
+#include <unordered_map>
 
 #include <ATen/ATen.h>
 
@@ -78,49 +81,143 @@ double read_target(const Sample& sample, const TaskSpec& task) {
 
 SplitFeatures SplitFeatures::build(Dataset& dataset, const std::string& split,
                                    const std::vector<ModalityBinding>& modalities,
-                                   const std::map<std::string, TaskSpec>& tasks, int threads, bool fit,
-                                   const std::vector<int64_t>& rows) {
+                                   const std::map<std::string, TaskSpec>& tasks, const LoadOptions& options) {
   const std::vector<Sample>& all = dataset.samples(split);
   if (all.empty()) {
     // Fitting on nothing would give NaN statistics and an empty evaluation a metric of 0/0.
     throw DataError(dataset.file().string(), "split \"" + split + "\" holds no samples");
   }
-  SplitFeatures out;
+  std::vector<int64_t> rows = options.rows;
   if (rows.empty()) {
-    for (size_t i = 0; i < all.size(); ++i) out.source_rows_.push_back(static_cast<int64_t>(i));
-  } else {
-    out.source_rows_ = rows;
+    for (size_t i = 0; i < all.size(); ++i) rows.push_back(static_cast<int64_t>(i));
   }
-  out.size_ = static_cast<int64_t>(out.source_rows_.size());
-  const size_t n = out.source_rows_.size();
-  auto sample = [&](size_t i) -> const Sample& { return all.at(static_cast<size_t>(out.source_rows_[i])); };
+  const size_t n = rows.size();
+  auto sample = [&](size_t i) -> const Sample& { return all.at(static_cast<size_t>(rows[i])); };
+  // Every bad sample is found before anything is reported, so the error (without skip_bad) is
+  // the first bad sample in file order whatever stage or thread found it.
+  std::vector<std::string> bad(n);             // why sample i is bad; empty = good
+  std::vector<std::exception_ptr> failure(n);  // the error to raise for it without skip_bad
+  auto mark = [&](size_t i, const std::string& why, std::exception_ptr error) {
+    if (bad[i].empty()) {
+      bad[i] = why;
+      failure[i] = std::move(error);
+    }
+  };
 
-  for (const auto& m : modalities) {
+  std::map<std::string, std::vector<double>> target_values;
+  for (const auto& [name, task] : tasks) {
+    std::vector<double>& values = target_values[name];
+    values.resize(n);
+    for (size_t i = 0; i < n; ++i) {
+      try {
+        values[i] = read_target(sample(i), task);
+      } catch (const DataError& e) {
+        mark(i, e.what(), std::current_exception());
+      }
+    }
+  }
+
+  // Decode every distinct field value once: a data set that pairs by class (av-fashion) points
+  // thousands of samples at the same clip, and decoding is the expensive stage.
+  constexpr size_t kNone = static_cast<size_t>(-1);
+  struct Decoded {
+    std::vector<size_t> slot_of;     // sample → distinct value (kNone: the field is missing)
+    std::vector<size_t> first;       // distinct value → first sample holding it
+    std::vector<RawValue> raw;       // distinct value → decoded
+    std::vector<std::string> error;  // distinct value → DataError message
+    std::vector<std::exception_ptr> failure;  // distinct value → the error naming the plugin
+  };
+  std::vector<Decoded> decoded(modalities.size());
+  for (size_t k = 0; k < modalities.size(); ++k) {
+    const ModalityBinding& m = modalities[k];
     dataset.field(m.field);  // a missing field is an error about the data set, said once
-    std::vector<RawValue> raw(n);
-    auto decode = [&](size_t i) {
+    Decoded& d = decoded[k];
+    d.slot_of.assign(n, kNone);
+    std::unordered_map<std::string, size_t> slots;
+    for (size_t i = 0; i < n; ++i) {
       const Sample& s = sample(i);
       auto it = s.fields.find(m.field);
-      if (it == s.fields.end()) throw DataError(s.origin, "sample has no field \"" + m.field + "\"");
-      raw[i] = guard(m.plugin->plugin_name(), [&] {
-        return m.plugin->decode(FieldRef{*it, dataset.base_dir(), s.origin});
-      });
-    };
-    parallel_for(n, threads, decode);
-    if (fit) guard(m.plugin->plugin_name(), [&] { m.plugin->fit(raw); });
-    std::vector<at::Tensor> features(n);
-    parallel_for(n, threads, [&](size_t i) {
-      features[i] = guard(m.plugin->plugin_name(), [&] { return m.plugin->featurize(raw[i]); });
-      if (features[i].is_floating_point() && !features[i].isfinite().all().item<bool>()) {
-        throw PluginError(m.plugin->plugin_name(), sample(i).origin + ": featurize produced NaN or Inf");
+      if (it == s.fields.end()) {
+        DataError e(s.origin, "sample has no field \"" + m.field + "\"");
+        mark(i, e.what(), std::make_exception_ptr(e));
+        continue;
+      }
+      auto [pos, inserted] = slots.emplace(it->dump(), d.first.size());
+      if (inserted) d.first.push_back(i);
+      d.slot_of[i] = pos->second;
+    }
+    d.raw.resize(d.first.size());
+    d.error.resize(d.first.size());
+    d.failure.resize(d.first.size());
+    parallel_for(d.first.size(), options.threads, [&](size_t u) {
+      const Sample& s = sample(d.first[u]);
+      try {
+        d.raw[u] = m.plugin->decode(FieldRef{s.fields.at(m.field), dataset.base_dir(), s.origin});
+      } catch (const DataError& e) {
+        d.error[u] = e.what();
+        d.failure[u] = std::make_exception_ptr(PluginError(m.plugin->plugin_name(), e.what()));
+      } catch (...) {
+        guard(m.plugin->plugin_name(), [] { throw; });  // anything else is the plugin's fault
       }
     });
+    for (size_t i = 0; i < n; ++i) {
+      const size_t u = d.slot_of[i];
+      if (u != kNone && !d.error[u].empty()) mark(i, d.error[u], d.failure[u]);
+    }
+  }
+  if (!options.skip_bad) {
+    for (size_t i = 0; i < n; ++i) {
+      if (failure[i]) std::rethrow_exception(failure[i]);
+    }
+  }
+
+  SplitFeatures out;
+  std::vector<size_t> keep;
+  for (size_t i = 0; i < n; ++i) {
+    if (bad[i].empty()) {
+      keep.push_back(i);
+      out.source_rows_.push_back(rows[i]);
+    } else {
+      out.skipped_.push_back({rows[i], bad[i]});
+    }
+  }
+  if (keep.empty()) {
+    throw DataError(dataset.file().string(), "every one of the " + std::to_string(n) + " samples of split \"" + split +
+                                                 "\" is bad (--skip-bad left none); the first: " + bad[0]);
+  }
+  out.size_ = static_cast<int64_t>(keep.size());
+
+  for (size_t k = 0; k < modalities.size(); ++k) {
+    const ModalityBinding& m = modalities[k];
+    Decoded& d = decoded[k];
+    if (options.fit) {
+      std::vector<RawValue> train;  // one entry per kept sample: shared values weigh as often as they occur
+      train.reserve(keep.size());
+      for (size_t i : keep) train.push_back(d.raw[d.slot_of[i]]);
+      guard(m.plugin->plugin_name(), [&] { m.plugin->fit(train); });
+    }
+    std::vector<char> used(d.first.size(), 0);
+    for (size_t i : keep) used[d.slot_of[i]] = 1;
+    std::vector<at::Tensor> distinct(d.first.size());
+    parallel_for(d.first.size(), options.threads, [&](size_t u) {
+      if (!used[u]) return;
+      distinct[u] = guard(m.plugin->plugin_name(), [&] { return m.plugin->featurize(d.raw[u]); });
+      if (distinct[u].is_floating_point() && !distinct[u].isfinite().all().item<bool>()) {
+        throw PluginError(m.plugin->plugin_name(), sample(d.first[u]).origin + ": featurize produced NaN or Inf");
+      }
+    });
+    d.raw.clear();  // raw values are large (waveforms); only features stay
+    std::vector<at::Tensor> features;
+    features.reserve(keep.size());
+    for (size_t i : keep) features.push_back(distinct[d.slot_of[i]]);
     out.features_[m.name] = std::move(features);
     out.plugins_[m.name] = m.plugin.get();
+    out.distinct_[m.name] = std::count(used.begin(), used.end(), 1);
   }
   for (const auto& [name, task] : tasks) {
-    std::vector<double> values(n);
-    for (size_t i = 0; i < n; ++i) values[i] = read_target(sample(i), task);
+    std::vector<double> values;
+    values.reserve(keep.size());
+    for (size_t i : keep) values.push_back(target_values[name][i]);
     at::Tensor t = at::tensor(values, at::kDouble);
     out.targets_[name] = (task.type == TaskType::kMulticlass) ? t.to(at::kLong) : t.to(at::kFloat);
   }

@@ -26,19 +26,38 @@ struct ModalityBinding {
 /// so the reported error does not depend on scheduling.
 void parallel_for(size_t n, int threads, const std::function<void(size_t)>& fn);
 
+/// How a split is loaded.
+struct LoadOptions {
+  int threads = 1;              ///< decode/featurize threads
+  bool fit = false;             ///< fit each plugin on this split first (the train split only)
+  bool skip_bad = false;        ///< drop samples with bad data (DataError) instead of failing
+  std::vector<int64_t> rows;    ///< restrict to these rows of the split (empty = all)
+};
+
+/// A sample left out by `skip_bad`: where it is and what was wrong.
+struct SkippedSample {
+  int64_t row;          ///< row in the split's samples file
+  std::string reason;   ///< the DataError's message
+};
+
 /// Features and targets of one split, held in memory.
 class SplitFeatures {
  public:
-  /// Decodes `split` (restricted to `rows` when not empty) through each modality's plugin and
-  /// reads the targets of `tasks`. With `fit`, each plugin is fitted on these raw values first
-  /// (call it with the train split only).
+  /// Decodes `split` through each modality's plugin and reads the targets of `tasks`. Samples
+  /// whose field values are equal (a clip paired with many images) are decoded and featurized
+  /// once and share their tensors. With `options.fit`, each plugin is fitted on the raw values of
+  /// the (kept) samples first. A DataError names the sample; with `options.skip_bad` the sample
+  /// is dropped instead and listed in skipped() (never zero-filled).
   static SplitFeatures build(Dataset& dataset, const std::string& split,
                              const std::vector<ModalityBinding>& modalities,
-                             const std::map<std::string, TaskSpec>& tasks, int threads, bool fit,
-                             const std::vector<int64_t>& rows = {});
+                             const std::map<std::string, TaskSpec>& tasks, const LoadOptions& options);
 
   /// Number of samples.
   int64_t size() const { return size_; }
+  /// Samples dropped by skip_bad, in row order.
+  const std::vector<SkippedSample>& skipped() const { return skipped_; }
+  /// Distinct decoded values per modality (fewer than size() when samples share a value).
+  const std::map<std::string, int64_t>& distinct() const { return distinct_; }
   /// A batch of the given rows with only `modalities` present (all present where listed).
   Batch batch(const std::vector<int64_t>& rows, const std::vector<std::string>& modalities) const;
   /// Targets of `task` for all rows.
@@ -50,6 +69,8 @@ class SplitFeatures {
   std::map<std::string, const ModalityPlugin*> plugins_;
   std::map<std::string, at::Tensor> targets_;
   std::vector<int64_t> source_rows_;
+  std::vector<SkippedSample> skipped_;
+  std::map<std::string, int64_t> distinct_;
 };
 
 /// Reads a task's target from a sample: a label name or index for classification (checked

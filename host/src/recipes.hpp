@@ -91,6 +91,52 @@ class DatasetWriter {
   std::map<std::string, std::vector<nlohmann::json>> splits_;
 };
 
+/// A gzipped IDX file of uint8 data: `dims` from its header and its payload.
+struct Idx {
+  std::vector<uint32_t> dims;
+  std::string bytes;
+};
+/// Reads a gzipped IDX file whose magic number must be `magic` (0x0803: images, 0x0801: labels).
+Idx read_idx(const std::filesystem::path& path, uint32_t magic);
+/// Writes the images `rows` of `images` (`[N, H, W]`) as a gzipped IDX file.
+void write_idx_images(const std::filesystem::path& path, const Idx& images, const std::vector<size_t>& rows);
+
+/// Fashion-MNIST's official release (Debian's dataset-fashion-mnist) in memory.
+struct FashionMnist {
+  std::vector<SourceFile> sources;  ///< the four IDX files and WordNet's index.noun
+  Idx images[2], labels[2];         ///< [0] the official train set, [1] the official test set
+  /// "train"/"val": rows of the official train set (90/10, stratified, seeded); "test": all of [1].
+  std::map<std::string, std::vector<size_t>> parts;
+};
+FashionMnist load_fashion_mnist(const Context& ctx);
+/// Fashion-MNIST's class name of label index `label` (nullptr when out of range).
+const char* fashion_class(size_t label);
+
+/// One espeak-ng clip to render.
+struct SpeechClip {
+  std::string label;   ///< the label it carries
+  std::string spoken;  ///< what espeak-ng says
+  std::string voice;   ///< accent+variant
+  int speed = 170, pitch = 50;
+  std::string split;
+  std::string file;  ///< relative to the data set directory
+};
+/// The 96 voices (8 English accents x 12 variants) in a seeded order, each with its split: the
+/// first 20 % test, the next 10 % val, the rest train. Whole voices are held out.
+std::vector<std::pair<std::string, std::string>> split_voices(uint64_t seed);
+/// The speeds (words per minute) and pitches every voice speaks at.
+const std::vector<int>& speech_speeds();
+const std::vector<int>& speech_pitches();
+/// espeak-ng and its voice data as source files (throws with the apt command when missing).
+std::vector<SourceFile> espeak_sources(const Context& ctx);
+/// Renders `clips` into `dir` (one worker per core): espeak-ng → resampled to `rate` → `degrade`
+/// (when set; gets the samples and the clip's index) → FLAC with libsndfile subformat `pcm`.
+void render_speech(const std::vector<SpeechClip>& clips, const std::filesystem::path& dir, int rate, int pcm,
+                   const std::function<void(std::vector<float>&, size_t)>& degrade = {});
+
+/// `s` with '/', ' ' and '+' replaced by '_' (for file names).
+std::string file_safe(std::string s);
+
 // The recipes (recipes_*.cpp).
 std::filesystem::path fashion_mnist(const Context& ctx);
 std::filesystem::path wine(const Context& ctx);
@@ -101,5 +147,7 @@ std::filesystem::path sensor_network(const Context& ctx);
 std::filesystem::path text_corpus(const Context& ctx);
 std::filesystem::path spam(const Context& ctx);
 std::filesystem::path spoken_words(const Context& ctx);
+std::filesystem::path av_fashion(const Context& ctx);
+std::filesystem::path digits(const Context& ctx);
 
 }  // namespace modalkit::host::recipes

@@ -32,11 +32,7 @@ uint32_t big_endian(const unsigned char* p) {
   return (uint32_t(p[0]) << 24) | (uint32_t(p[1]) << 16) | (uint32_t(p[2]) << 8) | uint32_t(p[3]);
 }
 
-/// A gzipped IDX file: `dims` from its header and its uint8 payload.
-struct Idx {
-  std::vector<uint32_t> dims;
-  std::string bytes;
-};
+}  // namespace
 
 Idx read_idx(const fs::path& path, uint32_t magic) {
   std::unique_ptr<gzFile_s, int (*)(gzFile)> gz(gzopen(path.c_str(), "rb"), gzclose);
@@ -72,13 +68,14 @@ void write_idx_images(const fs::path& path, const Idx& images, const std::vector
   for (size_t r : rows) gzwrite(gz.get(), images.bytes.data() + r * size, unsigned(size));
 }
 
-}  // namespace
+const char* fashion_class(size_t label) { return label < std::size(kClasses) ? kClasses[label].first : nullptr; }
 
-fs::path fashion_mnist(const Context& ctx) {
-  std::vector<SourceFile> sources;
-  for (const char* f : {"train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz",
+FashionMnist load_fashion_mnist(const Context& ctx) {
+  FashionMnist f;
+  std::vector<SourceFile>& sources = f.sources;
+  for (const char* file : {"train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz",
                         "t10k-labels-idx1-ubyte.gz"}) {
-    sources.push_back(debian_file(ctx, "dataset-fashion-mnist", std::string(kDir) + f));
+    sources.push_back(debian_file(ctx, "dataset-fashion-mnist", std::string(kDir) + file));
   }
   // The noun map is only useful if WordNet has every noun: check it against the index.
   const SourceFile index = debian_file(ctx, "wordnet-base", "/usr/share/wordnet/index.noun");
@@ -91,20 +88,29 @@ fs::path fashion_mnist(const Context& ctx) {
   }
   sources.push_back(index);
 
-  const Idx train_images = read_idx(sources[0].path, 0x00000803), train_labels = read_idx(sources[1].path, 0x00000801);
-  const Idx test_images = read_idx(sources[2].path, 0x00000803), test_labels = read_idx(sources[3].path, 0x00000801);
-  if (train_images.dims[0] != train_labels.dims[0] || test_images.dims[0] != test_labels.dims[0]) {
-    throw DataError(sources[0].path.string(), "image and label counts differ");
+  f.images[0] = read_idx(sources[0].path, 0x00000803);
+  f.labels[0] = read_idx(sources[1].path, 0x00000801);
+  f.images[1] = read_idx(sources[2].path, 0x00000803);
+  f.labels[1] = read_idx(sources[3].path, 0x00000801);
+  for (int k : {0, 1}) {
+    if (f.images[k].dims[0] != f.labels[k].dims[0]) throw DataError(sources[2 * k].path.string(), "image and label counts differ");
+    for (char v : f.labels[k].bytes) {
+      if (static_cast<unsigned char>(v) >= std::size(kClasses)) {
+        throw DataError(sources[2 * k + 1].path.string(), "label " + std::to_string(static_cast<unsigned char>(v)) + " out of range");
+      }
+    }
   }
-  auto label_of = [](const Idx& labels, size_t i) {
-    const auto v = static_cast<unsigned char>(labels.bytes[i]);
-    if (v >= std::size(kClasses)) throw DataError("fashion-mnist labels", "label " + std::to_string(v) + " out of range");
-    return std::string(kClasses[v].first);
-  };
-  auto parts = stratified_split(train_images.dims[0], [&](size_t i) { return label_of(train_labels, i); },
-                                {{"train", 0.9}, {"val", 0.1}}, ctx.options.seed);
-  for (size_t i = 0; i < test_images.dims[0]; ++i) parts["test"].push_back(i);
-  const size_t total = train_images.dims[0] + test_images.dims[0];
+  f.parts = stratified_split(f.images[0].dims[0], [&](size_t i) { return std::string(kClasses[static_cast<unsigned char>(f.labels[0].bytes[i])].first); },
+                             {{"train", 0.9}, {"val", 0.1}}, ctx.options.seed);
+  for (size_t i = 0; i < f.images[1].dims[0]; ++i) f.parts["test"].push_back(i);
+  return f;
+}
+
+fs::path fashion_mnist(const Context& ctx) {
+  const FashionMnist f = load_fashion_mnist(ctx);
+  auto parts = f.parts;
+  const size_t total = f.images[0].dims[0] + f.images[1].dims[0];
+  auto label_of = [](const Idx& labels, size_t i) { return std::string(kClasses[static_cast<unsigned char>(labels.bytes[i])].first); };
 
   json labels = json::array();
   std::string map;
@@ -126,8 +132,8 @@ fs::path fashion_mnist(const Context& ctx) {
   uint64_t salt = 0;
   for (const std::string split : {"train", "val", "test"}) {
     const bool official_test = split == "test";
-    const Idx& images = official_test ? test_images : train_images;
-    const Idx& labels_idx = official_test ? test_labels : train_labels;
+    const Idx& images = f.images[official_test ? 1 : 0];
+    const Idx& labels_idx = f.labels[official_test ? 1 : 0];
     const auto rows = balanced_subset(parts[split], [&](size_t i) { return label_of(labels_idx, i); },
                                       subset_share(ctx, split, parts[split].size(), total), ctx.options.seed + ++salt);
     const std::string file = split + "-images.idx.gz";
@@ -141,7 +147,7 @@ fs::path fashion_mnist(const Context& ctx) {
                          {"source", origin + std::to_string(rows[k])}});
     }
   }
-  return writer.finish("MIT (Zalando SE); see data/embedded/LICENSES.md", "nothing", sources);
+  return writer.finish("MIT (Zalando SE); see data/embedded/LICENSES.md", "nothing", f.sources);
 }
 
 }  // namespace modalkit::host::recipes

@@ -1,6 +1,7 @@
 // Data sets, the loader's thread pool, targets and metrics, against hand-computed values.
 #include <unistd.h>
 
+#include <atomic>
 #include <fstream>
 
 #include <gtest/gtest.h>
@@ -45,6 +46,31 @@ struct DatasetDir {
   }
 };
 
+/// A modality whose field is a number: decode counts its calls and refuses negatives with a
+/// DataError (bad data), fit records the mean of what it saw.
+class NumberModality : public modalkit::ModalityPlugin {
+ public:
+  NumberModality() { attach_library("number", nullptr); }
+  mutable std::atomic<int> decodes{0};
+  double fitted_mean = 0;
+  modalkit::RawValue decode(const modalkit::FieldRef& f) const override {
+    ++decodes;
+    const double v = f.value.get<double>();
+    if (v < 0) throw modalkit::DataError(f.origin, "negative value " + f.value.dump());
+    return {at::full({1}, v, at::kFloat), "", 0};
+  }
+  void fit(const std::vector<modalkit::RawValue>& train) override {
+    double sum = 0;
+    for (const auto& r : train) sum += r.tensor.item<double>();
+    fitted_mean = sum / static_cast<double>(train.size());
+  }
+  at::Tensor featurize(const modalkit::RawValue& raw) const override { return raw.tensor - fitted_mean; }
+  std::shared_ptr<modalkit::Encoder> make_encoder() override { return nullptr; }
+};
+
+modalkit::host::LoadOptions load(bool fit, bool skip_bad, std::vector<int64_t> rows = {}) {
+  return {2, fit, skip_bad, std::move(rows)};
+}
 
 }  // namespace
 
@@ -108,7 +134,7 @@ TEST(Loader, BatchesNameSamplesByTheirRowInTheSplit) {
   auto ds = modalkit::host::Dataset::open(file);
   std::map<std::string, TaskSpec> tasks{{"label", {"label", TaskType::kMulticlass, "y", {"a", "b", "c"}, 3, {"accuracy"}}}};
   // A label subset keeps rows 2 and 0 of the split, in that order.
-  auto f = modalkit::host::SplitFeatures::build(ds, "train", {}, tasks, 1, false, {2, 0});
+  auto f = modalkit::host::SplitFeatures::build(ds, "train", {}, tasks, load(false, false, {2, 0}));
   ASSERT_EQ(f.size(), 2);
   modalkit::Batch b = f.batch({1, 0}, {});
   EXPECT_EQ(std::vector<int64_t>(b.index.data_ptr<int64_t>(), b.index.data_ptr<int64_t>() + 2),
@@ -118,11 +144,64 @@ TEST(Loader, BatchesNameSamplesByTheirRowInTheSplit) {
   EXPECT_EQ(y[1].item<int64_t>(), 2);  // row 2 is "c"
 }
 
+TEST(Loader, EqualFieldValuesAreDecodedOnceAndFitSeesEverySample) {
+  DatasetDir d;
+  auto file = d.write_dataset(5, "{\"x\": 1, \"y\": \"a\"}\n{\"x\": 1, \"y\": \"b\"}\n{\"x\": 7, \"y\": \"c\"}\n"
+                                 "{\"x\": 1, \"y\": \"a\"}\n{\"x\": 7, \"y\": \"b\"}\n");
+  auto ds = modalkit::host::Dataset::open(file);
+  auto plugin = std::make_shared<NumberModality>();
+  auto f = modalkit::host::SplitFeatures::build(ds, "train", {{"x", "x", plugin}}, {}, load(true, false));
+  EXPECT_EQ(plugin->decodes.load(), 2);          // the values 1 and 7
+  EXPECT_DOUBLE_EQ(plugin->fitted_mean, 17.0 / 5);  // weighted by occurrence: (1+1+7+1+7)/5
+  EXPECT_EQ(f.distinct().at("x"), 2);
+  modalkit::Batch b = f.batch({0, 2, 3}, {"x"});
+  EXPECT_NEAR(b.inputs.at("x").data[0][0].item<double>(), 1 - 3.4, 1e-6);
+  EXPECT_NEAR(b.inputs.at("x").data[1][0].item<double>(), 7 - 3.4, 1e-6);
+  EXPECT_NEAR(b.inputs.at("x").data[2][0].item<double>(), 1 - 3.4, 1e-6);
+}
+
+TEST(Loader, BadSamplesFailTheLoadNamingTheSampleUnlessSkipped) {
+  DatasetDir d;
+  auto file = d.write_dataset(5, "{\"x\": 1, \"y\": \"a\"}\n{\"x\": -2, \"y\": \"b\"}\n{\"x\": 3, \"y\": \"zebra\"}\n"
+                                 "{\"y\": \"a\"}\n{\"x\": 5, \"y\": \"b\"}\n");
+  auto ds = modalkit::host::Dataset::open(file);
+  std::map<std::string, TaskSpec> tasks{{"label", {"label", TaskType::kMulticlass, "y", {"a", "b", "c"}, 3, {"accuracy"}}}};
+  auto plugin = std::make_shared<NumberModality>();
+  const std::string samples = (d.dir / "train.jsonl").string();
+  // Without --skip-bad the first bad sample in file order stops the load, whichever stage finds
+  // it: the plugin's decode error on line 2 comes before the label on line 3.
+  EXPECT_EQ(error_of([&] { modalkit::host::SplitFeatures::build(ds, "train", {{"x", "x", plugin}}, tasks, load(true, false)); }),
+            "plugin number: " + samples + ":2: negative value -2");
+  EXPECT_EQ(error_of([&] { modalkit::host::SplitFeatures::build(ds, "train", {}, tasks, load(true, false)); }),
+            samples + ":3: label \"zebra\" of field \"y\" is not in the data set's label set");
+  auto f = modalkit::host::SplitFeatures::build(ds, "train", {{"x", "x", plugin}}, tasks, load(true, true));
+  ASSERT_EQ(f.size(), 2);
+  ASSERT_EQ(f.skipped().size(), 3u);
+  EXPECT_EQ(f.skipped()[0].row, 1);
+  EXPECT_EQ(f.skipped()[0].reason, samples + ":2: negative value -2");
+  EXPECT_EQ(f.skipped()[1].row, 2);
+  EXPECT_EQ(f.skipped()[2].reason, samples + ":4: sample has no field \"x\"");
+  EXPECT_DOUBLE_EQ(plugin->fitted_mean, 3.0);  // fit saw only the kept samples 1 and 5
+  modalkit::Batch b = f.batch({0, 1}, {"x"});
+  EXPECT_EQ(b.index[1].item<int64_t>(), 4);  // kept samples keep their rows in the file
+  EXPECT_EQ(b.targets.at("label")[1].item<int64_t>(), 1);
+}
+
+TEST(Loader, SkippingEverySampleIsAnError) {
+  DatasetDir d;
+  auto file = d.write_dataset(2, "{\"x\": -1, \"y\": \"a\"}\n{\"x\": -2, \"y\": \"b\"}\n");
+  auto ds = modalkit::host::Dataset::open(file);
+  auto plugin = std::make_shared<NumberModality>();
+  const std::string msg =
+      error_of([&] { modalkit::host::SplitFeatures::build(ds, "train", {{"x", "x", plugin}}, {}, load(true, true)); });
+  EXPECT_NE(msg.find("every one of the 2 samples of split \"train\" is bad"), std::string::npos) << msg;
+}
+
 TEST(Loader, EmptySplitIsADataError) {
   DatasetDir d;
   auto file = d.write_dataset(0, "");
   auto ds = modalkit::host::Dataset::open(file);
-  EXPECT_EQ(error_of([&] { modalkit::host::SplitFeatures::build(ds, "train", {}, {}, 1, true); }),
+  EXPECT_EQ(error_of([&] { modalkit::host::SplitFeatures::build(ds, "train", {}, {}, load(true, false)); }),
             file.string() + ": split \"train\" holds no samples");
 }
 

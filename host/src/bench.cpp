@@ -1,0 +1,123 @@
+#include "bench.hpp"
+
+#include <unistd.h>
+
+#include <chrono>
+#include <random>
+
+#include <ATen/Parallel.h>
+#include <spdlog/spdlog.h>
+
+#include "dataset.hpp"
+#include "engine.hpp"
+#include "loader.hpp"
+#include "modalkit/errors.hpp"
+#include "pipeline.hpp"
+#include "system_info.hpp"
+
+namespace fs = std::filesystem;
+
+namespace modalkit::host {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
+
+/// Runs `fn` until `min_seconds` have passed (at least twice); returns the mean seconds per run.
+template <class F>
+double time_per_run(double min_seconds, F&& fn) {
+  int runs = 0;
+  const auto t0 = Clock::now();
+  do {
+    fn();
+    ++runs;
+  } while (runs < 2 || seconds_since(t0) < min_seconds);
+  return seconds_since(t0) / runs;
+}
+
+/// One epoch's batches over `f` in a shuffled order, as the trainer cuts them.
+void batch_epoch(const SplitFeatures& f, int64_t batch_size, const std::vector<std::string>& modalities,
+                 std::mt19937_64& rng) {
+  std::vector<int64_t> order(static_cast<size_t>(f.size()));
+  for (size_t i = 0; i < order.size(); ++i) order[i] = static_cast<int64_t>(i);
+  std::shuffle(order.begin(), order.end(), rng);
+  for (size_t at = 0; at < order.size(); at += static_cast<size_t>(batch_size)) {
+    const size_t end = std::min(order.size(), at + static_cast<size_t>(batch_size));
+    Batch b = f.batch(std::vector<int64_t>(order.begin() + long(at), order.begin() + long(end)), modalities);
+    (void)b;
+  }
+}
+
+}  // namespace
+
+std::vector<fs::path> default_bench_pipelines() {
+  std::vector<fs::path> out;
+  for (const char* name : {"fashion-mnist-image", "spoken-words-audio", "wine-tabular", "sensor-network-temperature",
+                           "spam-text"}) {
+    const fs::path p = fs::path("examples/pipelines") / (std::string(name) + ".json");
+    if (fs::exists(p)) out.push_back(p);
+  }
+  return out;
+}
+
+nlohmann::json run_bench(PluginRegistry& registry, const BenchOptions& options) {
+  if (options.pipelines.empty()) {
+    throw Error("bench: no pipelines (give PIPELINE.json files, or run from the source tree, where "
+                "examples/pipelines holds the default ones)");
+  }
+  // Loader threads are what is measured: LibTorch's own (intra-op) threads stay at one so they
+  // do not compete with them (featurize calls torch ops, e.g. the audio plugin's STFT).
+  const int intra_op = at::get_num_threads();
+  at::set_num_threads(1);
+  const fs::path scratch = fs::temp_directory_path() / ("modalkit-bench-" + std::to_string(::getpid()));
+  nlohmann::json out = {{"blas", active_blas()},
+                        {"hardware_threads", std::thread::hardware_concurrency()},
+                        {"min_seconds", options.min_seconds},
+                        {"loader", nlohmann::json::array()}};
+  for (const auto& file : options.pipelines) {
+    ResolvedPipeline pipeline = load_pipeline(file, {}, registry);
+    const nlohmann::json& doc = pipeline.doc;
+    Dataset dataset = Dataset::open(pipeline.dataset);
+    HostContext context(spdlog::default_logger(), doc.at("seed"), c10::Device(c10::kCPU), scratch,
+                        pipeline_artifacts(pipeline));
+    BuiltModel model = create_modalities(pipeline, registry, dataset, context);
+    const std::string split = doc.at("data").at("splits").at("train");
+    const int64_t batch_size = doc.at("train").at("batch_size");
+    // Fit once (also warms file caches and plugin-side caches such as decompressed IDX files).
+    SplitFeatures all = SplitFeatures::build(dataset, split, model.modalities, model.tasks, {2, true, false, {}});
+    std::vector<std::string> names;
+    for (const auto& m : model.modalities) names.push_back(m.name);
+
+    nlohmann::json entry = {{"pipeline", doc.at("name")}, {"split", split}, {"samples", all.size()},
+                            {"modalities", nlohmann::json::object()}};
+    for (const auto& m : model.modalities) {
+      nlohmann::json rates;
+      for (int threads : {1, 2}) {
+        const double s = time_per_run(options.min_seconds, [&] {
+          SplitFeatures::build(dataset, split, {m}, {}, {threads, false, false, {}});
+        });
+        rates[std::to_string(threads)] = static_cast<double>(all.size()) / s;
+      }
+      entry["modalities"][m.name] = {{"plugin", m.plugin->plugin_name()},
+                                     {"distinct_values", all.distinct().at(m.name)},
+                                     {"decode_samples_per_s", rates},
+                                     {"thread_scaling", rates["2"].get<double>() / rates["1"].get<double>()}};
+    }
+    std::mt19937_64 rng(doc.at("seed").get<uint64_t>());
+    const double load = time_per_run(options.min_seconds, [&] {
+      SplitFeatures::build(dataset, split, model.modalities, model.tasks, {2, false, false, {}});
+    });
+    const double batching = time_per_run(options.min_seconds, [&] { batch_epoch(all, batch_size, names, rng); });
+    entry["epoch_seconds"] = {{"decoding", load + batching}, {"cached", batching}};
+    entry["cached_epoch_speedup"] = (load + batching) / batching;
+    out["loader"].push_back(entry);
+  }
+  std::error_code ec;
+  fs::remove_all(scratch, ec);
+  at::set_num_threads(intra_op);
+  return out;
+}
+
+}  // namespace modalkit::host
