@@ -447,3 +447,59 @@ TEST(Cli, ArtifactsAreCheckedForTypeAndHashBeforeUse) {
   EXPECT_TRUE(has(r.err, "missing or unreadable tok.model.artifact.json")) << r.err;
   fs::remove_all(dir);
 }
+
+TEST(Cli, SkipBadLeavesOutBadSamplesAndCountsThem) {
+  // A copy of the wine set with one NaN cell and one missing row reference in train.
+  const fs::path dir = fs::current_path() / ("wine-bad-" + std::to_string(::getpid()));
+  fs::remove_all(dir);
+  fs::copy(source("data/embedded/wine"), dir, fs::copy_options::recursive);
+  std::string csv = read_all(dir / "train.csv");
+  const size_t line3 = csv.find('\n', csv.find('\n', csv.find('\n') + 1) + 1) + 1;  // start of data row 3 (file line 4)
+  csv.replace(line3, csv.find(',', line3) - line3, "NaN");
+  std::ofstream(dir / "train.csv") << csv;
+  std::string samples = read_all(dir / "train.jsonl");
+  const size_t last = samples.rfind("train.csv#");
+  samples.replace(last, samples.find('"', last) - last, "train.csv#99999");
+  std::ofstream(dir / "train.jsonl") << samples;
+
+  json doc = json::parse(read_all(source("examples/pipelines/wine-tabular.json")));
+  doc["data"]["dataset"] = (dir / "dataset.json").string();
+  doc["train"]["epochs"] = 1;
+  const fs::path pipeline = dir / "pipeline.json";
+  std::ofstream(pipeline) << doc.dump(2);
+  const fs::path run = dir / "run";
+
+  // Without --skip-bad: exit 1, naming the file, the line and the column.
+  auto r = modalkit("train '" + pipeline.string() + "' --out '" + run.string() + "'");
+  EXPECT_EQ(r.rc, 1);
+  EXPECT_TRUE(has(r.err, "train.csv:4")) << r.err;
+  EXPECT_TRUE(has(r.err, "NaN")) << r.err;
+
+  r = modalkit("train '" + pipeline.string() + "' --out '" + run.string() + "' --skip-bad");
+  ASSERT_EQ(r.rc, 0) << r.err;
+  EXPECT_TRUE(has(r.err, "--skip-bad: skipped 2 of 107 samples of split \"train\"")) << r.err;
+  const json result = json::parse(read_all(run / "results.json"));
+  EXPECT_EQ(result["skipped"]["train"], 2);
+  EXPECT_EQ(result["skipped"]["test"], 0);
+  EXPECT_EQ(result["train_samples"], 105);
+  fs::remove_all(dir);
+}
+
+TEST(Cli, BenchReportsLoaderThroughputAndTheCachedEpoch) {
+  auto r = modalkit("bench '" + source("examples/pipelines/wine-tabular.json").string() + "' --json --min-seconds 0.05");
+  ASSERT_EQ(r.rc, 0) << r.err;
+  const json b = json::parse(r.out);
+  ASSERT_EQ(b["loader"].size(), 1u);
+  const json& e = b["loader"][0];
+  EXPECT_EQ(e["pipeline"], "wine-tabular");
+  EXPECT_EQ(e["samples"], 107);
+  const json& m = e["modalities"]["features"];
+  EXPECT_EQ(m["plugin"], "tabular");
+  EXPECT_GT(m["decode_samples_per_s"]["1"].get<double>(), 0.0);
+  EXPECT_GT(m["decode_samples_per_s"]["2"].get<double>(), 0.0);
+  EXPECT_NEAR(m["thread_scaling"].get<double>(),
+              m["decode_samples_per_s"]["2"].get<double>() / m["decode_samples_per_s"]["1"].get<double>(), 1e-9);
+  // An epoch that decodes includes the cached epoch's batching, so the ratio is above 1 by construction.
+  EXPECT_GT(e["cached_epoch_speedup"].get<double>(), 1.0);
+  EXPECT_FALSE(b["blas"].get<std::string>().empty());
+}

@@ -198,6 +198,28 @@ TEST_F(AudioFixture, NormalisationIsFittedOnTheGivenClipsOnly) {
   EXPECT_THROW(make({{"n_mels", 20}})->load_fitted_state(audio->fitted_state()), std::exception);
 }
 
+TEST_F(AudioFixture, SharedClipsWeighAsOftenAsTheyOccur) {
+  // The loader gives samples that share a clip the same tensor; fit must count it per sample,
+  // exactly as if every sample had its own copy.
+  auto shared = make({}), copied = make({});
+  write("a.wav", tone(300.0, 0.5, 16000, 0.3), 16000);
+  write("b.wav", tone(2000.0, 0.25, 16000, 0.8), 16000);
+  const modalkit::RawValue a = decode(*shared, "a.wav"), b = decode(*shared, "b.wav");
+  shared->fit({a, a, a, b});
+  modalkit::RawValue a2 = a, a3 = a;
+  a2.tensor = a.tensor.clone();
+  a3.tensor = a.tensor.clone();
+  copied->fit({a, a2, a3, b});
+  auto stats = [](const modalkit::ModalityPlugin& p) {
+    const auto s = p.fitted_state();
+    return torch::cat({torch::tensor(s.at("mean").get<std::vector<float>>()), torch::tensor(s.at("std").get<std::vector<float>>())});
+  };
+  EXPECT_TRUE(stats(*shared).allclose(stats(*copied), 1e-5, 1e-6));
+  auto once = make({});
+  once->fit({a, b});
+  EXPECT_FALSE(stats(*once).allclose(stats(*shared), 1e-3, 1e-3));  // the weighting matters
+}
+
 TEST_F(AudioFixture, CollatePadsAndBothEncodersKeepRealFramesIndependentOfPadding) {
   for (const std::string encoder : {"conv", "transformer"}) {
     auto audio = make({{"encoder", encoder}, {"dropout", 0.0}, {"n_mels", 8}, {"channels", 8}, {"layers", 1}});

@@ -3,6 +3,7 @@
 // the train split; white-noise and dropout perturbations; a strided conv encoder or a Transformer
 // over frames. Clips vary in length: collate pads and masks, encoders carry the mask along.
 #include <cmath>
+#include <map>
 #include <memory>
 
 #include <samplerate.h>
@@ -159,12 +160,20 @@ class AudioModality : public modalkit::ModalityPlugin {
   void fit(const std::vector<modalkit::RawValue>& train) override {
     if (!o_.normalize || train.empty()) return;
     auto sum = torch::zeros({o_.n_mels}, torch::kDouble), sq = torch::zeros({o_.n_mels}, torch::kDouble);
-    int64_t frames = 0;
+    // The host hands samples that share a clip (a data set paired by class) the same tensor:
+    // each distinct clip is transformed once and weighted by how often it occurs.
+    std::map<const void*, std::pair<const torch::Tensor*, int64_t>> clips;
     for (const auto& raw : train) {
-      auto lm = log_mel(raw.tensor).to(torch::kDouble);
-      sum += lm.sum(0);
-      sq += (lm * lm).sum(0);
-      frames += lm.size(0);
+      auto& [tensor, count] = clips[raw.tensor.data_ptr()];
+      tensor = &raw.tensor;
+      ++count;
+    }
+    int64_t frames = 0;
+    for (const auto& [ptr, clip] : clips) {
+      auto lm = log_mel(*clip.first).to(torch::kDouble);
+      sum += double(clip.second) * lm.sum(0);
+      sq += double(clip.second) * (lm * lm).sum(0);
+      frames += clip.second * lm.size(0);
     }
     auto mean = sum / double(frames);
     mean_ = mean.to(torch::kFloat);
