@@ -233,6 +233,9 @@ int cmd_bench(const std::vector<std::string>& argv, modalkit::host::PluginRegist
   if (vm.count("min-seconds")) options.min_seconds = vm["min-seconds"].as<double>();
   if (!(options.min_seconds > 0)) throw UsageError("--min-seconds must be positive");
   const json r = modalkit::host::run_bench(registry, options);
+  if (modalkit::host::blas_is_reference(r["blas"].get<std::string>())) {
+    spdlog::warn("the reference BLAS is in use: install libopenblas0-pthread (scripts/setup.sh does)");
+  }
   if (vm.count("json")) {
     std::cout << r.dump(2) << "\n";
     return kOk;

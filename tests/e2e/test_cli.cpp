@@ -503,3 +503,47 @@ TEST(Cli, BenchReportsLoaderThroughputAndTheCachedEpoch) {
   EXPECT_GT(e["cached_epoch_speedup"].get<double>(), 1.0);
   EXPECT_FALSE(b["blas"].get<std::string>().empty());
 }
+
+TEST(Cli, FitSeesTheTrainSplitOnly) {
+  // The same wine data with a poisoned val and test split (every cell x1000): the fitted
+  // standardisation must not move, and must equal the train split's own column statistics.
+  const fs::path dir = fs::current_path() / ("wine-poison-" + std::to_string(::getpid()));
+  fs::remove_all(dir);
+  fs::copy(source("data/embedded/wine"), dir, fs::copy_options::recursive);
+  for (const char* split : {"val.csv", "test.csv"}) {
+    std::istringstream in(read_all(dir / split));
+    std::string line, out;
+    std::getline(in, line);
+    out = line + "\n";
+    while (std::getline(in, line)) {
+      std::istringstream cells(line);
+      std::string cell, row;
+      while (std::getline(cells, cell, ',')) row += (row.empty() ? "" : ",") + std::to_string(std::stod(cell) * 1000);
+      out += row + "\n";
+    }
+    std::ofstream(dir / split) << out;
+  }
+  auto fitted = [&](const fs::path& dataset, const std::string& tag) {
+    json doc = json::parse(read_all(source("examples/pipelines/wine-tabular.json")));
+    doc["data"]["dataset"] = dataset.string();
+    doc["train"]["epochs"] = 1;
+    const fs::path pipeline = dir / (tag + ".json"), run = dir / ("run-" + tag);
+    std::ofstream(pipeline) << doc.dump(2);
+    auto r = modalkit("train '" + pipeline.string() + "' --out '" + run.string() + "'");
+    EXPECT_EQ(r.rc, 0) << r.err;
+    return json::parse(read_all(run / "fitted_state.json"))["features"];
+  };
+  const json clean = fitted(source("data/embedded/wine/dataset.json"), "clean");
+  const json poisoned = fitted(dir / "dataset.json", "poisoned");
+  EXPECT_EQ(clean, poisoned);
+  // Against the train split's column 0 (alcohol), computed here.
+  std::istringstream in(read_all(dir / "train.csv"));
+  std::string line;
+  std::getline(in, line);
+  std::vector<double> alcohol;
+  while (std::getline(in, line)) alcohol.push_back(std::stod(line.substr(0, line.find(','))));
+  double mean = 0;
+  for (double v : alcohol) mean += v / double(alcohol.size());
+  EXPECT_NEAR(clean["mean"][0].get<double>(), mean, 1e-9);
+  fs::remove_all(dir);
+}
