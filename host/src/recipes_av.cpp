@@ -7,7 +7,6 @@
 #include <sndfile.h>
 
 #include <cmath>
-#include <cstdlib>
 
 #include "modalkit/errors.hpp"
 #include "recipes.hpp"
@@ -24,7 +23,8 @@ struct Degradation {
   double image_noise;   ///< then Gaussian noise with this std (fraction of full scale), clipped
   double audio_snr_db;  ///< white noise at this SNR (dB) against the clip's RMS
 };
-Degradation kDegradation{2, 0.6, -6.0};
+// Measured on the full set (docs/data.md): image-only 0.69, audio-only 0.65 test accuracy.
+const Degradation kDegradation{2, 0.9, -15.0};
 
 constexpr int kRate = 8000;  // band-limits the speech to 4 kHz
 
@@ -71,12 +71,6 @@ Idx degrade_images(const Idx& images, const std::vector<size_t>& rows, uint64_t 
 }  // namespace
 
 fs::path av_fashion(const Context& ctx) {
-  // Development knobs for measuring the band; the recipe's data set is defined by kDegradation.
-  if (const char* v = std::getenv("MODALKIT_AVF_DEGRADATION")) {
-    if (std::sscanf(v, "%d,%lf,%lf", &kDegradation.image_pool, &kDegradation.image_noise, &kDegradation.audio_snr_db) != 3) {
-      throw Error("MODALKIT_AVF_DEGRADATION: expected POOL,NOISE,SNR_DB");
-    }
-  }
   const FashionMnist fashion = load_fashion_mnist(ctx);
   std::vector<SourceFile> sources = fashion.sources;
   for (auto& s : espeak_sources(ctx)) sources.push_back(std::move(s));
