@@ -93,12 +93,17 @@ nlohmann::json run_bench(PluginRegistry& registry, const BenchOptions& options) 
     nlohmann::json entry = {{"pipeline", doc.at("name")}, {"split", split}, {"samples", all.size()},
                             {"modalities", nlohmann::json::object()}};
     for (const auto& m : model.modalities) {
-      nlohmann::json rates;
-      for (int threads : {1, 2}) {
-        const double s = time_per_run(options.min_seconds, [&] {
-          SplitFeatures::build(dataset, split, {m}, {}, {threads, false, false, {}});
-        });
-        rates[std::to_string(threads)] = static_cast<double>(all.size()) / s;
+      // Three alternating rounds, the best of each kept: a burst of other load on a shared
+      // machine then hurts one round, not the ratio.
+      nlohmann::json rates = {{"1", 0.0}, {"2", 0.0}};
+      for (int round = 0; round < 3; ++round) {
+        for (int threads : {1, 2}) {
+          const double s = time_per_run(options.min_seconds / 3, [&] {
+            SplitFeatures::build(dataset, split, {m}, {}, {threads, false, false, {}});
+          });
+          auto& best = rates[std::to_string(threads)];
+          best = std::max(best.get<double>(), static_cast<double>(all.size()) / s);
+        }
       }
       entry["modalities"][m.name] = {{"plugin", m.plugin->plugin_name()},
                                      {"distinct_values", all.distinct().at(m.name)},
@@ -106,10 +111,13 @@ nlohmann::json run_bench(PluginRegistry& registry, const BenchOptions& options) 
                                      {"thread_scaling", rates["2"].get<double>() / rates["1"].get<double>()}};
     }
     std::mt19937_64 rng(doc.at("seed").get<uint64_t>());
-    const double load = time_per_run(options.min_seconds, [&] {
-      SplitFeatures::build(dataset, split, model.modalities, model.tasks, {2, false, false, {}});
-    });
-    const double batching = time_per_run(options.min_seconds, [&] { batch_epoch(all, batch_size, names, rng); });
+    double load = 1e300, batching = 1e300;
+    for (int round = 0; round < 3; ++round) {
+      load = std::min(load, time_per_run(options.min_seconds / 3, [&] {
+        SplitFeatures::build(dataset, split, model.modalities, model.tasks, {2, false, false, {}});
+      }));
+      batching = std::min(batching, time_per_run(options.min_seconds / 3, [&] { batch_epoch(all, batch_size, names, rng); }));
+    }
     entry["epoch_seconds"] = {{"decoding", load + batching}, {"cached", batching}};
     entry["cached_epoch_speedup"] = (load + batching) / batching;
     out["loader"].push_back(entry);
