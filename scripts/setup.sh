@@ -11,6 +11,7 @@ packages=(
   nlohmann-json3-dev libvalijson-dev libspdlog-dev libssl-dev zlib1g-dev libstb-dev
   libsndfile1-dev libsamplerate0-dev       # audio plugin: decoding (WAV, FLAC) and resampling
   libsentencepiece-dev                     # text plugin and the text-corpus recipe: the tokenizer
+  espeak-ng dataset-fashion-mnist          # recipes spoken-words, av-fashion, fashion-mnist (and their test)
   libgtest-dev libgmock-dev
   clang libclang-rt-14-dev                 # libFuzzer targets of the test suite
 )

@@ -69,9 +69,18 @@ nlohmann::json run_bench(PluginRegistry& registry, const BenchOptions& options) 
   }
   // Loader threads are what is measured: LibTorch's own (intra-op) threads stay at one so they
   // do not compete with them (featurize calls torch ops, e.g. the audio plugin's STFT).
-  const int intra_op = at::get_num_threads();
-  at::set_num_threads(1);
   const fs::path scratch = fs::temp_directory_path() / ("modalkit-bench-" + std::to_string(::getpid()));
+  // Restores the thread count and removes the scratch directory however the run ends.
+  struct Restore {
+    int intra_op;
+    fs::path scratch;
+    ~Restore() {
+      at::set_num_threads(intra_op);
+      std::error_code ec;
+      fs::remove_all(scratch, ec);
+    }
+  } restore{at::get_num_threads(), scratch};
+  at::set_num_threads(1);
   nlohmann::json out = {{"blas", active_blas()},
                         {"hardware_threads", std::thread::hardware_concurrency()},
                         {"min_seconds", options.min_seconds},
@@ -122,9 +131,6 @@ nlohmann::json run_bench(PluginRegistry& registry, const BenchOptions& options) 
     entry["cached_epoch_speedup"] = (load + batching) / batching;
     out["loader"].push_back(entry);
   }
-  std::error_code ec;
-  fs::remove_all(scratch, ec);
-  at::set_num_threads(intra_op);
   return out;
 }
 

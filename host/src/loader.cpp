@@ -94,9 +94,11 @@ SplitFeatures SplitFeatures::build(Dataset& dataset, const std::string& split,
   const size_t n = rows.size();
   auto sample = [&](size_t i) -> const Sample& { return all.at(static_cast<size_t>(rows[i])); };
   // Every bad sample is found before anything is reported, so the error (without skip_bad) is
-  // the first bad sample in file order whatever stage or thread found it.
+  // the first bad sample in file order whatever stage or thread found it. A plugin's own fault
+  // (anything but a DataError) is never skipped.
   std::vector<std::string> bad(n);             // why sample i is bad; empty = good
   std::vector<std::exception_ptr> failure(n);  // the error to raise for it without skip_bad
+  std::vector<std::exception_ptr> fault(n);    // a plugin fault met at sample i
   auto mark = [&](size_t i, const std::string& why, std::exception_ptr error) {
     if (bad[i].empty()) {
       bad[i] = why;
@@ -124,8 +126,9 @@ SplitFeatures SplitFeatures::build(Dataset& dataset, const std::string& split,
     std::vector<size_t> slot_of;     // sample → distinct value (kNone: the field is missing)
     std::vector<size_t> first;       // distinct value → first sample holding it
     std::vector<RawValue> raw;       // distinct value → decoded
-    std::vector<std::string> error;  // distinct value → DataError message
+    std::vector<std::string> error;  // distinct value → what is wrong with it
     std::vector<std::exception_ptr> failure;  // distinct value → the error naming the plugin
+    std::vector<char> is_fault;      // distinct value → the plugin failed (not the data)
   };
   std::vector<Decoded> decoded(modalities.size());
   for (size_t k = 0; k < modalities.size(); ++k) {
@@ -149,6 +152,7 @@ SplitFeatures SplitFeatures::build(Dataset& dataset, const std::string& split,
     d.raw.resize(d.first.size());
     d.error.resize(d.first.size());
     d.failure.resize(d.first.size());
+    d.is_fault.assign(d.first.size(), 0);
     parallel_for(d.first.size(), options.threads, [&](size_t u) {
       const Sample& s = sample(d.first[u]);
       try {
@@ -157,18 +161,29 @@ SplitFeatures SplitFeatures::build(Dataset& dataset, const std::string& split,
         d.error[u] = e.what();
         d.failure[u] = std::make_exception_ptr(PluginError(m.plugin->plugin_name(), e.what()));
       } catch (...) {
-        guard(m.plugin->plugin_name(), [] { throw; });  // anything else is the plugin's fault
+        try {
+          guard(m.plugin->plugin_name(), [] { throw; });  // as a PluginError naming the plugin
+        } catch (const std::exception& e) {
+          d.error[u] = e.what();
+          d.failure[u] = std::current_exception();
+          d.is_fault[u] = 1;
+        }
       }
     });
     for (size_t i = 0; i < n; ++i) {
       const size_t u = d.slot_of[i];
-      if (u != kNone && !d.error[u].empty()) mark(i, d.error[u], d.failure[u]);
+      if (u == kNone || !d.failure[u]) continue;
+      if (d.is_fault[u] && !fault[i]) fault[i] = d.failure[u];
+      // Samples sharing the value share its error; each names its own line and the first's.
+      mark(i, i == d.first[u] ? d.error[u]
+                              : sample(i).origin + ": same \"" + m.field + "\" value as " +
+                                    sample(d.first[u]).origin + ", which failed: " + d.error[u],
+           d.failure[u]);
     }
   }
-  if (!options.skip_bad) {
-    for (size_t i = 0; i < n; ++i) {
-      if (failure[i]) std::rethrow_exception(failure[i]);
-    }
+  for (size_t i = 0; i < n; ++i) {
+    if (fault[i]) std::rethrow_exception(fault[i]);
+    if (failure[i] && !options.skip_bad) std::rethrow_exception(failure[i]);
   }
 
   SplitFeatures out;

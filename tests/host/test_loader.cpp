@@ -187,6 +187,45 @@ TEST(Loader, BadSamplesFailTheLoadNamingTheSampleUnlessSkipped) {
   EXPECT_EQ(b.targets.at("label")[1].item<int64_t>(), 1);
 }
 
+TEST(Loader, SamplesSharingABadValueAreEachNamed) {
+  DatasetDir d;
+  auto file = d.write_dataset(3, "{\"x\": -4, \"y\": \"a\"}\n{\"x\": 2, \"y\": \"b\"}\n{\"x\": -4, \"y\": \"c\"}\n");
+  auto ds = modalkit::host::Dataset::open(file);
+  auto plugin = std::make_shared<NumberModality>();
+  const std::string samples = (d.dir / "train.jsonl").string();
+  auto f = modalkit::host::SplitFeatures::build(ds, "train", {{"x", "x", plugin}}, {}, load(true, true));
+  EXPECT_EQ(plugin->decodes.load(), 2);
+  ASSERT_EQ(f.skipped().size(), 2u);
+  EXPECT_EQ(f.skipped()[0].reason, samples + ":1: negative value -4");
+  EXPECT_EQ(f.skipped()[1].row, 2);
+  EXPECT_EQ(f.skipped()[1].reason, samples + ":3: same \"x\" value as " + samples + ":1, which failed: " + samples +
+                                       ":1: negative value -4");
+}
+
+/// A modality whose decode fails on its own account (not the data's) for the value 9.
+class FaultyModality : public NumberModality {
+ public:
+  modalkit::RawValue decode(const modalkit::FieldRef& f) const override {
+    if (f.value.get<double>() == 9) throw std::runtime_error("internal fault");
+    return NumberModality::decode(f);
+  }
+};
+
+TEST(Loader, APluginFaultIsNeverSkippedAndComesInFileOrder) {
+  DatasetDir d;
+  auto file = d.write_dataset(3, "{\"x\": 1, \"y\": \"zebra\"}\n{\"x\": -1, \"y\": \"a\"}\n{\"x\": 9, \"y\": \"a\"}\n");
+  auto ds = modalkit::host::Dataset::open(file);
+  std::map<std::string, TaskSpec> tasks{{"label", {"label", TaskType::kMulticlass, "y", {"a", "b", "c"}, 3, {"accuracy"}}}};
+  auto plugin = std::make_shared<FaultyModality>();
+  const std::string samples = (d.dir / "train.jsonl").string();
+  // Without skipping: the bad label on line 1 comes first, though the fault was met too.
+  EXPECT_EQ(error_of([&] { modalkit::host::SplitFeatures::build(ds, "train", {{"x", "x", plugin}}, tasks, load(false, false)); }),
+            samples + ":1: label \"zebra\" of field \"y\" is not in the data set's label set");
+  // Skipping skips the data errors (lines 1, 2) but not the plugin's fault on line 3.
+  EXPECT_EQ(error_of([&] { modalkit::host::SplitFeatures::build(ds, "train", {{"x", "x", plugin}}, tasks, load(false, true)); }),
+            "plugin number: internal fault");
+}
+
 TEST(Loader, SkippingEverySampleIsAnError) {
   DatasetDir d;
   auto file = d.write_dataset(2, "{\"x\": -1, \"y\": \"a\"}\n{\"x\": -2, \"y\": \"b\"}\n");

@@ -162,14 +162,17 @@ class AudioModality : public modalkit::ModalityPlugin {
     auto sum = torch::zeros({o_.n_mels}, torch::kDouble), sq = torch::zeros({o_.n_mels}, torch::kDouble);
     // The host hands samples that share a clip (a data set paired by class) the same tensor:
     // each distinct clip is transformed once and weighted by how often it occurs.
-    std::map<const void*, std::pair<const torch::Tensor*, int64_t>> clips;
+    // Kept in first-occurrence order so the sums, and so the fitted bits, do not depend on
+    // where the allocator put the clips.
+    std::map<std::pair<const void*, int64_t>, size_t> index;
+    std::vector<std::pair<const torch::Tensor*, int64_t>> clips;
     for (const auto& raw : train) {
-      auto& [tensor, count] = clips[raw.tensor.data_ptr()];
-      tensor = &raw.tensor;
-      ++count;
+      auto [it, inserted] = index.emplace(std::make_pair(raw.tensor.data_ptr(), raw.tensor.numel()), clips.size());
+      if (inserted) clips.emplace_back(&raw.tensor, 0);
+      ++clips[it->second].second;
     }
     int64_t frames = 0;
-    for (const auto& [ptr, clip] : clips) {
+    for (const auto& clip : clips) {
       auto lm = log_mel(*clip.first).to(torch::kDouble);
       sum += double(clip.second) * lm.sum(0);
       sq += double(clip.second) * (lm * lm).sum(0);
