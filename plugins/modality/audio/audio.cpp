@@ -147,10 +147,7 @@ class AudioModality : public modalkit::ModalityPlugin {
                                                               std::to_string(nyquist) + " Hz");
     }
     if (o_.hop > o_.n_fft) throw modalkit::ConfigError(c.pointer() + "/hop", "hop must not exceed n_fft");
-    if (o_.encoder == "transformer" && d_model_ % o_.heads != 0) {
-      throw modalkit::ConfigError(c.pointer() + "/heads", "d_model " + std::to_string(d_model_) +
-                                                              " is not divisible by heads " + std::to_string(o_.heads));
-    }
+    if (o_.encoder == "transformer") modalkit::token_transformer_options(c, d_model_);  // checks heads
     window_ = torch::hann_window(o_.n_fft, torch::kFloat);  // periodic, as torch.stft expects
     filterbank_ = mel_filterbank(o_.n_fft, o_.sample_rate, o_.n_mels, o_.f_min, o_.f_max);
     mean_ = torch::zeros({o_.n_mels});

@@ -187,11 +187,7 @@ class ImageModality : public modalkit::ModalityPlugin {
                                         std::to_string(opt_.width) + " must be multiples of patch_size " +
                                         std::to_string(opt_.patch_size));
       }
-      if (d_model_ % opt_.heads != 0) {
-        throw modalkit::ConfigError(c.pointer() + "/heads", "d_model " + std::to_string(d_model_) +
-                                                                " is not divisible by heads " +
-                                                                std::to_string(opt_.heads));
-      }
+      modalkit::token_transformer_options(c, d_model_);  // checks heads
     }
   }
 

@@ -35,9 +35,10 @@ struct Layout {
 /// embedding(offset_j + c_j) + bias_j; then Transformer encoder layers and a LayerNorm.
 class FtTransformerEncoder : public modalkit::Encoder {
  public:
-  FtTransformerEncoder(int64_t numeric, const std::vector<int64_t>& vocab_sizes, int64_t d_model, int64_t layers,
-                       int64_t heads, double dropout)
+  FtTransformerEncoder(int64_t numeric, const std::vector<int64_t>& vocab_sizes,
+                       const modalkit::TokenTransformerOptions& options)
       : numeric_(numeric) {
+    const int64_t d_model = options.d_model();
     const int64_t columns = numeric + int64_t(vocab_sizes.size());
     weight_ = register_parameter("weight", torch::randn({numeric, d_model}) / std::sqrt(double(d_model)));
     bias_ = register_parameter("bias", torch::randn({columns, d_model}) / std::sqrt(double(d_model)));
@@ -50,7 +51,7 @@ class FtTransformerEncoder : public modalkit::Encoder {
     offsets_ = register_buffer("offsets", torch::tensor(offsets.empty() ? std::vector<int64_t>{0} : offsets));
     if (total > 0) embedding_ = register_module("embedding", torch::nn::Embedding(total, d_model));
     transformer_ = register_module(
-        "transformer", modalkit::TokenTransformer(modalkit::TokenTransformerOptions(d_model, layers, heads).dropout(dropout)));
+        "transformer", modalkit::TokenTransformer(options));
   }
 
   modalkit::Sequence forward(const modalkit::ModalityInput& input) override {
@@ -74,7 +75,8 @@ class FtTransformerEncoder : public modalkit::Encoder {
 
 class TabularModality : public modalkit::ModalityPlugin {
  public:
-  explicit TabularModality(const modalkit::CreateArgs& args) : d_model_(args.d_model) {
+  explicit TabularModality(const modalkit::CreateArgs& args)
+      : transformer_(modalkit::token_transformer_options(args.config, args.d_model)) {
     const modalkit::Config& c = args.config;
     columns_ = c.get<std::vector<std::string>>("columns");
     const auto categorical = c.get<std::vector<std::string>>("categorical");
@@ -86,13 +88,6 @@ class TabularModality : public modalkit::ModalityPlugin {
     }
     normalize_ = c.get<bool>("normalize");
     perturbation_ = c.get<std::string>("perturbation");
-    layers_ = c.get<int64_t>("layers");
-    heads_ = c.get<int64_t>("heads");
-    dropout_ = c.get<double>("dropout");
-    if (d_model_ % heads_ != 0) {
-      throw modalkit::ConfigError(c.pointer() + "/heads", "d_model " + std::to_string(d_model_) +
-                                                              " is not divisible by heads " + std::to_string(heads_));
-    }
     if (!columns_.empty()) layout_ = std::make_shared<Layout>(split(columns_));
   }
 
@@ -224,7 +219,7 @@ class TabularModality : public modalkit::ModalityPlugin {
     const Layout& l = layout();
     std::vector<int64_t> sizes;
     for (size_t j = 0; j < l.categorical.size(); ++j) sizes.push_back(int64_t(vocab_.at(j).size()) + 1);
-    return std::make_shared<FtTransformerEncoder>(int64_t(l.numeric.size()), sizes, d_model_, layers_, heads_, dropout_);
+    return std::make_shared<FtTransformerEncoder>(int64_t(l.numeric.size()), sizes, transformer_);
   }
 
  private:
@@ -268,13 +263,11 @@ class TabularModality : public modalkit::ModalityPlugin {
     return slot;
   }
 
-  int64_t d_model_;
   std::vector<std::string> columns_;
   std::set<std::string> categorical_;
   bool normalize_;
   std::string perturbation_;
-  int64_t layers_, heads_;
-  double dropout_;
+  modalkit::TokenTransformerOptions transformer_;
   std::vector<double> mean_, std_;
   std::vector<std::vector<std::string>> vocab_;
   mutable std::mutex mutex_;

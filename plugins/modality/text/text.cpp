@@ -112,11 +112,12 @@ class SpmClient {
 /// pieces only (the key-padding mask), then a LayerNorm. One token per piece.
 class TextEncoder : public modalkit::Encoder {
  public:
-  TextEncoder(int64_t vocab, int64_t max_len, int64_t d_model, int64_t layers, int64_t heads, double dropout) {
+  TextEncoder(int64_t vocab, int64_t max_len, const modalkit::TokenTransformerOptions& options) {
+    const int64_t d_model = options.d_model();
     embedding_ = register_module("embedding", torch::nn::Embedding(vocab, d_model));
     position_ = register_parameter("position", torch::randn({max_len, d_model}) * 0.02);
     transformer_ = register_module(
-        "transformer", modalkit::TokenTransformer(modalkit::TokenTransformerOptions(d_model, layers, heads).dropout(dropout)));
+        "transformer", modalkit::TokenTransformer(options));
   }
 
   modalkit::Sequence forward(const modalkit::ModalityInput& input) override {
@@ -132,19 +133,13 @@ class TextEncoder : public modalkit::Encoder {
 
 class TextModality : public modalkit::ModalityPlugin {
  public:
-  explicit TextModality(const modalkit::CreateArgs& args) : context_(args.context), d_model_(args.d_model) {
+  explicit TextModality(const modalkit::CreateArgs& args)
+      : context_(args.context), transformer_(modalkit::token_transformer_options(args.config, args.d_model)) {
     const modalkit::Config& c = args.config;
     from_file_ = c.get<std::string>("source") == "file";
     max_bytes_ = c.get<int64_t>("max_bytes");
     max_tokens_ = c.get<int64_t>("max_tokens");
     perturbation_ = c.get<std::string>("perturbation");
-    layers_ = c.get<int64_t>("layers");
-    heads_ = c.get<int64_t>("heads");
-    dropout_ = c.get<double>("dropout");
-    if (d_model_ % heads_ != 0) {
-      throw modalkit::ConfigError(c.pointer() + "/heads", "d_model " + std::to_string(d_model_) +
-                                                              " is not divisible by heads " + std::to_string(heads_));
-    }
   }
 
   modalkit::RawValue decode(const modalkit::FieldRef& field) const override {
@@ -196,7 +191,7 @@ class TextModality : public modalkit::ModalityPlugin {
   }
 
   std::shared_ptr<modalkit::Encoder> make_encoder() override {
-    return std::make_shared<TextEncoder>(tokenizer().pieces(), max_tokens_ + 1, d_model_, layers_, heads_, dropout_);
+    return std::make_shared<TextEncoder>(tokenizer().pieces(), max_tokens_ + 1, transformer_);
   }
 
  private:
@@ -226,12 +221,10 @@ class TextModality : public modalkit::ModalityPlugin {
   }
 
   const modalkit::Context* context_;
-  int64_t d_model_;
   bool from_file_;
   int64_t max_bytes_, max_tokens_;
   std::string perturbation_;
-  int64_t layers_, heads_;
-  double dropout_;
+  modalkit::TokenTransformerOptions transformer_;
   mutable std::mutex mutex_;
   mutable std::unique_ptr<SpmClient> tokenizer_;
 };

@@ -12,6 +12,8 @@
 #include <torch/nn/pimpl.h>
 
 #include "modalkit/batch.hpp"
+#include "modalkit/config.hpp"
+#include "modalkit/errors.hpp"
 
 namespace modalkit {
 
@@ -105,5 +107,18 @@ class TokenTransformerImpl : public torch::nn::Module {
   torch::nn::LayerNorm norm_{nullptr};
 };
 TORCH_MODULE(TokenTransformer);
+
+/// TokenTransformer options from a plugin config's `layers`, `heads` and `dropout` at width
+/// `d_model`; a ConfigError at `<pointer>/heads` when heads does not divide d_model, so the
+/// mistake is reported when the plugin is created, not when the encoder is built. Inline: no
+/// new SDK symbol.
+inline TokenTransformerOptions token_transformer_options(const Config& config, int64_t d_model) {
+  const int64_t heads = config.get<int64_t>("heads");
+  if (heads <= 0 || d_model % heads != 0) {
+    throw ConfigError(config.pointer() + "/heads",
+                      "d_model " + std::to_string(d_model) + " is not divisible by heads " + std::to_string(heads));
+  }
+  return TokenTransformerOptions(d_model, config.get<int64_t>("layers"), heads).dropout(config.get<double>("dropout"));
+}
 
 }  // namespace modalkit
