@@ -205,7 +205,10 @@ SplitFeatures SplitFeatures::build(Dataset& dataset, const std::string& split,
   for (size_t k = 0; k < modalities.size(); ++k) {
     const ModalityBinding& m = modalities[k];
     Decoded& d = decoded[k];
-    if (options.fit) {
+    if (options.fit && keep.size() == n && d.first.size() == n) {
+      // Nothing shared or skipped: the distinct values are the samples, in order.
+      guard(m.plugin->plugin_name(), [&] { m.plugin->fit(d.raw); });
+    } else if (options.fit) {
       std::vector<RawValue> train;  // one entry per kept sample: shared values weigh as often as they occur
       train.reserve(keep.size());
       for (size_t i : keep) train.push_back(d.raw[d.slot_of[i]]);
