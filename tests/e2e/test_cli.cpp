@@ -7,6 +7,9 @@
 #include <array>
 #include <cstdio>
 #include <fstream>
+#include <random>
+#include <regex>
+#include <csignal>
 #include <map>
 #include <set>
 #include <tuple>
@@ -297,25 +300,109 @@ TEST(Cli, TrainsTheSliceAndEvalReproducesIt) {
   fs::remove_all(run);
 }
 
-TEST(Cli, SigintStopsTrainingWithExit130) {
+TEST(Cli, SigintStopsTrainingWithExit130AndResumeFinishesTheRun) {
   const fs::path run = fs::current_path() / ("run-sigint-" + std::to_string(::getpid()));
   const fs::path err = fs::current_path() / ("sigint-stderr-" + std::to_string(::getpid()));
   fs::remove_all(run);
+  const std::string pipeline = source("examples/pipelines/fashion-mnist-image.json").string();
   // Interrupt once the first epoch has been written, as a user pressing Ctrl-C would.
   const std::string cmd =
-      "'" + env("MODALKIT_BIN") + "' --plugin-path '" + env("MODALKIT_PLUGIN_BUILD_DIR") + "' train '" +
-      source("examples/pipelines/fashion-mnist-image.json").string() + "' --out '" + run.string() +
-      "' --set train.epochs=100 2>'" + err.string() + "' & pid=$!; " +
+      "'" + env("MODALKIT_BIN") + "' --plugin-path '" + env("MODALKIT_PLUGIN_BUILD_DIR") + "' train '" + pipeline +
+      "' --out '" + run.string() + "' --set train.epochs=3 2>'" + err.string() + "' & pid=$!; " +
       "for i in $(seq 1 1200); do [ -s '" + (run / "metrics.jsonl").string() + "' ] && break; sleep 0.1; done; " +
       "kill -INT $pid; wait $pid";
   const int status = std::system(cmd.c_str());
   ASSERT_TRUE(WIFEXITED(status));
-  EXPECT_EQ(WEXITSTATUS(status), 130) << read_all(err);
+  ASSERT_EQ(WEXITSTATUS(status), 130) << read_all(err);
   EXPECT_TRUE(has(read_all(err), "interrupted in epoch ")) << read_all(err);
+  EXPECT_TRUE(has(read_all(err), "continue with --resume")) << read_all(err);
+  EXPECT_TRUE(fs::exists(run / "checkpoint.pt"));
   EXPECT_TRUE(fs::exists(run / "model.pt"));  // the best epoch so far survives
   EXPECT_FALSE(fs::exists(run / "results.json"));  // an interrupted run is not a finished one
+
+  // Training again into the same directory without --resume is refused: nothing is overwritten.
+  auto again = modalkit("train '" + pipeline + "' --out '" + run.string() + "' --set train.epochs=3");
+  EXPECT_EQ(again.rc, 1);
+  EXPECT_TRUE(has(again.err, "already holds a run; pass --resume")) << again.err;
+  // Another pipeline (other epochs: another hash) may not resume it.
+  auto other = modalkit("train '" + pipeline + "' --out '" + run.string() + "' --set train.epochs=4 --resume");
+  EXPECT_EQ(other.rc, 1);
+  EXPECT_TRUE(has(other.err, "written by another pipeline")) << other.err;
+
+  auto resumed = modalkit("train '" + pipeline + "' --out '" + run.string() + "' --set train.epochs=3 --resume");
+  ASSERT_EQ(resumed.rc, 0) << resumed.err;
+  EXPECT_TRUE(has(resumed.err, "resuming ")) << resumed.err;
+  EXPECT_TRUE(fs::exists(run / "results.json"));
+  std::ifstream metrics(run / "metrics.jsonl");
+  std::vector<int> epochs;
+  for (std::string line; std::getline(metrics, line);) epochs.push_back(json::parse(line)["epoch"]);
+  EXPECT_EQ(epochs, (std::vector<int>{1, 2, 3}));  // each epoch once, in order
   fs::remove_all(run);
   fs::remove(err);
+}
+
+TEST(Cli, KilledMidEpochAndResumedEndsBitIdentical) {
+  // Deterministic mode, 2 loader threads, shuffling and dropout on; checkpoints every 3 steps.
+  auto file = pipeline_variant("kill", [](json& d) {
+    d["train"]["epochs"] = 3;
+    d["train"]["loader_threads"] = 2;
+    d["train"]["checkpoint_every"] = 3;
+    d["train"]["select"] = {{"checkpoint", "last"}};
+    d["modalities"]["image"]["config"]["dropout"] = 0.2;
+  });
+  const fs::path a = fs::current_path() / ("run-kill-a-" + std::to_string(::getpid()));
+  const fs::path b = fs::current_path() / ("run-kill-b-" + std::to_string(::getpid()));
+  const fs::path err = fs::current_path() / ("kill-stderr-" + std::to_string(::getpid()));
+  fs::remove_all(a);
+  fs::remove_all(b);
+  auto r = modalkit("train '" + file.string() + "' --out '" + a.string() + "'");
+  ASSERT_EQ(r.rc, 0) << r.err;
+  std::vector<json> lines;
+  {
+    std::ifstream in(a / "metrics.jsonl");
+    for (std::string line; std::getline(in, line);) lines.push_back(json::parse(line));
+  }
+  ASSERT_EQ(lines.size(), 3u);
+  // Kill at a random moment inside epoch 2: once its first checkpoint is logged, wait a random
+  // part of that epoch's duration, then SIGKILL (no handler runs, nothing is flushed).
+  std::mt19937 rng(std::random_device{}());
+  const double epoch_s = lines[1]["seconds"];
+  const double wait_s = std::uniform_real_distribution<double>(0.05, 0.6)(rng) * epoch_s;
+  const std::string cmd = "'" + env("MODALKIT_BIN") + "' -v --plugin-path '" + env("MODALKIT_PLUGIN_BUILD_DIR") +
+                          "' train '" + file.string() + "' --out '" + b.string() + "' 2>'" + err.string() +
+                          "' & pid=$!; for i in $(seq 1 3000); do grep -q 'checkpoint: epoch 2 step' '" +
+                          err.string() + "' && break; sleep 0.02; done; sleep " + std::to_string(wait_s) +
+                          "; kill -KILL $pid; wait $pid";
+  const int status = std::system(cmd.c_str());
+  ASSERT_TRUE(WIFEXITED(status));
+  ASSERT_EQ(WEXITSTATUS(status), 128 + SIGKILL) << "the run ended before it was killed:\n" << read_all(err);
+  ASSERT_FALSE(fs::exists(b / "results.json"));
+  auto resumed = modalkit("-v train '" + file.string() + "' --out '" + b.string() + "' --resume");
+  ASSERT_EQ(resumed.rc, 0) << resumed.err;
+  std::smatch where;
+  const std::string resumed_err = resumed.err;
+  ASSERT_TRUE(std::regex_search(resumed_err, where, std::regex("resuming .* at epoch (\\d+), step (\\d+)"))) << resumed.err;
+  std::cout << "killed " << wait_s << " s into epoch 2; resumed at epoch " << where[1] << ", step " << where[2] << "\n";
+
+  for (const auto& run : {a, b}) {
+    auto e = modalkit("export --run '" + run.string() + "'");
+    ASSERT_EQ(e.rc, 0) << e.err;
+  }
+  const std::string wa = read_all(a / "model.safetensors"), wb = read_all(b / "model.safetensors");
+  EXPECT_GT(wa.size(), 10000u);
+  EXPECT_TRUE(wa == wb) << "weights differ after kill and resume";
+  EXPECT_EQ(json::parse(read_all(a / "results.json"))["tasks"], json::parse(read_all(b / "results.json"))["tasks"]);
+  std::ifstream in(b / "metrics.jsonl");
+  size_t k = 0;
+  for (std::string line; std::getline(in, line); ++k) {
+    ASSERT_LT(k, lines.size());
+    EXPECT_EQ(json::parse(line)["train_loss"], lines[k]["train_loss"]) << "epoch " << k + 1;
+  }
+  EXPECT_EQ(k, lines.size());
+  fs::remove_all(a);
+  fs::remove_all(b);
+  fs::remove(err);
+  fs::remove(file);
 }
 
 TEST(Cli, ThrowingPluginsAreContainedAndNamed) {
@@ -417,6 +504,62 @@ TEST(Cli, TabularAndAudioPipelinesTrainAndEvalRestoresTheirFittedState) {
   }
 }
 
+TEST(Cli, EveryFusionPluginTrainsEvaluatesAndHandlesAMissingModality) {
+  const std::string pipeline = source("examples/pipelines/av-fashion-fusion.json").string();
+  for (const std::string fusion : {"concat", "late", "tensor", "lowrank", "cross_attention", "gated"}) {
+    const fs::path run = fs::current_path() / ("run-fusion-" + fusion + "-" + std::to_string(::getpid()));
+    fs::remove_all(run);
+    auto r = modalkit("train '" + pipeline + "' --out '" + run.string() + "' --set train.epochs=1 --set fusion.plugin=" +
+                      fusion + " --set train.max_steps=3");
+    ASSERT_EQ(r.rc, 0) << fusion << r.err;
+    const json res = json::parse(read_all(run / "results.json"));
+    EXPECT_EQ(res["steps"], 3) << fusion;  // the step budget holds
+    EXPECT_EQ(res["modalities"], json({"audio", "image"})) << fusion;
+    auto e = modalkit("eval --run '" + run.string() + "' --json");
+    ASSERT_EQ(e.rc, 0) << fusion << e.err;
+    EXPECT_DOUBLE_EQ(json::parse(e.out)["tasks"]["label"]["accuracy"].get<double>(),
+                     res["tasks"]["label"]["accuracy"].get<double>()) << fusion;
+    // With the audio missing at test time every fusion still answers, from the image alone.
+    e = modalkit("eval --run '" + run.string() + "' --modalities image --json");
+    ASSERT_EQ(e.rc, 0) << fusion << e.err;
+    const json only = json::parse(e.out);
+    EXPECT_EQ(only["modalities"], json({"image"})) << fusion;
+    EXPECT_GE(only["tasks"]["label"]["accuracy"].get<double>(), 0.0) << fusion;
+    fs::remove_all(run);
+  }
+}
+
+TEST(Cli, CoLearningFusionTrainsOnBothAndTestsOnThePrimaryOnly) {
+  const std::string pipeline = source("examples/pipelines/av-fashion-fusion.json").string();
+  for (const std::string fill : {"zeros", "learned"}) {
+    const fs::path run = fs::current_path() / ("run-colearn-" + fill + "-" + std::to_string(::getpid()));
+    fs::remove_all(run);
+    auto r = modalkit("train '" + pipeline + "' --out '" + run.string() +
+                      "' --set train.epochs=2 --set transfer='{\"plugin\": \"colearning_fusion\", \"config\": "
+                      "{\"primary\": \"image\", \"fill\": \"" + fill + "\"}}'");
+    ASSERT_EQ(r.rc, 0) << fill << r.err;
+    const json res = json::parse(read_all(run / "results.json"));
+    EXPECT_EQ(res["modalities"], json({"image"})) << fill;  // tested with the primary only
+    std::ifstream metrics(run / "metrics.jsonl");
+    std::string line;
+    std::getline(metrics, line);
+    EXPECT_TRUE(json::parse(line)["loss_terms"].contains("task/label")) << line;
+    // The learned fill is a parameter of the model; zeros are not.
+    auto x = modalkit("export --run '" + run.string() + "'");
+    ASSERT_EQ(x.rc, 0) << x.err;
+    EXPECT_EQ(has(read_all(run / "model.safetensors"), "\"absent_audio\""), fill == "learned") << fill;
+    fs::remove_all(run);
+  }
+  // A primary that is not trained on is refused with its pointer.
+  const fs::path run = fs::current_path() / ("run-colearn-bad-" + std::to_string(::getpid()));
+  auto bad = modalkit("train '" + pipeline + "' --out '" + run.string() + "' --set transfer='{\"plugin\": "
+                      "\"colearning_fusion\", \"config\": {\"primary\": \"video\"}}'");
+  EXPECT_NE(bad.rc, 0);
+  EXPECT_TRUE(has(bad.err, "/transfer/config/primary")) << bad.err;
+  EXPECT_TRUE(has(bad.err, "\"video\" is not among the modalities trained on")) << bad.err;
+  fs::remove_all(run);
+}
+
 TEST(Cli, ArtifactsAreCheckedForTypeAndHashBeforeUse) {
   // A copy of the embedded tokenizer and its sidecar, then three ways to spoil it.
   const fs::path dir = fs::current_path() / ("artifacts-" + std::to_string(::getpid()));
@@ -427,6 +570,7 @@ TEST(Cli, ArtifactsAreCheckedForTypeAndHashBeforeUse) {
   fs::copy_file(model.string() + ".artifact.json", dir / "tok.model.artifact.json");
   const std::string pipeline = source("examples/pipelines/spam-text.json").string();
   auto train = [&] {
+    fs::remove_all(dir / "run");
     return modalkit("train '" + pipeline + "' --out '" + (dir / "run").string() +
                     "' --set train.epochs=1 --set artifacts.tokenizer='\"" + (dir / "tok.model").string() + "\"'");
   };

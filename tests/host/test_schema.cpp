@@ -282,8 +282,9 @@ TEST(Validation, UnknownKeyListsTheAllowedOnes) {
   ASSERT_EQ(errors.size(), 1u) << format_errors(errors, "");
   EXPECT_EQ(errors[0].pointer, "/train");
   EXPECT_EQ(errors[0].message,
-            "unknown key \"epoch\" (allowed: \"batch_size\", \"deterministic\", \"device\", \"epochs\", "
-            "\"grad_clip\", \"loader_threads\", \"optimizer\", \"threads\")");
+            "unknown key \"epoch\" (allowed: \"batch_size\", \"checkpoint_every\", \"deterministic\", \"device\", \"early_stopping\", \"epochs\", "
+            "\"grad_clip\", \"loader_threads\", \"max_steps\", \"optimizer\", \"progress\", \"schedule\", \"select\", "
+            "\"threads\")");
 }
 
 TEST(Validation, MissingRequiredFieldAtTheRoot) {
@@ -311,8 +312,9 @@ TEST(Validation, ReportsEveryErrorAtOnce) {
                                "/evaluate/split: must be one of \"val\", \"test\" (got \"train\")",
                                "/modalities/image/plugin: must be a string (got 7)",
                                "/train/batch_size: must be >= 1 (got -1)",
-                               "/train: unknown key \"shuffle\" (allowed: \"batch_size\", \"deterministic\", "
-                               "\"device\", \"epochs\", \"grad_clip\", \"loader_threads\", \"optimizer\", \"threads\")",
+                               "/train: unknown key \"shuffle\" (allowed: \"batch_size\", \"checkpoint_every\", \"deterministic\", \"device\", \"early_stopping\", \"epochs\", "
+                               "\"grad_clip\", \"loader_threads\", \"max_steps\", \"optimizer\", \"progress\", \"schedule\", \"select\", "
+                               "\"threads\")",
                            }));
   // valijson finds the same six problems.
   EXPECT_EQ(reference_validate(builtin_schema("pipeline"), doc).size(), 6u);

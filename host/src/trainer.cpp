@@ -1,0 +1,521 @@
+// `modalkit train`: the loop the host owns for every strategy — batches, optimiser and schedule,
+// validation and selection, early stopping, resumable checkpoints, interruption — and the final
+// evaluation. Strategies own only the maths (loss, predict, prepare, finalize).
+#include <unistd.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <fstream>
+#include <numeric>
+#include <random>
+#include <sstream>
+
+#include <ATen/CPUGeneratorImpl.h>
+#include <spdlog/spdlog.h>
+#include <torch/types.h>
+#include <torch/nn/utils/clip_grad.h>
+#include <torch/optim/optimizer.h>
+#include <torch/serialize/input-archive.h>
+#include <torch/serialize/output-archive.h>
+
+#include "engine.hpp"
+#include "interrupt.hpp"
+#include "modalkit/errors.hpp"
+
+namespace modalkit::host {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+constexpr int kCheckpointFormat = 1;
+
+/// Where a run is, beyond its tensors: enough to continue it bit for bit.
+struct RunState {
+  int epoch = 1;                       ///< the epoch in progress, 1-based
+  int64_t step_in_epoch = 0;           ///< its steps already taken
+  int64_t global_step = 0;             ///< optimiser steps since the start
+  std::string epoch_rng;               ///< the shuffling generator as it was when `epoch` began
+  double loss_sum = 0;                 ///< this epoch's summed loss so far
+  std::map<std::string, double> term_sums;
+  double seconds = 0;                  ///< time spent in this epoch before the last checkpoint
+  double best = 0;                     ///< best selection value so far
+  int best_epoch = -1;
+  int bad_epochs = 0;                  ///< epochs since the last improvement
+  bool stopped = false;                ///< training ended (all epochs, the step budget, or early stop)
+
+  nlohmann::json to_json() const {
+    return {{"epoch", epoch},         {"step_in_epoch", step_in_epoch}, {"global_step", global_step},
+            {"epoch_rng", epoch_rng}, {"loss_sum", loss_sum},           {"term_sums", term_sums},
+            {"seconds", seconds},     {"best", best},                   {"best_epoch", best_epoch},
+            {"bad_epochs", bad_epochs}, {"stopped", stopped}};
+  }
+  static RunState from_json(const nlohmann::json& j) {
+    RunState s;
+    s.epoch = j.at("epoch");
+    s.step_in_epoch = j.at("step_in_epoch");
+    s.global_step = j.at("global_step");
+    s.epoch_rng = j.at("epoch_rng");
+    s.loss_sum = j.at("loss_sum");
+    s.term_sums = j.at("term_sums").get<std::map<std::string, double>>();
+    s.seconds = j.at("seconds");
+    s.best = j.at("best");
+    s.best_epoch = j.at("best_epoch");
+    s.bad_epochs = j.at("bad_epochs");
+    s.stopped = j.at("stopped");
+    return s;
+  }
+};
+
+std::string rng_to_string(const std::mt19937_64& rng) {
+  std::ostringstream out;
+  out << rng;
+  return out.str();
+}
+
+std::mt19937_64 rng_from_string(const std::string& text) {
+  std::mt19937_64 rng;
+  std::istringstream in(text);
+  in >> rng;
+  if (!in) throw Error("checkpoint: the shuffling generator's state is unreadable");
+  return rng;
+}
+
+/// The identity a checkpoint must share with the run resuming it.
+nlohmann::json run_identity(const ResolvedPipeline& pipeline, const nlohmann::json& plugins) {
+  return {{"pipeline_hash", pipeline.hash}, {"plugins", plugins}};
+}
+
+/// The resumable checkpoint: model, optimiser, LibTorch's RNG (dropout), the run state and the
+/// identity, in one archive written atomically — a crash leaves the previous checkpoint whole.
+void save_checkpoint(const fs::path& path, torch::nn::Module& model, torch::optim::Optimizer& optimizer,
+                     const RunState& state, const nlohmann::json& identity) {
+  torch::serialize::OutputArchive archive, model_archive, optimizer_archive;
+  model.save(model_archive);
+  optimizer.save(optimizer_archive);
+  archive.write("model", model_archive);
+  archive.write("optimizer", optimizer_archive);
+  at::Tensor rng;
+  {
+    auto gen = at::detail::getDefaultCPUGenerator();
+    std::lock_guard<std::mutex> lock(gen.mutex());
+    rng = gen.get_state();
+  }
+  archive.write("torch_rng", rng, /*is_buffer=*/true);
+  nlohmann::json meta = {{"format", kCheckpointFormat}, {"identity", identity}, {"state", state.to_json()}};
+  archive.write("meta", c10::IValue(meta.dump()));
+  const fs::path tmp = path.string() + ".tmp";
+  archive.save_to(tmp.string());
+  fsync_file(tmp);
+  fs::rename(tmp, path);
+}
+
+/// A checkpoint's metadata, read without loading its tensors into a model.
+nlohmann::json read_checkpoint_meta(const fs::path& path) {
+  try {
+    torch::serialize::InputArchive archive;
+    archive.load_from(path.string());
+    c10::IValue meta;
+    archive.read("meta", meta);
+    return nlohmann::json::parse(meta.toStringRef());
+  } catch (const c10::Error& e) {
+    throw Error(path.string() + ": not a readable modalkit checkpoint: " + e.what_without_backtrace());
+  } catch (const nlohmann::json::exception& e) {
+    throw Error(path.string() + ": checkpoint metadata is not valid JSON: " + e.what());
+  }
+}
+
+/// Refuses to resume from a checkpoint of another pipeline or other plugin builds, naming the
+/// first difference.
+void check_resumable(const fs::path& path, const nlohmann::json& meta, const nlohmann::json& identity) {
+  const std::string how = "; --resume continues the same run only (start a new --out, or use init_from to "
+                          "start from its weights)";
+  if (meta.value("format", 0) != kCheckpointFormat) {
+    throw Error(path.string() + ": checkpoint format " + std::to_string(meta.value("format", 0)) +
+                ", this modalkit reads format " + std::to_string(kCheckpointFormat));
+  }
+  const auto& was = meta.at("identity");
+  if (was.at("pipeline_hash") != identity.at("pipeline_hash")) {
+    throw Error(path.string() + ": written by another pipeline (hash " +
+                was.at("pipeline_hash").get<std::string>().substr(0, 12) + ", this one " +
+                identity.at("pipeline_hash").get<std::string>().substr(0, 12) + ")" + how);
+  }
+  for (const auto& [name, info] : was.at("plugins").items()) {
+    const auto& now = identity.at("plugins");
+    if (!now.contains(name)) throw Error(path.string() + ": the run used plugin " + name + ", this pipeline does not" + how);
+    for (const char* key : {"version", "sha256", "abi"}) {
+      if (now[name][key] != info[key]) {
+        throw Error(path.string() + ": the run was trained with plugin " + name + " " + key + " " +
+                    info[key].get<std::string>().substr(0, 16) + ", found " +
+                    now[name][key].get<std::string>().substr(0, 16) + how);
+      }
+    }
+  }
+}
+
+void load_checkpoint(const fs::path& path, torch::nn::Module& model, torch::optim::Optimizer& optimizer) {
+  try {
+    torch::serialize::InputArchive archive, model_archive, optimizer_archive;
+    archive.load_from(path.string());
+    archive.read("model", model_archive);
+    model.load(model_archive);
+    archive.read("optimizer", optimizer_archive);
+    optimizer.load(optimizer_archive);
+    at::Tensor rng;
+    archive.read("torch_rng", rng, /*is_buffer=*/true);
+    auto gen = at::detail::getDefaultCPUGenerator();
+    std::lock_guard<std::mutex> lock(gen.mutex());
+    gen.set_state(rng);
+  } catch (const c10::Error& e) {
+    throw Error(path.string() + ": checkpoint does not fit this pipeline's model: " + e.what_without_backtrace());
+  }
+}
+
+/// The learning-rate factor of `/train/schedule` at `step` (0-based) of `total` steps.
+double lr_factor(const nlohmann::json& schedule, int64_t step, int64_t total, int64_t steps_per_epoch) {
+  const int64_t warmup = schedule.at("warmup_steps");
+  if (step < warmup) return static_cast<double>(step + 1) / static_cast<double>(warmup);
+  const std::string name = schedule.at("name");
+  if (name == "cosine") {
+    const double span = static_cast<double>(std::max<int64_t>(1, total - warmup));
+    const double t = std::min(1.0, static_cast<double>(step - warmup) / span);
+    const double floor = schedule.at("min_lr_ratio");
+    return floor + (1 - floor) * 0.5 * (1 + std::cos(M_PI * t));
+  }
+  if (name == "step") {
+    const int64_t epoch0 = step / std::max<int64_t>(1, steps_per_epoch);
+    return std::pow(schedule.at("gamma").get<double>(), static_cast<double>(epoch0 / schedule.at("step_epochs").get<int64_t>()));
+  }
+  return 1.0;
+}
+
+/// One line on a terminal, redrawn each step; nothing otherwise (the epoch log lines remain).
+class ProgressBar {
+ public:
+  explicit ProgressBar(const std::string& mode)
+      : on_(mode == "bar" || (mode == "auto" && ::isatty(STDERR_FILENO) != 0)) {}
+  void update(int epoch, int epochs, int64_t step, int64_t steps, double loss, double samples_per_s, double eta_s) {
+    if (!on_) return;
+    const auto now = std::chrono::steady_clock::now();
+    if (step != steps && now - last_ < std::chrono::milliseconds(100)) return;  // redraw at most 10x a second
+    last_ = now;
+    const int width = 24;
+    const int filled = static_cast<int>(width * step / std::max<int64_t>(1, steps));
+    std::fprintf(stderr, "\r\033[Kepoch %d/%d [%s%s] %lld/%lld  loss %.4f  %.0f samples/s  ETA %s", epoch, epochs,
+                 std::string(static_cast<size_t>(filled), '#').c_str(),
+                 std::string(static_cast<size_t>(width - filled), '.').c_str(), static_cast<long long>(step),
+                 static_cast<long long>(steps), loss, samples_per_s, format_eta(eta_s).c_str());
+    std::fflush(stderr);
+    drawn_ = true;
+  }
+  /// Clears the line so that log output starts on a clean one.
+  void clear() {
+    if (!drawn_) return;
+    std::fprintf(stderr, "\r\033[K");
+    std::fflush(stderr);
+    drawn_ = false;
+  }
+
+ private:
+  static std::string format_eta(double s) {
+    if (!std::isfinite(s) || s < 0) return "?";
+    const long t = std::lround(s);
+    char buf[32];
+    if (t >= 3600) {
+      std::snprintf(buf, sizeof buf, "%ld:%02ld:%02ld", t / 3600, t / 60 % 60, t % 60);
+    } else {
+      std::snprintf(buf, sizeof buf, "%ld:%02ld", t / 60, t % 60);
+    }
+    return buf;
+  }
+  bool on_;
+  bool drawn_ = false;
+  std::chrono::steady_clock::time_point last_{};
+};
+
+/// Keeps metrics.jsonl to the epochs a resumed checkpoint had finished (a crash after an epoch
+/// line but before the next checkpoint would otherwise leave a line the rerun writes again).
+void truncate_metrics(const fs::path& path, int finished_epochs) {
+  std::vector<std::string> keep;
+  {
+    std::ifstream in(path);
+    for (std::string line; std::getline(in, line) && static_cast<int>(keep.size()) < finished_epochs;) {
+      if (!line.empty()) keep.push_back(line);
+    }
+  }
+  std::string text;
+  for (const auto& l : keep) text += l + "\n";
+  write_text_atomically(path, text);
+}
+
+/// `/train/select/metric` as (task, metric), defaulting to the first task's first metric.
+std::pair<std::string, std::string> selection_metric(const nlohmann::json& tr, const std::map<std::string, TaskSpec>& tasks) {
+  const auto& sel = tr.at("select");
+  if (!sel.contains("metric")) return {tasks.begin()->first, tasks.begin()->second.metrics.at(0)};
+  const std::string s = sel.at("metric");
+  const auto slash = s.find('/');
+  const std::string task = s.substr(0, slash), metric = s.substr(slash + 1);
+  auto it = tasks.find(task);
+  if (it == tasks.end()) throw ConfigError("/train/select/metric", "no task \"" + task + "\" in /tasks");
+  const auto& ms = it->second.metrics;
+  if (std::find(ms.begin(), ms.end(), metric) == ms.end()) {
+    throw ConfigError("/train/select/metric", "task \"" + task + "\" does not compute \"" + metric +
+                                                  "\" (add it to /tasks/" + task + "/metrics)");
+  }
+  return {task, metric};
+}
+
+}  // namespace
+
+nlohmann::json train(const ResolvedPipeline& pipeline, PluginRegistry& registry, const TrainOptions& options) {
+  const nlohmann::json& doc = pipeline.doc;
+  const nlohmann::json& tr = doc.at("train");
+  const uint64_t seed = doc.at("seed");
+  const int loader_threads = tr.at("loader_threads");
+  const int64_t batch_size = tr.at("batch_size");
+  const c10::Device device = device_of(doc);
+  auto log = spdlog::default_logger();
+  const fs::path ckpt_path = options.out / "checkpoint.pt";
+
+  // Who may write into --out: a fresh directory, or the same run with --resume. Checked before
+  // any work so a typo never overwrites a finished run.
+  const nlohmann::json identity = run_identity(pipeline, plugin_versions(registry, doc));
+  nlohmann::json resume_meta;
+  if (options.resume) {
+    if (!fs::exists(ckpt_path)) {
+      throw Error(options.out.string() + ": nothing to resume (no checkpoint.pt); train without --resume to start");
+    }
+    resume_meta = read_checkpoint_meta(ckpt_path);
+    check_resumable(ckpt_path, resume_meta, identity);
+  } else if (fs::exists(ckpt_path) || fs::exists(options.out / "results.json")) {
+    throw Error(options.out.string() + " already holds a run; pass --resume to continue it, or choose another --out");
+  }
+
+  configure_runtime(doc);
+  fs::create_directories(options.out);
+  Dataset dataset = Dataset::open(pipeline.dataset);
+  HostContext context(log, seed, device, options.out, pipeline_artifacts(pipeline));
+  BuiltModel model = create_modalities(pipeline, registry, dataset, context);
+
+  const auto& splits = doc.at("data").at("splits");
+  const std::string train_split = splits.at("train"), val_split = splits.at("val");
+  const std::string eval_split = splits.at(doc.at("evaluate").at("split").get<std::string>());
+
+  // fit comes first: an encoder's shape may depend on what it learned (a tabular plugin's
+  // columns and vocabularies), so networks are built after it. Every declared modality is
+  // fitted; a resumed run reads back what the first sitting fitted.
+  const auto t0 = std::chrono::steady_clock::now();
+  const auto train_rows = label_subset(static_cast<int64_t>(dataset.samples(train_split).size()),
+                                       doc.at("data").at("label_fraction"), seed);
+  if (options.resume) {
+    std::ifstream fin(options.out / "fitted_state.json");
+    const nlohmann::json fitted = nlohmann::json::parse(fin, nullptr, false);
+    if (fitted.is_discarded()) throw Error((options.out / "fitted_state.json").string() + ": missing or not JSON");
+    for (const auto& m : model.modalities) {
+      if (fitted.contains(m.name)) guard(m.plugin->plugin_name(), [&] { m.plugin->load_fitted_state(fitted.at(m.name)); });
+    }
+  }
+  SplitFeatures train_f = SplitFeatures::build(dataset, train_split, model.modalities, model.tasks,
+                                               {loader_threads, /*fit=*/!options.resume, options.skip_bad, train_rows});
+  build_networks(pipeline, registry, context, model);
+  TransferStrategy& strategy = *model.strategy;
+  const std::string sp = strategy.plugin_name();
+  const std::vector<std::string> needed = needed_modalities(model, doc);
+  const auto bindings = bindings_for(model, needed);
+  const LoadOptions held_out{loader_threads, false, options.skip_bad, {}};
+  SplitFeatures val_f = SplitFeatures::build(dataset, val_split, bindings, model.tasks, held_out);
+  SplitFeatures eval_f =
+      eval_split == val_split ? val_f : SplitFeatures::build(dataset, eval_split, bindings, model.tasks, held_out);
+  nlohmann::json skipped = nlohmann::json::object();
+  for (const auto& [name, f] : {std::pair<std::string, const SplitFeatures*>{train_split, &train_f},
+                                {val_split, &val_f}, {eval_split, &eval_f}}) {
+    skipped[name] = report_skipped(name, *f);
+  }
+  log->info("loaded {} train / {} {} / {} {} samples in {:.1f} s", train_f.size(), val_f.size(), val_split,
+            eval_f.size(), eval_split,
+            std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+  if (train_f.size() == 0) throw Error("split \"" + train_split + "\" has no samples to train on");
+
+  SplitSource source({{train_split, &train_f}, {val_split, &val_f}, {eval_split, &eval_f}}, batch_size, needed, device);
+  // The prepare stage's results live in the strategy's buffers, which the checkpoint restores.
+  if (!options.resume) guard(sp, [&] { strategy.prepare(source); });
+
+  auto groups = guard(sp, [&] { return strategy.parameter_groups(); });
+  for (auto& g : groups) {
+    for (auto& p : g.parameters) p.set_requires_grad(!g.frozen);
+  }
+  auto optimizer = make_optimizer(tr.at("optimizer"), groups);
+  std::vector<double> base_lr;
+  for (auto& g : optimizer->param_groups()) base_lr.push_back(g.options().get_lr());
+  const double clip = tr.at("grad_clip");
+  const auto [select_task, select_metric] = selection_metric(tr, model.tasks);
+  const bool keep_best = tr.at("select").at("checkpoint") == "best";
+  const int patience = tr.at("early_stopping").at("patience");
+  const double min_delta = tr.at("early_stopping").at("min_delta");
+  const int64_t checkpoint_every = tr.at("checkpoint_every");
+  const int epochs = tr.at("epochs");
+  const int64_t steps_per_epoch = (train_f.size() + batch_size - 1) / batch_size;
+  const int64_t max_steps = tr.at("max_steps");
+  const int64_t total_steps = max_steps > 0 ? std::min<int64_t>(max_steps, epochs * steps_per_epoch) : epochs * steps_per_epoch;
+
+  RunState state;
+  if (options.resume) {
+    load_checkpoint(ckpt_path, strategy, *optimizer);
+    state = RunState::from_json(resume_meta.at("state"));
+    truncate_metrics(options.out / "metrics.jsonl", state.epoch - 1);
+    log->info("resuming {} at epoch {}, step {} ({} steps done)", options.out.string(), state.epoch,
+              state.step_in_epoch, state.global_step);
+  } else {
+    state.epoch_rng = rng_to_string(std::mt19937_64(seed));
+    // Write what identifies the run before training, so a crashed run still says what it was.
+    write_text_atomically(options.out / "pipeline.json", doc.dump(2) + "\n");
+    nlohmann::json run = {{"pipeline", doc.at("name")},
+                          {"pipeline_hash", pipeline.hash},
+                          {"dataset", fs::absolute(pipeline.dataset).lexically_normal().string()},
+                          {"pipeline_dir", fs::absolute(pipeline.base_dir).lexically_normal().string()},
+                          {"dataset_sha256", dataset.sha256()},
+                          {"plugins", identity.at("plugins")},
+                          {"sdk_version", MODALKIT_SDK_VERSION},
+                          {"seed", seed}};
+    write_text_atomically(options.out / "run.json", run.dump(2) + "\n");
+    nlohmann::json fitted = nlohmann::json::object();
+    for (const auto& m : model.modalities) {
+      fitted[m.name] = guard(m.plugin->plugin_name(), [&] { return m.plugin->fitted_state(); });
+    }
+    write_text_atomically(options.out / "fitted_state.json", fitted.dump(2) + "\n");
+    write_text_atomically(options.out / "metrics.jsonl", "");
+  }
+
+  HeldOutProtocol protocol(model.tasks);
+  std::ofstream metrics(options.out / "metrics.jsonl", std::ios::app);
+  ProgressBar bar(tr.at("progress"));
+  auto checkpoint = [&] { save_checkpoint(ckpt_path, strategy, *optimizer, state, identity); };
+
+  while (!state.stopped && state.epoch <= epochs) {
+    const int epoch = state.epoch;
+    auto e0 = std::chrono::steady_clock::now();
+    const double seconds_before = state.seconds;
+    strategy.train();
+    // The epoch's order comes from the generator as it was when the epoch began, so a resumed
+    // epoch replays the same order and skips the steps already taken.
+    std::mt19937_64 shuffle_rng = rng_from_string(state.epoch_rng);
+    std::vector<int64_t> order(static_cast<size_t>(train_f.size()));
+    std::iota(order.begin(), order.end(), 0);
+    std::shuffle(order.begin(), order.end(), shuffle_rng);
+    bool budget_spent = false;
+    for (size_t start = static_cast<size_t>(state.step_in_epoch * batch_size); start < order.size();
+         start += static_cast<size_t>(batch_size)) {
+      std::vector<int64_t> rows(order.begin() + static_cast<long>(start),
+                                order.begin() + static_cast<long>(std::min(order.size(), start + batch_size)));
+      Batch batch = train_f.batch(rows, model.train_modalities).to(device);
+      const double factor = lr_factor(tr.at("schedule"), state.global_step, total_steps, steps_per_epoch);
+      for (size_t g = 0; g < base_lr.size(); ++g) optimizer->param_groups()[g].options().set_lr(base_lr[g] * factor);
+      optimizer->zero_grad();
+      LossTerms terms = guard(sp, [&] { return strategy.loss(batch); });
+      if (terms.empty()) throw PluginError(sp, "loss() returned no terms");
+      at::Tensor total;
+      for (const auto& [name, t] : terms) {
+        if (t.numel() != 1) throw PluginError(sp, "loss term " + name + " is not a scalar");
+        total = total.defined() ? total + t : t;
+      }
+      const double total_value = total.item<double>();
+      if (!std::isfinite(total_value)) {
+        bar.clear();
+        throw PluginError(sp, "loss became " + std::to_string(total_value) + " at epoch " + std::to_string(epoch) +
+                                  ", step " + std::to_string(state.step_in_epoch + 1) +
+                                  " (lower train.optimizer.lr or set train.grad_clip)");
+      }
+      total.backward();
+      if (clip > 0) torch::nn::utils::clip_grad_norm_(strategy.parameters(), clip);
+      optimizer->step();
+      for (const auto& [name, t] : terms) state.term_sums[name] += t.item<double>();
+      state.loss_sum += total_value;
+      ++state.step_in_epoch;
+      ++state.global_step;
+
+      const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - e0).count();
+      const double rate = static_cast<double>(state.step_in_epoch * batch_size) / std::max(1e-9, seconds_before + elapsed);
+      bar.update(epoch, epochs, state.step_in_epoch, steps_per_epoch, state.loss_sum / static_cast<double>(state.step_in_epoch),
+                 rate, static_cast<double>(total_steps - state.global_step) * batch_size / std::max(rate, 1e-9));
+      budget_spent = max_steps > 0 && state.global_step >= max_steps;
+      const bool epoch_done = start + batch_size >= order.size();
+      if (interrupt_requested()) {
+        bar.clear();
+        state.seconds = seconds_before + elapsed;
+        checkpoint();
+        throw Interrupted("interrupted in epoch " + std::to_string(epoch) + " after step " +
+                          std::to_string(state.step_in_epoch) + "; checkpoint written to " + ckpt_path.string() +
+                          " (continue with --resume)");
+      }
+      if (budget_spent) break;
+      if (!epoch_done && checkpoint_every > 0 && state.global_step % checkpoint_every == 0) {
+        state.seconds = seconds_before + elapsed;
+        checkpoint();
+        log->debug("checkpoint: epoch {} step {} (global step {})", epoch, state.step_in_epoch, state.global_step);
+      }
+    }
+    bar.clear();
+    const double seconds =
+        seconds_before + std::chrono::duration<double>(std::chrono::steady_clock::now() - e0).count();
+    nlohmann::json val = protocol.evaluate(strategy, source, val_split, model.test_modalities);
+    const double score = val["tasks"][select_task][select_metric];
+    const double gain = higher_is_better(select_metric) ? score - state.best : state.best - score;
+    const bool improved = state.best_epoch < 0 || gain > min_delta;
+    if (improved) {
+      state.best = score;
+      state.best_epoch = epoch;
+      state.bad_epochs = 0;
+    } else {
+      ++state.bad_epochs;
+    }
+    if (improved || !keep_best) save_weights(strategy, options.out / "model.pt");
+    const int64_t steps = std::max<int64_t>(state.step_in_epoch, 1);
+    nlohmann::json line = {{"epoch", epoch}, {"steps", state.step_in_epoch}, {"global_step", state.global_step},
+                           {"lr", base_lr[0] * lr_factor(tr.at("schedule"), std::max<int64_t>(0, state.global_step - 1), total_steps, steps_per_epoch)},
+                           {"train_loss", state.loss_sum / static_cast<double>(steps)},
+                           {"loss_terms", nlohmann::json::object()}, {"val", val["tasks"]},
+                           {"seconds", seconds}, {"samples_per_s", static_cast<double>(state.step_in_epoch * batch_size) / seconds}};
+    for (const auto& [name, sum] : state.term_sums) line["loss_terms"][name] = sum / static_cast<double>(steps);
+    metrics << line.dump() << "\n" << std::flush;
+    log->info("epoch {}/{}  loss {:.4f}  val {} {:.4f}{}  {:.1f} s", epoch, epochs, line["train_loss"].get<double>(),
+              select_metric, score, improved ? " *" : "", seconds);
+    if (patience > 0 && state.bad_epochs >= patience) {
+      log->info("early stop: val {} has not improved for {} epochs (best {:.4f} at epoch {})", select_metric,
+                patience, state.best, state.best_epoch);
+      state.stopped = true;
+    }
+    if (budget_spent) {
+      log->info("step budget spent: {} steps (train.max_steps)", state.global_step);
+      state.stopped = true;
+    }
+    // The next epoch starts from the generator as this one left it.
+    state.epoch_rng = rng_to_string(shuffle_rng);
+    ++state.epoch;
+    state.step_in_epoch = 0;
+    state.loss_sum = 0;
+    state.term_sums.clear();
+    state.seconds = 0;
+    checkpoint();
+  }
+
+  load_weights(strategy, options.out / "model.pt");
+  guard(sp, [&] { strategy.finalize(source); });
+  save_weights(strategy, options.out / "model.pt");  // finalize state (buffers) goes with the weights
+  std::vector<std::string> eval_modalities = model.test_modalities;
+  if (doc.at("evaluate").contains("modalities")) {
+    eval_modalities = doc.at("evaluate").at("modalities").get<std::vector<std::string>>();
+  }
+  nlohmann::json result = protocol.evaluate(strategy, source, eval_split, eval_modalities);
+  result["best_epoch"] = state.best_epoch;
+  result["kept"] = keep_best ? "best" : "last";
+  result["selected_on"] = {{"split", val_split}, {"task", select_task}, {"metric", select_metric}, {"value", state.best}};
+  result["steps"] = state.global_step;
+  result["label_fraction"] = doc.at("data").at("label_fraction");
+  result["train_samples"] = train_f.size();
+  result["skipped"] = skipped;
+  write_text_atomically(options.out / "results.json", result.dump(2) + "\n");
+  return result;
+}
+
+}  // namespace modalkit::host

@@ -1,0 +1,133 @@
+// Crossmodal attention (MulT, Tsai et al. 2019): every modality's tokens are enhanced by
+// attending to the other modalities. For each target modality t, `layers` pre-norm blocks
+//   x ← x + Dropout(Attention(LN(x), LN(src), LN(src)))
+//   x ← x + Dropout(FeedForward(LN(x)))          (feed-forward d → 4d → d, ReLU)
+// with queries from t and keys/values the tokens of all other modalities in the batch joined
+// along time (the same low-level source tokens at every layer, as in MulT), then a final
+// LayerNorm. MulT runs one crossmodal transformer per ordered pair of modalities and joins their
+// outputs along features; here one stack per target attends to all sources at once, so the width
+// stays d_model and the parameters grow with M, not M². The output joins the enhanced sequences
+// of the modalities in the batch along time (name order), their masks likewise.
+//
+// Absent modalities: sources are attended with a key padding mask (~mask), so a sample's keys
+// are only its real tokens of the other modalities. Filler tokens (targets and sources) are
+// zeroed on entry, so whatever they hold (even NaN) reaches neither outputs nor gradients; the
+// target's own filler tokens stay masked in the output. A sample with no real key at all (the
+// other modalities absent for it, or only one modality in the batch) gets no attention term: its
+// block is the residual path and the feed-forward only.
+#include <torch/nn/modules/activation.h>
+#include <torch/nn/modules/container/modulelist.h>
+#include <torch/nn/modules/dropout.h>
+#include <torch/nn/modules/linear.h>
+#include <torch/nn/modules/normalization.h>
+
+#include "cross_attention_manifest.hpp"
+#include "modalkit/fusion.hpp"
+#include "modalkit/layers.hpp"
+#include "modalkit/plugin.hpp"
+
+namespace {
+
+/// One pre-norm crossmodal transformer block.
+class CrossBlockImpl : public torch::nn::Module {
+ public:
+  CrossBlockImpl(int64_t width, int64_t heads, double dropout) {
+    attn_ = register_module("attn", torch::nn::MultiheadAttention(
+                                        torch::nn::MultiheadAttentionOptions(width, heads).dropout(dropout)));
+    norm_q_ = register_module("norm_q", torch::nn::LayerNorm(torch::nn::LayerNormOptions({width})));
+    norm_kv_ = register_module("norm_kv", torch::nn::LayerNorm(torch::nn::LayerNormOptions({width})));
+    norm_ff_ = register_module("norm_ff", torch::nn::LayerNorm(torch::nn::LayerNormOptions({width})));
+    fc1_ = register_module("fc1", torch::nn::Linear(width, 4 * width));
+    fc2_ = register_module("fc2", torch::nn::Linear(4 * width, width));
+    dropout_ = register_module("dropout", torch::nn::Dropout(dropout));
+  }
+
+  /// `x` `[B, T, D]` target tokens; `src` `[B, S, D]` source tokens with `src_mask` `[B, S]`
+  /// (true = real), or undefined when there is no source.
+  torch::Tensor forward(torch::Tensor x, const torch::Tensor& src, const torch::Tensor& src_mask) {
+    if (src.defined() && src.size(1) > 0) {
+      const torch::Tensor has_key = src_mask.any(1);  // [B]
+      // A sample with no real key would take a softmax over nothing but -inf: NaN, in the output
+      // and in every gradient. Unmask its first key (zeroed filler) so the softmax is defined,
+      // then drop its attention output: the block reduces to its residual path + feed-forward.
+      torch::Tensor padding = src_mask.logical_not();
+      torch::Tensor first = torch::zeros_like(padding);
+      first.select(1, 0).fill_(true);
+      padding = padding.logical_and(first.logical_and(has_key.logical_not().unsqueeze(1)).logical_not());
+      const torch::Tensor kv = norm_kv_->forward(src).transpose(0, 1);  // [S, B, D]
+      torch::Tensor attended = std::get<0>(attn_->forward(norm_q_->forward(x).transpose(0, 1), kv, kv, padding,
+                                                          /*need_weights=*/false));
+      attended = attended.transpose(0, 1).masked_fill(has_key.logical_not().view({-1, 1, 1}), 0.0);
+      x = x + dropout_->forward(attended);
+    }
+    return x + dropout_->forward(fc2_->forward(dropout_->forward(torch::relu(fc1_->forward(norm_ff_->forward(x))))));
+  }
+
+ private:
+  torch::nn::MultiheadAttention attn_{nullptr};
+  torch::nn::LayerNorm norm_q_{nullptr}, norm_kv_{nullptr}, norm_ff_{nullptr};
+  torch::nn::Linear fc1_{nullptr}, fc2_{nullptr};
+  torch::nn::Dropout dropout_{nullptr};
+};
+TORCH_MODULE(CrossBlock);
+
+class CrossAttentionFusion : public modalkit::FusionOperator {
+ public:
+  explicit CrossAttentionFusion(const modalkit::CreateArgs& args) : width_(args.d_model) {
+    for (const auto& [name, width] : args.input_widths) {
+      if (width != width_) {
+        throw modalkit::ConfigError(args.config.pointer(),
+                                    "cross_attention expects every modality at d_model " + std::to_string(width_) +
+                                        ", but modality " + name + " has width " + std::to_string(width));
+      }
+    }
+    // Reads layers, heads and dropout; a ConfigError at <pointer>/heads when heads does not divide d_model.
+    const modalkit::TokenTransformerOptions o = modalkit::token_transformer_options(args.config, width_);
+    for (const auto& [name, width] : args.input_widths) {
+      torch::nn::ModuleList list;
+      std::vector<CrossBlock>& blocks = blocks_[name];
+      for (int64_t l = 0; l < o.layers(); ++l) {
+        blocks.push_back(CrossBlock(width, o.heads(), o.dropout()));
+        list->push_back(blocks.back());
+      }
+      register_module("to_" + name, list);
+      norms_.emplace(name, register_module("norm_" + name, torch::nn::LayerNorm(torch::nn::LayerNormOptions({width}))));
+    }
+  }
+
+  modalkit::Sequence forward(const std::map<std::string, modalkit::Sequence>& inputs) override {
+    TORCH_CHECK(!inputs.empty(), "cross_attention: no modality to fuse");
+    std::map<std::string, modalkit::Sequence> clean;
+    for (const auto& [name, seq] : inputs) {
+      TORCH_CHECK(blocks_.count(name), "cross_attention: modality ", name, " is not one of the pipeline's modalities");
+      const torch::Tensor real = seq.mask.to(torch::kBool);
+      clean[name] = {seq.x.masked_fill(real.logical_not().unsqueeze(-1), 0.0), real};
+    }
+    std::vector<torch::Tensor> outs, masks;
+    for (const auto& [target, seq] : clean) {
+      std::vector<torch::Tensor> src, src_mask;
+      for (const auto& [name, other] : clean) {
+        if (name != target) src.push_back(other.x), src_mask.push_back(other.mask);
+      }
+      const torch::Tensor source = src.empty() ? torch::Tensor() : torch::cat(src, 1);
+      const torch::Tensor source_mask = src.empty() ? torch::Tensor() : torch::cat(src_mask, 1);
+      torch::Tensor h = seq.x;
+      for (auto& block : blocks_.at(target)) h = block->forward(h, source, source_mask);
+      outs.push_back(norms_.at(target)->forward(h));
+      masks.push_back(seq.mask);
+    }
+    return {torch::cat(outs, 1), torch::cat(masks, 1)};
+  }
+
+  modalkit::FusionOutput output_kind() const override { return modalkit::FusionOutput::kSequence; }
+  int64_t output_width() const override { return width_; }
+
+ private:
+  int64_t width_;
+  std::map<std::string, std::vector<CrossBlock>> blocks_;
+  std::map<std::string, torch::nn::LayerNorm> norms_;
+};
+
+}  // namespace
+
+MODALKIT_PLUGIN("cross_attention", "0.1.0", kManifest, MODALKIT_FUSION("cross_attention", CrossAttentionFusion))
