@@ -31,7 +31,11 @@ const JsonSchema& builtin_schema(std::string_view name) {
     static const JsonSchema dataset = compile_embedded(kDatasetSchema, "schemas/dataset.schema.json");
     return dataset;
   }
-  throw std::out_of_range("no built-in schema \"" + std::string(name) + "\" (known: plugin, pipeline, dataset)");
+  if (name == "experiment") {
+    static const JsonSchema experiment = compile_embedded(kExperimentSchema, "schemas/experiment.schema.json");
+    return experiment;
+  }
+  throw std::out_of_range("no built-in schema \"" + std::string(name) + "\" (known: plugin, pipeline, dataset, experiment)");
 }
 
 }  // namespace modalkit::schema

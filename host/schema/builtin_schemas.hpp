@@ -10,7 +10,7 @@
 namespace modalkit::schema {
 
 /// The built-in schema `name`: "plugin" (a `<name>.plugin.json` manifest), "pipeline" or
-/// "dataset" (a `dataset.json`). Compiled on first use, once, thread-safely; throws
+/// "dataset" (a `dataset.json`) or "experiment" (`examples/experiments/NAME.json`). Compiled on first use, once, thread-safely; throws
 /// std::out_of_range for any other name.
 const JsonSchema& builtin_schema(std::string_view name);
 

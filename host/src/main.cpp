@@ -12,6 +12,7 @@
 #include "data_commands.hpp"
 #include "dataset.hpp"
 #include "engine.hpp"
+#include "experiments.hpp"
 #include "interrupt.hpp"
 #include "modalkit/errors.hpp"
 #include "pipeline.hpp"
@@ -51,6 +52,9 @@ const char* kUsageText =
     "                                     --resume: continue DIR from its checkpoint\n"
     "  eval [PIPELINE.json] --run DIR [--modalities a,b] [--split NAME] [--json] [--skip-bad]\n"
     "                                     --skip-bad: leave out samples with bad data, count them\n"
+    "  experiments run NAME [--quick] [--dry-run] [--out DIR]\n"
+    "                                     rows x settings x seeds from examples/experiments/NAME.json;\n"
+    "                                     resumable; a table with mean ± std and paired tests\n"
     "  export [PIPELINE.json] --run DIR [--out FILE]\n"
     "                                     the run's weights as safetensors (names as registered)\n"
     "  bench [PIPELINE.json]... [--json] [--min-seconds S]\n"
@@ -223,6 +227,28 @@ int cmd_eval(const std::vector<std::string>& argv, modalkit::host::PluginRegistr
     print_result(result, "eval");
   }
   if (result.contains("warning")) spdlog::warn("{}", result["warning"].get<std::string>());
+  return kOk;
+}
+
+int cmd_experiments(const std::vector<std::string>& argv, modalkit::host::PluginRegistry& registry) {
+  po::options_description opts;
+  opts.add_options()("quick", "the quick variant on the embedded data (never written to docs/results.md)")(
+      "dry-run", "list the runs and their estimated cost, run nothing")(
+      "out", po::value<std::string>(), "runs directory (default runs/experiments/NAME[-quick])");
+  auto vm = parse(argv, opts, 2);
+  const std::string sub = need_arg(vm, 0, "experiments subcommand (run)");
+  if (sub != "run") throw UsageError("unknown experiments subcommand \"" + sub + "\" (expected run)");
+  const fs::path file = modalkit::host::find_experiment(need_arg(vm, 1, "experiment NAME"));
+  modalkit::host::ExperimentOptions options;
+  options.quick = vm.count("quick") > 0;
+  options.dry_run = vm.count("dry-run") > 0;
+  if (vm.count("out")) options.out = vm["out"].as<std::string>();
+  std::cout << modalkit::host::run_experiment(file, registry, options);
+  if (!options.dry_run) {
+    const fs::path out = options.out.empty() ? fs::path("runs/experiments") / (file.stem().string() + (options.quick ? "-quick" : ""))
+                                             : options.out;
+    std::cout << "\nruns and this table: " << out.string() << "/\n";
+  }
   return kOk;
 }
 
@@ -402,6 +428,7 @@ int main(int argc, char** argv) {
     if (command == "eval") return cmd_eval(sub, registry);
     if (command == "bench") return cmd_bench(sub, registry);
     if (command == "export") return cmd_export(sub, registry);
+    if (command == "experiments") return cmd_experiments(sub, registry);
     throw UsageError("unknown command \"" + command + "\"");
   } catch (const UsageError& e) {
     std::cerr << "modalkit " << command << ": " << e.what() << "\n\n" << kUsageText;

@@ -90,7 +90,8 @@ fs::path av_fashion(const Context& ctx) {
   }
 
   // Clips: every class name in every voice, speed and pitch of the split's voices; under
-  // --subset about one clip per five images of a class, so each clip is heard several times.
+  // --subset about one clip per five images of a class (2 to 3 a class), so each clip is heard
+  // several times.
   std::vector<SpeechClip> all;
   for (size_t c = 0; c < 10; ++c) {
     for (const auto& [voice, split] : split_voices(seed)) {
@@ -109,7 +110,9 @@ fs::path av_fashion(const Context& ctx) {
   for (const std::string split : {"train", "val", "test"}) {
     int64_t limit = 0;
     if (ctx.options.subset > 0 || !ctx.options.split_limits.empty()) {
-      limit = 10 * std::max<int64_t>(2, (static_cast<int64_t>(images[split].size()) / 10 + 4) / 5);
+      // Capped at 3 clips a class: the embedded set buys images (what the models learn from)
+      // rather than more recordings of the same ten words.
+      limit = 10 * std::clamp<int64_t>((static_cast<int64_t>(images[split].size()) / 10 + 4) / 5, 2, 3);
     }
     for (size_t i : balanced_subset(clip_parts[split], [&](size_t k) { return all[k].label; }, limit, seed + ++salt)) {
       SpeechClip c = all[i];

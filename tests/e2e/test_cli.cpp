@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <array>
+#include <cmath>
 #include <cstdio>
 #include <fstream>
 #include <random>
@@ -270,7 +271,7 @@ TEST(Cli, TrainsTheSliceAndEvalReproducesIt) {
   json results = json::parse(read_all(run / "results.json"));
   const double acc = results["tasks"]["label"]["accuracy"];
   EXPECT_GT(acc, 0.5);  // chance is 0.1; 4 epochs reach ~0.65 here
-  EXPECT_EQ(results["samples"], 1000);
+  EXPECT_EQ(results["samples"], 500);
   json resolved = json::parse(read_all(run / "pipeline.json"));
   EXPECT_EQ(resolved["train"]["epochs"], 4);  // --set took effect, defaults filled in
   EXPECT_EQ(resolved["train"]["optimizer"]["weight_decay"], 0);
@@ -558,6 +559,91 @@ TEST(Cli, CoLearningFusionTrainsOnBothAndTestsOnThePrimaryOnly) {
   EXPECT_TRUE(has(bad.err, "/transfer/config/primary")) << bad.err;
   EXPECT_TRUE(has(bad.err, "\"video\" is not among the modalities trained on")) << bad.err;
   fs::remove_all(run);
+}
+
+TEST(Cli, ExperimentsRunResumeCompareAndKeepQuickTablesOutOfTheResults) {
+  // A small experiment over the embedded av-fashion: two rows, two settings, two seeds.
+  const fs::path dir = fs::current_path() / ("experiment-" + std::to_string(::getpid()));
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  const fs::path results_doc = dir / "results.md";
+  json exp = {{"name", "tiny"},
+              {"dataset", source("data/embedded/av-fashion/dataset.json").string()},
+              {"metric", "label/accuracy"},
+              {"seeds", {1, 2}},
+              {"set", {{"train.max_steps", 4}, {"train.epochs", 1}, {"evaluate.modalities", {"image"}}}},
+              {"settings", {{{"name", "half"}, {"set", {{"data.label_fraction", 0.5}}}}, {{"name", "all"}}}},
+              {"rows", {{{"name", "image only"}, {"pipeline", source("examples/pipelines/av-fashion-image.json").string()},
+                         {"baseline", true}},
+                        {{"name", "co-learning"}, {"pipeline", source("examples/pipelines/av-fashion-fusion.json").string()},
+                         {"set", {{"transfer", {{"plugin", "colearning_fusion"}, {"config", {{"primary", "image"}}}}}}}}}},
+              {"quick", {{"dataset", source("data/embedded/av-fashion/dataset.json").string()}, {"seeds", {3}}}},
+              {"results", results_doc.string()}};
+  std::ofstream(dir / "tiny.json") << exp.dump(2);
+  const std::string runs = (dir / "runs").string();
+  const std::string cmd = "experiments run '" + (dir / "tiny.json").string() + "' --out '" + runs + "'";
+
+  auto dry = modalkit(cmd + " --dry-run");
+  ASSERT_EQ(dry.rc, 0) << dry.err;
+  EXPECT_TRUE(has(dry.out, "8 of 8 runs to do, 32 optimiser steps")) << dry.out;
+
+  auto r = modalkit(cmd);
+  ASSERT_EQ(r.rc, 0) << r.err;
+  EXPECT_TRUE(has(r.out, "| image only (baseline) |")) << r.out;
+  EXPECT_TRUE(has(r.out, "| co-learning |")) << r.out;
+  EXPECT_TRUE(has(r.out, "Optimiser steps per run: half 4 (every row); all 4 (every row);")) << r.out;
+  EXPECT_TRUE(has(r.out, "paired t-test")) << r.out;
+  EXPECT_TRUE(std::regex_search(r.out, std::regex(R"(\| 0\.\d{3} ± 0\.\d{3} \([+-]\d+\.\d(, p=\d\.\d\d)?\) \|)"))) << r.out;
+  // The full run's table lands in the results document, between its markers, with the seeds.
+  const std::string doc = read_all(results_doc);
+  EXPECT_TRUE(has(doc, "<!-- experiment:tiny")) << doc;
+  EXPECT_TRUE(has(doc, "seeds [1,2]")) << doc;
+  // The mean ± std of a row is that of its runs' results.json.
+  std::vector<double> acc;
+  for (const char* seed : {"seed-1", "seed-2"}) {
+    acc.push_back(json::parse(read_all(dir / "runs/image-only/all" / seed / "results.json"))["tasks"]["label"]["accuracy"]);
+  }
+  const double m = (acc[0] + acc[1]) / 2, sd = std::fabs(acc[0] - acc[1]) / std::sqrt(2.0);
+  char expect[64];
+  std::snprintf(expect, sizeof expect, "%.3f ± %.3f", m, sd);
+  EXPECT_TRUE(has(r.out, std::string("| image only (baseline) | ")) && has(r.out, expect)) << expect << "\n" << r.out;
+
+  // Resumable: a second run trains nothing, and the dry run says every run is done.
+  auto again = modalkit(cmd);
+  ASSERT_EQ(again.rc, 0) << again.err;
+  EXPECT_EQ(again.out, r.out);
+  EXPECT_TRUE(has(again.err, "done already, skipped")) << again.err;
+  EXPECT_FALSE(has(again.err, "loaded ")) << again.err;
+  dry = modalkit(cmd + " --dry-run");
+  EXPECT_TRUE(has(dry.out, "0 of 8 runs to do")) << dry.out;
+  // A changed budget changes the pipelines' hashes: the stale runs are trained again.
+  exp["set"]["train.max_steps"] = 3;
+  std::ofstream(dir / "tiny.json") << exp.dump(2);
+  dry = modalkit(cmd + " --dry-run");
+  EXPECT_TRUE(has(dry.out, "8 of 8 runs to do")) << dry.out;
+
+  // --quick never writes the results document.
+  const std::string before = read_all(results_doc);
+  auto quick = modalkit(cmd + " --quick");
+  ASSERT_EQ(quick.rc, 0) << quick.err;
+  EXPECT_TRUE(has(quick.out, "(--quick: embedded data, not a result)")) << quick.out;
+  EXPECT_EQ(read_all(results_doc), before);
+  fs::remove_all(dir);
+}
+
+TEST(Cli, QuickTablesNeverReachDocsResults) {
+  // docs/results.md holds full-data tables only: none of them may come from a --quick run or
+  // from the embedded data set.
+  const std::string doc = read_all(source("docs/results.md"));
+  EXPECT_FALSE(has(doc, "--quick: embedded data")) << "a --quick table was written to docs/results.md";
+  EXPECT_FALSE(has(doc, "experiments run") && has(doc, " --quick`.")) << "a --quick command in docs/results.md";
+  EXPECT_FALSE(has(doc, "data/embedded/")) << "a table on the embedded data set was written to docs/results.md";
+  // And every shipped experiment is valid and names its quick variant.
+  for (const auto& e : fs::directory_iterator(source("examples/experiments"))) {
+    auto r = modalkit("experiments run '" + e.path().string() + "' --quick --dry-run --out '" +
+                      (fs::current_path() / "dry").string() + "'");
+    EXPECT_EQ(r.rc, 0) << e.path() << r.err;
+  }
 }
 
 TEST(Cli, ArtifactsAreCheckedForTypeAndHashBeforeUse) {
