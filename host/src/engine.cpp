@@ -115,7 +115,18 @@ nlohmann::json HeldOutProtocol::evaluate(TransferStrategy& model, BatchSource& d
   model.train(was_training);
   nlohmann::json out = {{"split", split}, {"samples", count}, {"modalities", modalities}, {"tasks", nlohmann::json::object()}};
   for (const auto& [task, spec] : tasks_) {
-    out["tasks"][task] = compute_metrics(spec, at::cat(outputs[task]), at::cat(targets[task]));
+    const at::Tensor o = at::cat(outputs[task]), y = at::cat(targets[task]);
+    out["tasks"][task] = compute_metrics(spec, o, y);
+    if (spec.type == TaskType::kMulticlass || spec.type == TaskType::kBinary) {
+      // Rows: true class; columns: predicted class (for reports).
+      const int64_t k = static_cast<int64_t>(spec.labels.size());
+      std::vector<std::vector<int64_t>> m(static_cast<size_t>(k), std::vector<int64_t>(static_cast<size_t>(k), 0));
+      const at::Tensor pred = predicted_classes(spec, o).to(at::kLong), truth = y.to(at::kLong);
+      for (int64_t i = 0; i < truth.size(0); ++i) {
+        ++m[static_cast<size_t>(truth[i].item<int64_t>())][static_cast<size_t>(pred[i].item<int64_t>())];
+      }
+      out["confusion"][task] = {{"labels", spec.labels}, {"matrix", m}};
+    }
   }
   return out;
 }
@@ -469,6 +480,92 @@ OpenedRun open_run(const ResolvedPipeline& pipeline, PluginRegistry& registry, c
   return out;
 }
 
+namespace {
+
+/// MultiBench's robustness figures (Liang et al. 2021) for one modality: the area under the
+/// metric-vs-level curve over [0, 1] (relative robustness), and the summed gap between the
+/// curve and a reference curve shifted to start at this one's clean value (effective
+/// robustness; MultiBench's reference is a late-fusion model, here `--reference RUN`, and
+/// without one a flat curve, so it is then the summed drop from the clean value).
+nlohmann::json robustness_of(const std::vector<double>& levels, const std::vector<double>& curve,
+                             const std::vector<double>* reference) {
+  double area = 0, effective = 0;
+  for (size_t i = 0; i + 1 < curve.size(); ++i) area += (curve[i] + curve[i + 1]) / 2 * (levels[i + 1] - levels[i]);
+  for (size_t i = 0; i < curve.size(); ++i) {
+    const double ref = reference ? (*reference)[i] - (*reference)[0] : 0.0;
+    effective += curve[i] - (curve[0] + ref);
+  }
+  return {{"levels", levels}, {"curve", curve}, {"relative_robustness", area}, {"effective_robustness", effective},
+          {"reference", reference ? "run" : "flat"}};
+}
+
+}  // namespace
+
+nlohmann::json robustness_sweep(const ResolvedPipeline& pipeline, OpenedRun& r, const std::string& split,
+                                const std::vector<std::string>& modalities, const EvalOptions& options) {
+  const nlohmann::json& doc = pipeline.doc;
+  const auto& [task, spec] = *r.model.tasks.begin();
+  const std::string metric = spec.metrics.at(0);
+  const int n = doc.at("evaluate").at("robustness").at("levels");
+  std::vector<double> levels;
+  for (int i = 0; i < n; ++i) levels.push_back(static_cast<double>(i) / (n - 1));
+  nlohmann::json reference;
+  if (!options.reference.empty()) {
+    const fs::path ref_file = options.reference / "robustness.json";
+    std::ifstream in(ref_file);
+    reference = nlohmann::json::parse(in, nullptr, false);
+    if (reference.is_discarded() || !reference.contains("perturbation")) {
+      throw UsageError("--reference: " + ref_file.string() + " is missing or not a robustness result (run eval --robustness there first)");
+    }
+    if (reference.at("levels").get<std::vector<double>>() != levels || reference.at("metric") != task + "/" + metric) {
+      throw UsageError("--reference: " + ref_file.string() + " was swept over other levels or another metric (" +
+                       reference.at("metric").get<std::string>() + ", " + std::to_string(reference.at("levels").size()) +
+                       " levels); sweep both runs the same way");
+    }
+  }
+  const int threads = doc.at("train").at("loader_threads");
+  const int64_t batch = doc.at("train").at("batch_size");
+  HeldOutProtocol protocol(r.model.tasks);
+  auto score = [&](const std::vector<std::string>& present, const std::map<std::string, double>& perturb) {
+    LoadOptions lo{threads, false, options.skip_bad, {}};
+    lo.perturb = perturb;
+    lo.perturb_seed = doc.at("seed").get<uint64_t>();
+    SplitFeatures f = SplitFeatures::build(*r.dataset, split, bindings_for(r.model, present), r.model.tasks, lo);
+    SplitSource source({{split, &f}}, batch, present, r.device);
+    return protocol.evaluate(*r.model.strategy, source, split, present)["tasks"][task][metric].get<double>();
+  };
+  nlohmann::json out = {{"metric", task + "/" + metric}, {"split", split}, {"levels", levels},
+                        {"modalities", modalities}, {"perturbation", nlohmann::json::object()},
+                        {"missing", nlohmann::json::object()}};
+  const double clean = score(modalities, {});
+  out["clean"] = clean;
+  for (const auto& m : modalities) {
+    std::vector<double> curve{clean};
+    for (size_t i = 1; i < levels.size(); ++i) curve.push_back(score(modalities, {{m, levels[i]}}));
+    std::vector<double> ref;
+    if (!reference.is_null()) {
+      if (!reference["perturbation"].contains(m)) {
+        throw UsageError("--reference: " + options.reference.string() + " has no curve for modality " + m);
+      }
+      ref = reference["perturbation"][m]["curve"].get<std::vector<double>>();
+    }
+    out["perturbation"][m] = robustness_of(levels, curve, reference.is_null() ? nullptr : &ref);
+    spdlog::info("robustness {}: relative {:.4f}, effective {:.4f} ({} levels)", m,
+                 out["perturbation"][m]["relative_robustness"].get<double>(),
+                 out["perturbation"][m]["effective_robustness"].get<double>(), levels.size());
+  }
+  if (modalities.size() > 1) {
+    for (const auto& m : modalities) {
+      std::vector<std::string> rest;
+      for (const auto& o : modalities) {
+        if (o != m) rest.push_back(o);
+      }
+      out["missing"][m] = score(rest, {});
+    }
+  }
+  return out;
+}
+
 nlohmann::json evaluate(const ResolvedPipeline& pipeline, PluginRegistry& registry, const EvalOptions& options) {
   const nlohmann::json& doc = pipeline.doc;
   OpenedRun r = open_run(pipeline, registry, options.run);
@@ -488,6 +585,10 @@ nlohmann::json evaluate(const ResolvedPipeline& pipeline, PluginRegistry& regist
   nlohmann::json result = protocol.evaluate(*r.model.strategy, source, split, modalities);
   result["skipped"] = {{split, skipped}};
   if (!r.same_pipeline) result["warning"] = "the pipeline differs from the one the run was trained with";
+  if (options.robustness) {
+    result["robustness"] = robustness_sweep(pipeline, r, split, modalities, options);
+    write_text_atomically(options.run / "robustness.json", result["robustness"].dump(2) + "\n");
+  }
   return result;
 }
 

@@ -168,9 +168,14 @@ struct EvalOptions {
   std::vector<std::string> modalities;     ///< modalities present (empty = the strategy's test set)
   std::string split;                       ///< split to evaluate (empty = pipeline's evaluate.split)
   bool skip_bad = false;                   ///< drop samples with bad data, count them in the result
+  bool robustness = false;                 ///< sweep perturbation levels and missing modalities
+  std::filesystem::path reference;         ///< robustness: a run whose robustness.json is the reference curve
 };
 
-/// Rebuilds the model of a finished run, loads its weights and fitted state, and evaluates.
+/// Rebuilds the model of a finished run, loads its weights and fitted state, and evaluates;
+/// with `robustness`, also sweeps each modality's perturbation over `/evaluate/robustness/levels`
+/// levels and each modality missing, and reports MultiBench's relative and effective robustness
+/// (written to RUN/robustness.json as well).
 nlohmann::json evaluate(const ResolvedPipeline& pipeline, PluginRegistry& registry, const EvalOptions& options);
 
 /// A finished run opened for use: the model rebuilt from `pipeline`, its fitted state and weights
@@ -186,6 +191,10 @@ struct OpenedRun {
 
 /// Opens the run in `run_dir` under `pipeline`.
 OpenedRun open_run(const ResolvedPipeline& pipeline, PluginRegistry& registry, const std::filesystem::path& run_dir);
+
+/// The robustness sweep of an opened run on `split` with `modalities` present (see evaluate).
+nlohmann::json robustness_sweep(const ResolvedPipeline& pipeline, OpenedRun& run, const std::string& split,
+                                const std::vector<std::string>& modalities, const EvalOptions& options);
 
 /// Writes the run's weights (parameters and buffers, named as registered) to `out` as
 /// safetensors; returns a summary (file, tensor and value counts).

@@ -1,5 +1,6 @@
 #include "experiments.hpp"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <fstream>
@@ -13,6 +14,7 @@
 
 #include "dataset.hpp"
 #include "engine.hpp"
+#include "interrupt.hpp"
 #include "modalkit/errors.hpp"
 #include "pipeline.hpp"
 #include "schema/builtin_schemas.hpp"
@@ -113,8 +115,13 @@ void write_section(const fs::path& doc, const std::string& name, const std::stri
     text = "# Results\n\nTables below are written by `modalkit experiments run NAME` on full data sets.\n";
   }
   const std::string section = begin + "\n" + body + end;
-  const auto b = text.find(begin), e = text.find(end);
-  if (b != std::string::npos && e != std::string::npos && e > b) {
+  const auto b = text.find(begin);
+  const auto e = b == std::string::npos ? std::string::npos : text.find(end, b + begin.size());
+  if (b != std::string::npos && e == std::string::npos) {
+    throw Error(doc.string() + ": has the start marker of experiment " + name + " but not its end marker \"" + end +
+                "\"; mend the file by hand (nothing was written)");
+  }
+  if (b != std::string::npos) {
     text.replace(b, e + end.size() - b, section);
   } else {
     text += "\n" + section + "\n";
@@ -175,10 +182,22 @@ std::string run_experiment(const fs::path& file, PluginRegistry& registry, const
   const std::vector<uint64_t> seeds =
       (options.quick && quick.contains("seeds") ? quick.at("seeds") : exp.at("seeds")).get<std::vector<uint64_t>>();
   const fs::path out = options.out.empty() ? fs::path("runs/experiments") / (name + (options.quick ? "-quick" : "")) : options.out;
-  const auto& [task, metric] = [&] {
-    const std::string m = exp.at("metric");
-    return std::pair<std::string, std::string>{m.substr(0, m.find('/')), m.substr(m.find('/') + 1)};
-  }();
+  const std::string metric_path = exp.at("metric");
+  const std::string task = metric_path.substr(0, metric_path.find('/'));
+  const std::string metric = metric_path.substr(metric_path.find('/') + 1);
+  // Names become directories: two rows (or settings) must not share one.
+  for (const char* list : {"rows", "settings"}) {
+    std::map<std::string, std::string> seen;
+    for (size_t k = 0; k < exp.at(list).size(); ++k) {
+      const std::string n = exp[list][k].at("name");
+      const auto [it, fresh] = seen.emplace(slug(n), n);
+      if (!fresh) {
+        throw schema::ValidationFailed(file.string(), {{"/" + std::string(list) + "/" + std::to_string(k) + "/name",
+                                                        "\"" + n + "\" and \"" + it->second + "\" would share the run directory \"" +
+                                                            it->first + "\"; rename one"}});
+      }
+    }
+  }
 
   if (!fs::exists(dataset)) {
     throw Error(file.string() + ": data set " + dataset.string() + " does not exist" +
@@ -215,6 +234,14 @@ std::string run_experiment(const fs::path& file, PluginRegistry& registry, const
   double known_seconds = 0, known_steps = 0;
   for (const auto& run : runs) {
     resolved.push_back(load_pipeline(run.pipeline_file, run.sets, registry));
+    const json& tasks = resolved.back().doc.at("tasks");
+    if (!tasks.contains(task) || !tasks.at(task).contains("metrics") ||
+        std::find(tasks.at(task).at("metrics").begin(), tasks.at(task).at("metrics").end(), metric) ==
+            tasks.at(task).at("metrics").end()) {
+      throw schema::ValidationFailed(file.string(), {{"/metric", "row \"" + exp["rows"][run.row]["name"].get<std::string>() +
+                                                                     "\" (" + run.pipeline_file.string() + ") does not compute " +
+                                                                     metric_path + " (see its /tasks)"}});
+    }
     const json info = read_json_or_null(run.dir / "run.json");
     const json results = read_json_or_null(run.dir / "results.json");
     const bool same = !info.is_null() && !results.is_null() && info.value("pipeline_hash", "") == resolved.back().hash &&
@@ -234,14 +261,14 @@ std::string run_experiment(const fs::path& file, PluginRegistry& registry, const
 
   if (options.dry_run) {
     std::ostringstream o;
-    const std::string train_split = resolved.front().doc.at("data").at("splits").at("train");
-    const double n_train = static_cast<double>(data.samples(train_split).size());
     double todo_steps = 0;
     size_t todo = 0;
     o << "experiment " << name << (options.quick ? " (--quick)" : "") << ": " << runs.size() << " runs, data "
       << dataset.string() << "\n";
     for (size_t i = 0; i < runs.size(); ++i) {
       const json& tr = resolved[i].doc.at("train");
+      const double n_train =
+          static_cast<double>(data.samples(resolved[i].doc.at("data").at("splits").at("train").get<std::string>()).size());
       const double labeled = std::max(1.0, std::round(n_train * resolved[i].doc.at("data").at("label_fraction").get<double>()));
       const double per_epoch = std::ceil(labeled / tr.at("batch_size").get<double>());
       double steps = per_epoch * tr.at("epochs").get<double>();
@@ -287,6 +314,8 @@ std::string run_experiment(const fs::path& file, PluginRegistry& registry, const
                  exp["settings"][runs[i].setting]["name"].get<std::string>(), runs[i].seed, t.resume ? " (resuming)" : "");
     try {
       train(resolved[i], registry, t);
+    } catch (const Interrupted&) {
+      throw;  // exit 130 with the run's own message; --resume-like: rerunning continues it
     } catch (const Error& e) {
       throw Error("experiment " + name + ", run " + runs[i].dir.string() + ": " + e.what());
     }
@@ -295,12 +324,15 @@ std::string run_experiment(const fs::path& file, PluginRegistry& registry, const
   // The table: rows x settings, mean ± std over seeds, paired difference against the baseline.
   auto value_of = [&](const PlannedRun& run) {
     const json res = read_json_or_null(run.dir / "results.json");
-    if (res.is_null() || !res["tasks"].contains(task) || !res["tasks"][task].contains(metric)) {
-      throw Error(run.dir.string() + "/results.json: no " + task + "/" + metric);
+    if (res.is_null() || !res["tasks"].contains(task) || !res["tasks"][task].contains(metric) ||
+        !res["tasks"][task][metric].is_number()) {
+      throw Error(run.dir.string() + "/results.json: no value for " + metric_path + " (undefined on this split?)");
     }
     return std::pair<double, json>{res["tasks"][task][metric].get<double>(), res};
   };
-  const double scale = metric == "mae" ? 1.0 : 100.0;  // differences in points for rates
+  // Differences in percentage points for rates; in the metric's own units otherwise.
+  const bool rate = metric == "accuracy" || metric == "macro_f1" || metric == "auroc" || metric == "auprc";
+  const double scale = rate ? 100.0 : 1.0;
   std::ostringstream t;
   t << "### " << name << (options.quick ? " (--quick: embedded data, not a result)" : "") << "\n\n";
   if (exp.contains("description")) t << exp["description"].get<std::string>() << "\n\n";
@@ -310,7 +342,6 @@ std::string run_experiment(const fs::path& file, PluginRegistry& registry, const
   for (size_t s = 0; s < exp.at("settings").size(); ++s) t << "---|";
   t << "\n";
   std::map<size_t, std::set<int64_t>> steps_per_setting;
-  std::string tested_with;
   for (size_t r = 0; r < exp.at("rows").size(); ++r) {
     t << "| " << exp["rows"][r]["name"].get<std::string>() << (r == baseline ? " (baseline)" : "") << " |";
     for (size_t s = 0; s < exp.at("settings").size(); ++s) {
@@ -325,7 +356,6 @@ std::string run_experiment(const fs::path& file, PluginRegistry& registry, const
         }
         const auto [x, res] = value_of(*mine);
         steps_per_setting[s].insert(res.value("steps", int64_t{-1}));
-        if (tested_with.empty()) tested_with = res["modalities"].dump();
         v.push_back(x);
         d.push_back((x - value_of(*base_run).first) * scale);
       }

@@ -19,8 +19,8 @@ struct ExperimentOptions {
   std::filesystem::path out;        ///< where the runs go (default runs/experiments/NAME[-quick])
 };
 
-/// Finds `examples/experiments/NAME.json` (from the working directory or the source tree), or
-/// takes NAME as a path to an experiment file.
+/// Finds `examples/experiments/NAME.json` under the working directory, or takes NAME as a path
+/// to an experiment file.
 std::filesystem::path find_experiment(const std::string& name);
 
 /// Runs (or, dry, lists) the experiment in `file`; returns the table as markdown. A full run

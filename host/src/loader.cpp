@@ -214,12 +214,20 @@ SplitFeatures SplitFeatures::build(Dataset& dataset, const std::string& split,
       for (size_t i : keep) train.push_back(d.raw[d.slot_of[i]]);
       guard(m.plugin->plugin_name(), [&] { m.plugin->fit(train); });
     }
+    const auto lv = options.perturb.find(m.name);
+    const double level = lv == options.perturb.end() ? 0.0 : lv->second;
     std::vector<char> used(d.first.size(), 0);
     for (size_t i : keep) used[d.slot_of[i]] = 1;
     std::vector<at::Tensor> distinct(d.first.size());
     parallel_for(d.first.size(), options.threads, [&](size_t u) {
       if (!used[u]) return;
-      distinct[u] = guard(m.plugin->plugin_name(), [&] { return m.plugin->featurize(d.raw[u]); });
+      distinct[u] = guard(m.plugin->plugin_name(), [&] {
+        if (level <= 0) return m.plugin->featurize(d.raw[u]);
+        // A value shared by several samples (one clip, many images) is perturbed once.
+        std::mt19937_64 rng(options.perturb_seed ^ (0x9e3779b97f4a7c15ULL * (k + 1)) ^
+                            (0xbf58476d1ce4e5b9ULL * (static_cast<uint64_t>(rows[d.first[u]]) + 1)));
+        return m.plugin->featurize(m.plugin->perturb(d.raw[u], level, rng));
+      });
       if (distinct[u].is_floating_point() && !distinct[u].isfinite().all().item<bool>()) {
         throw PluginError(m.plugin->plugin_name(), sample(d.first[u]).origin + ": featurize produced NaN or Inf");
       }

@@ -28,10 +28,20 @@ void parallel_for(size_t n, int threads, const std::function<void(size_t)>& fn);
 
 /// How a split is loaded.
 struct LoadOptions {
+  LoadOptions() = default;
+  /// The common case: `threads`, whether to fit, whether to skip bad samples, which rows.
+  LoadOptions(int threads_, bool fit_, bool skip_bad_, std::vector<int64_t> rows_ = {})
+      : threads(threads_), fit(fit_), skip_bad(skip_bad_), rows(std::move(rows_)) {}
   int threads = 1;              ///< decode/featurize threads
   bool fit = false;             ///< fit each plugin on this split first (the train split only)
   bool skip_bad = false;        ///< drop samples with bad data (DataError) instead of failing
   std::vector<int64_t> rows;    ///< restrict to these rows of the split (empty = all)
+  /// Robustness sweeps: modality name → level in [0, 1] at which its plugin's perturb() degrades
+  /// each raw value before featurize (absent or 0: unperturbed).
+  std::map<std::string, double> perturb;
+  /// Seeds the perturbation: each value draws from its own generator, seeded by this, the
+  /// modality and the value's first row, so the result does not depend on the thread count.
+  uint64_t perturb_seed = 0;
 };
 
 /// A sample left out by `skip_bad`: where it is and what was wrong.

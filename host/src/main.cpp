@@ -51,6 +51,7 @@ const char* kUsageText =
     "  train PIPELINE.json --out DIR [--resume] [--set path=value]... [--skip-bad]\n"
     "                                     --resume: continue DIR from its checkpoint\n"
     "  eval [PIPELINE.json] --run DIR [--modalities a,b] [--split NAME] [--json] [--skip-bad]\n"
+    "       [--robustness [--reference RUN]]  perturbation sweep per modality, each one missing\n"
     "                                     --skip-bad: leave out samples with bad data, count them\n"
     "  experiments run NAME [--quick] [--dry-run] [--out DIR]\n"
     "                                     rows x settings x seeds from examples/experiments/NAME.json;\n"
@@ -202,7 +203,9 @@ int cmd_eval(const std::vector<std::string>& argv, modalkit::host::PluginRegistr
   opts.add_options()("run", po::value<std::string>(), "run directory")(
       "modalities", po::value<std::string>(), "comma-separated modalities present")(
       "split", po::value<std::string>(), "split role: train, val or test")("json", "print JSON")(
-      "skip-bad", "skip samples with bad data and count them");
+      "skip-bad", "skip samples with bad data and count them")(
+      "robustness", "sweep each modality's perturbation and each modality missing")(
+      "reference", po::value<std::string>(), "robustness: the run whose curves are the reference");
   auto vm = parse(argv, opts, 1);
   if (!vm.count("run")) throw UsageError("eval needs --run DIR");
   modalkit::host::EvalOptions options;
@@ -220,11 +223,30 @@ int cmd_eval(const std::vector<std::string>& argv, modalkit::host::PluginRegistr
       throw UsageError("--split must be train, val or test (got \"" + options.split + "\")");
     }
   }
+  options.robustness = vm.count("robustness") > 0;
+  if (vm.count("reference")) {
+    if (!options.robustness) throw UsageError("--reference goes with --robustness");
+    options.reference = vm["reference"].as<std::string>();
+  }
   json result = modalkit::host::evaluate(pipeline, registry, options);
   if (vm.count("json")) {
     std::cout << result.dump(2) << "\n";
   } else {
     print_result(result, "eval");
+    if (result.contains("robustness")) {
+      const json& r = result["robustness"];
+      std::printf("robustness of %s over %zu levels (%s split; effective vs a %s reference):\n",
+                  r["metric"].get<std::string>().c_str(), r["levels"].size(), r["split"].get<std::string>().c_str(),
+                  options.reference.empty() ? "flat" : "run's");
+      for (const auto& [m, c] : r["perturbation"].items()) {
+        std::printf("  %s perturbed: relative robustness %.4f, effective robustness %+.4f, at level 1: %.4f\n", m.c_str(),
+                    c["relative_robustness"].get<double>(), c["effective_robustness"].get<double>(),
+                    c["curve"].back().get<double>());
+      }
+      for (const auto& [m, v] : r["missing"].items()) {
+        std::printf("  %s missing: %.4f (clean %.4f)\n", m.c_str(), v.get<double>(), r["clean"].get<double>());
+      }
+    }
   }
   if (result.contains("warning")) spdlog::warn("{}", result["warning"].get<std::string>());
   return kOk;
@@ -428,7 +450,10 @@ int main(int argc, char** argv) {
     if (command == "eval") return cmd_eval(sub, registry);
     if (command == "bench") return cmd_bench(sub, registry);
     if (command == "export") return cmd_export(sub, registry);
-    if (command == "experiments") return cmd_experiments(sub, registry);
+    if (command == "experiments") {
+      modalkit::host::install_interrupt_handler();  // the run in progress checkpoints and exits 130
+      return cmd_experiments(sub, registry);
+    }
     throw UsageError("unknown command \"" + command + "\"");
   } catch (const UsageError& e) {
     std::cerr << "modalkit " << command << ": " << e.what() << "\n\n" << kUsageText;

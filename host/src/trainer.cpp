@@ -12,6 +12,7 @@
 #include <sstream>
 
 #include <ATen/CPUGeneratorImpl.h>
+#include <ATen/Context.h>
 #include <spdlog/spdlog.h>
 #include <torch/types.h>
 #include <torch/nn/utils/clip_grad.h>
@@ -60,7 +61,7 @@ struct RunState {
     s.loss_sum = j.at("loss_sum");
     s.term_sums = j.at("term_sums").get<std::map<std::string, double>>();
     s.seconds = j.at("seconds");
-    s.best = j.at("best");
+    s.best = j.at("best").is_null() ? NAN : j.at("best").get<double>();  // NaN is stored as null
     s.best_epoch = j.at("best_epoch");
     s.bad_epochs = j.at("bad_epochs");
     s.stopped = j.at("stopped");
@@ -82,15 +83,18 @@ std::mt19937_64 rng_from_string(const std::string& text) {
   return rng;
 }
 
-/// The identity a checkpoint must share with the run resuming it.
-nlohmann::json run_identity(const ResolvedPipeline& pipeline, const nlohmann::json& plugins) {
-  return {{"pipeline_hash", pipeline.hash}, {"plugins", plugins}};
+/// The identity a checkpoint must share with the run resuming it: the pipeline, the plugin
+/// builds, the data (a data set rebuilt at the same path changes its sha256) and --skip-bad
+/// (which changes the training samples).
+nlohmann::json run_identity(const ResolvedPipeline& pipeline, const nlohmann::json& plugins,
+                            const std::string& dataset_sha256, bool skip_bad) {
+  return {{"pipeline_hash", pipeline.hash}, {"plugins", plugins}, {"dataset_sha256", dataset_sha256}, {"skip_bad", skip_bad}};
 }
 
 /// The resumable checkpoint: model, optimiser, LibTorch's RNG (dropout), the run state and the
 /// identity, in one archive written atomically — a crash leaves the previous checkpoint whole.
 void save_checkpoint(const fs::path& path, torch::nn::Module& model, torch::optim::Optimizer& optimizer,
-                     const RunState& state, const nlohmann::json& identity) {
+                     const RunState& state, const nlohmann::json& identity, const c10::Device& device) {
   torch::serialize::OutputArchive archive, model_archive, optimizer_archive;
   model.save(model_archive);
   optimizer.save(optimizer_archive);
@@ -103,6 +107,11 @@ void save_checkpoint(const fs::path& path, torch::nn::Module& model, torch::opti
     rng = gen.get_state();
   }
   archive.write("torch_rng", rng, /*is_buffer=*/true);
+  if (device.is_cuda()) {  // dropout on a GPU draws from that device's generator
+    auto cuda = at::globalContext().defaultGenerator(device);
+    std::lock_guard<std::mutex> lock(cuda.mutex());
+    archive.write("cuda_rng", cuda.get_state(), /*is_buffer=*/true);
+  }
   nlohmann::json meta = {{"format", kCheckpointFormat}, {"identity", identity}, {"state", state.to_json()}};
   archive.write("meta", c10::IValue(meta.dump()));
   const fs::path tmp = path.string() + ".tmp";
@@ -141,6 +150,15 @@ void check_resumable(const fs::path& path, const nlohmann::json& meta, const nlo
                 was.at("pipeline_hash").get<std::string>().substr(0, 12) + ", this one " +
                 identity.at("pipeline_hash").get<std::string>().substr(0, 12) + ")" + how);
   }
+  if (was.at("dataset_sha256") != identity.at("dataset_sha256")) {
+    throw Error(path.string() + ": the data set changed since the run began (sha256 " +
+                was.at("dataset_sha256").get<std::string>().substr(0, 12) + ", now " +
+                identity.at("dataset_sha256").get<std::string>().substr(0, 12) + ")" + how);
+  }
+  if (was.at("skip_bad") != identity.at("skip_bad")) {
+    throw Error(path.string() + std::string(": the run was started ") + (was.at("skip_bad").get<bool>() ? "with" : "without") +
+                " --skip-bad; resume it the same way");
+  }
   for (const auto& [name, info] : was.at("plugins").items()) {
     const auto& now = identity.at("plugins");
     if (!now.contains(name)) throw Error(path.string() + ": the run used plugin " + name + ", this pipeline does not" + how);
@@ -154,7 +172,8 @@ void check_resumable(const fs::path& path, const nlohmann::json& meta, const nlo
   }
 }
 
-void load_checkpoint(const fs::path& path, torch::nn::Module& model, torch::optim::Optimizer& optimizer) {
+void load_checkpoint(const fs::path& path, torch::nn::Module& model, torch::optim::Optimizer& optimizer,
+                     const c10::Device& device) {
   try {
     torch::serialize::InputArchive archive, model_archive, optimizer_archive;
     archive.load_from(path.string());
@@ -164,9 +183,18 @@ void load_checkpoint(const fs::path& path, torch::nn::Module& model, torch::opti
     optimizer.load(optimizer_archive);
     at::Tensor rng;
     archive.read("torch_rng", rng, /*is_buffer=*/true);
-    auto gen = at::detail::getDefaultCPUGenerator();
-    std::lock_guard<std::mutex> lock(gen.mutex());
-    gen.set_state(rng);
+    {
+      auto gen = at::detail::getDefaultCPUGenerator();
+      std::lock_guard<std::mutex> lock(gen.mutex());
+      gen.set_state(rng);
+    }
+    if (device.is_cuda()) {
+      at::Tensor cuda_rng;
+      archive.read("cuda_rng", cuda_rng, /*is_buffer=*/true);
+      auto cuda = at::globalContext().defaultGenerator(device);
+      std::lock_guard<std::mutex> lock(cuda.mutex());
+      cuda.set_state(cuda_rng);
+    }
   } catch (const c10::Error& e) {
     throw Error(path.string() + ": checkpoint does not fit this pipeline's model: " + e.what_without_backtrace());
   }
@@ -280,11 +308,15 @@ nlohmann::json train(const ResolvedPipeline& pipeline, PluginRegistry& registry,
 
   // Who may write into --out: a fresh directory, or the same run with --resume. Checked before
   // any work so a typo never overwrites a finished run.
-  const nlohmann::json identity = run_identity(pipeline, plugin_versions(registry, doc));
+  Dataset dataset = Dataset::open(pipeline.dataset);
+  const nlohmann::json identity = run_identity(pipeline, plugin_versions(registry, doc), dataset.sha256(), options.skip_bad);
   nlohmann::json resume_meta;
   if (options.resume) {
     if (!fs::exists(ckpt_path)) {
       throw Error(options.out.string() + ": nothing to resume (no checkpoint.pt); train without --resume to start");
+    }
+    if (fs::exists(options.out / "results.json")) {
+      throw Error(options.out.string() + ": the run is finished (results.json exists); nothing to resume");
     }
     resume_meta = read_checkpoint_meta(ckpt_path);
     check_resumable(ckpt_path, resume_meta, identity);
@@ -294,7 +326,6 @@ nlohmann::json train(const ResolvedPipeline& pipeline, PluginRegistry& registry,
 
   configure_runtime(doc);
   fs::create_directories(options.out);
-  Dataset dataset = Dataset::open(pipeline.dataset);
   HostContext context(log, seed, device, options.out, pipeline_artifacts(pipeline));
   BuiltModel model = create_modalities(pipeline, registry, dataset, context);
 
@@ -361,7 +392,7 @@ nlohmann::json train(const ResolvedPipeline& pipeline, PluginRegistry& registry,
 
   RunState state;
   if (options.resume) {
-    load_checkpoint(ckpt_path, strategy, *optimizer);
+    load_checkpoint(ckpt_path, strategy, *optimizer, device);
     state = RunState::from_json(resume_meta.at("state"));
     truncate_metrics(options.out / "metrics.jsonl", state.epoch - 1);
     log->info("resuming {} at epoch {}, step {} ({} steps done)", options.out.string(), state.epoch,
@@ -390,7 +421,7 @@ nlohmann::json train(const ResolvedPipeline& pipeline, PluginRegistry& registry,
   HeldOutProtocol protocol(model.tasks);
   std::ofstream metrics(options.out / "metrics.jsonl", std::ios::app);
   ProgressBar bar(tr.at("progress"));
-  auto checkpoint = [&] { save_checkpoint(ckpt_path, strategy, *optimizer, state, identity); };
+  auto checkpoint = [&] { save_checkpoint(ckpt_path, strategy, *optimizer, state, identity, device); };
 
   while (!state.stopped && state.epoch <= epochs) {
     const int epoch = state.epoch;
@@ -403,8 +434,9 @@ nlohmann::json train(const ResolvedPipeline& pipeline, PluginRegistry& registry,
     std::vector<int64_t> order(static_cast<size_t>(train_f.size()));
     std::iota(order.begin(), order.end(), 0);
     std::shuffle(order.begin(), order.end(), shuffle_rng);
-    bool budget_spent = false;
-    for (size_t start = static_cast<size_t>(state.step_in_epoch * batch_size); start < order.size();
+    // Already spent when a checkpoint was written on the budget's last step (SIGINT there).
+    bool budget_spent = max_steps > 0 && state.global_step >= max_steps;
+    for (size_t start = static_cast<size_t>(state.step_in_epoch * batch_size); !budget_spent && start < order.size();
          start += static_cast<size_t>(batch_size)) {
       std::vector<int64_t> rows(order.begin() + static_cast<long>(start),
                                 order.begin() + static_cast<long>(std::min(order.size(), start + batch_size)));
@@ -460,8 +492,10 @@ nlohmann::json train(const ResolvedPipeline& pipeline, PluginRegistry& registry,
         seconds_before + std::chrono::duration<double>(std::chrono::steady_clock::now() - e0).count();
     nlohmann::json val = protocol.evaluate(strategy, source, val_split, model.test_modalities);
     const double score = val["tasks"][select_task][select_metric];
+    // A metric that is undefined on this validation split (AUROC without both classes) never
+    // counts as an improvement, and never blocks one.
     const double gain = higher_is_better(select_metric) ? score - state.best : state.best - score;
-    const bool improved = state.best_epoch < 0 || gain > min_delta;
+    const bool improved = state.best_epoch < 0 || (std::isfinite(score) && (!std::isfinite(state.best) || gain > min_delta));
     if (improved) {
       state.best = score;
       state.best_epoch = epoch;

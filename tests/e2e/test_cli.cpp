@@ -334,6 +334,10 @@ TEST(Cli, SigintStopsTrainingWithExit130AndResumeFinishesTheRun) {
   ASSERT_EQ(resumed.rc, 0) << resumed.err;
   EXPECT_TRUE(has(resumed.err, "resuming ")) << resumed.err;
   EXPECT_TRUE(fs::exists(run / "results.json"));
+  // A finished run is not resumed again (finalize would run twice).
+  auto twice = modalkit("train '" + pipeline + "' --out '" + run.string() + "' --set train.epochs=3 --resume");
+  EXPECT_EQ(twice.rc, 1);
+  EXPECT_TRUE(has(twice.err, "the run is finished")) << twice.err;
   std::ifstream metrics(run / "metrics.jsonl");
   std::vector<int> epochs;
   for (std::string line; std::getline(metrics, line);) epochs.push_back(json::parse(line)["epoch"]);
@@ -622,6 +626,22 @@ TEST(Cli, ExperimentsRunResumeCompareAndKeepQuickTablesOutOfTheResults) {
   dry = modalkit(cmd + " --dry-run");
   EXPECT_TRUE(has(dry.out, "8 of 8 runs to do")) << dry.out;
 
+  // Rows whose names map to one directory, and a metric a row does not compute, are refused
+  // before anything trains.
+  json twin = exp;
+  twin["rows"][1]["name"] = "Image only!";
+  std::ofstream(dir / "twin.json") << twin.dump(2);
+  auto bad = modalkit("experiments run '" + (dir / "twin.json").string() + "' --dry-run");
+  EXPECT_EQ(bad.rc, 2);
+  EXPECT_TRUE(has(bad.err, "/rows/1/name: \"Image only!\" and \"image only\" would share the run directory")) << bad.err;
+  twin = exp;
+  twin["metric"] = "label/mae";
+  std::ofstream(dir / "twin.json") << twin.dump(2);
+  bad = modalkit("experiments run '" + (dir / "twin.json").string() + "' --dry-run");
+  EXPECT_EQ(bad.rc, 2);
+  EXPECT_TRUE(has(bad.err, "/metric: row \"image only\"")) << bad.err;
+  EXPECT_TRUE(has(bad.err, "does not compute label/mae")) << bad.err;
+
   // --quick never writes the results document.
   const std::string before = read_all(results_doc);
   auto quick = modalkit(cmd + " --quick");
@@ -644,6 +664,50 @@ TEST(Cli, QuickTablesNeverReachDocsResults) {
                       (fs::current_path() / "dry").string() + "'");
     EXPECT_EQ(r.rc, 0) << e.path() << r.err;
   }
+}
+
+TEST(Cli, RobustnessSweepsEachModalityAndReportsBothFigures) {
+  const fs::path run = fs::current_path() / ("run-robust-" + std::to_string(::getpid()));
+  fs::remove_all(run);
+  const std::string pipeline = source("examples/pipelines/av-fashion-fusion.json").string();
+  auto r = modalkit("train '" + pipeline + "' --out '" + run.string() +
+                    "' --set train.epochs=2 --set evaluate.robustness.levels=5");
+  ASSERT_EQ(r.rc, 0) << r.err;
+  auto e = modalkit("eval --run '" + run.string() + "' --robustness --json");
+  ASSERT_EQ(e.rc, 0) << e.err;
+  const json out = json::parse(e.out);
+  const json& rb = out["robustness"];
+  EXPECT_EQ(rb["levels"], json({0.0, 0.25, 0.5, 0.75, 1.0}));
+  EXPECT_DOUBLE_EQ(rb["clean"].get<double>(), out["tasks"]["label"]["accuracy"].get<double>());
+  for (const std::string m : {"audio", "image"}) {
+    const auto curve = rb["perturbation"][m]["curve"].get<std::vector<double>>();
+    ASSERT_EQ(curve.size(), 5u) << m;
+    EXPECT_DOUBLE_EQ(curve[0], rb["clean"].get<double>()) << m;
+    // MultiBench's figures, computed here independently: the trapezoid area over [0, 1], and
+    // (against a flat reference) the summed drop from the clean value.
+    double area = 0, drop = 0;
+    for (size_t i = 0; i + 1 < curve.size(); ++i) area += (curve[i] + curve[i + 1]) * 0.25 / 2;
+    for (double c : curve) drop += c - curve[0];
+    EXPECT_NEAR(rb["perturbation"][m]["relative_robustness"].get<double>(), area, 1e-12) << m;
+    EXPECT_NEAR(rb["perturbation"][m]["effective_robustness"].get<double>(), drop, 1e-12) << m;
+    EXPECT_TRUE(rb["missing"].contains(m)) << m;
+  }
+  // Full-strength image noise (sigma 1 on [0,1] pixels) costs accuracy.
+  EXPECT_LT(rb["perturbation"]["image"]["curve"].back().get<double>(), rb["clean"].get<double>());
+  EXPECT_TRUE(fs::exists(run / "robustness.json"));
+  // The sweep is repeatable (seeded perturbations), and against itself as the reference the
+  // effective robustness is exactly 0.
+  auto again = modalkit("eval --run '" + run.string() + "' --robustness --reference '" + run.string() + "' --json");
+  ASSERT_EQ(again.rc, 0) << again.err;
+  const json rb2 = json::parse(again.out)["robustness"];
+  EXPECT_EQ(rb2["perturbation"]["image"]["curve"], rb["perturbation"]["image"]["curve"]);
+  EXPECT_EQ(rb2["perturbation"]["image"]["effective_robustness"].get<double>(), 0.0);
+  EXPECT_EQ(rb2["perturbation"]["image"]["reference"], "run");
+  auto text = modalkit("eval --run '" + run.string() + "' --robustness");
+  EXPECT_TRUE(has(text.out, "image perturbed: relative robustness ")) << text.out;
+  EXPECT_TRUE(has(text.out, "effective robustness ")) << text.out;
+  EXPECT_TRUE(has(text.out, "audio missing: ")) << text.out;
+  fs::remove_all(run);
 }
 
 TEST(Cli, ArtifactsAreCheckedForTypeAndHashBeforeUse) {

@@ -22,7 +22,8 @@ jobs=${FUZZ_JOBS:-2}
 python3 "$root/sdk/tools/modalkit-embed" "$build_dir/embedded_schemas.hpp" \
   kPluginSchema="$root/schemas/plugin.schema.json" \
   kPipelineSchema="$root/schemas/pipeline.schema.json" \
-  kDatasetSchema="$root/schemas/dataset.schema.json"
+  kDatasetSchema="$root/schemas/dataset.schema.json" \
+  kExperimentSchema="$root/schemas/experiment.schema.json"
 
 common=(-std=c++17 -g -O1 -Wall -Wextra -Werror -fno-sanitize-recover=undefined
         -I"$root/host" -I"$build_dir")
