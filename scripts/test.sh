@@ -7,6 +7,15 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
 
+# Test-only packages: headless Chromium renders report.html for the report test (a screenshot).
+if ! command -v chromium >/dev/null 2>&1; then
+  sudo=""
+  if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
+  echo "test: installing chromium (the report rendering check)"
+  $sudo apt-get update -q
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q --no-install-recommends chromium
+fi
+
 meson test -C build --print-errorlogs --num-processes 2
 
 if [ ! -f build-asan/build.ninja ]; then

@@ -26,6 +26,22 @@ Dataset Dataset::open(const std::filesystem::path& file) {
   return ds;
 }
 
+Dataset Dataset::for_samples(const std::filesystem::path& samples_file, const std::string& split) const {
+  std::ifstream in(samples_file);
+  if (!in) throw DataError(samples_file.string(), "cannot open the samples");
+  int64_t count = 0;
+  for (std::string line; std::getline(in, line);) {
+    if (line.find_first_not_of(" \t\r") != std::string::npos) ++count;
+  }
+  if (count == 0) throw DataError(samples_file.string(), "holds no samples (one JSON object a line expected)");
+  Dataset ds;
+  ds.file_ = file_;
+  ds.base_dir_ = std::filesystem::absolute(samples_file).parent_path();
+  ds.doc_ = doc_;
+  ds.doc_["splits"] = {{split, {{"samples", std::filesystem::absolute(samples_file).string()}, {"count", count}}}};
+  return ds;
+}
+
 const std::string& Dataset::sha256() const {
   // Only a run's metadata needs it, so validate, inspect and eval do not pay for reading every
   // split file twice. dataset.json and the split files it names, so a changed sample list is a

@@ -23,6 +23,10 @@ class Dataset {
   /// naming the file.
   static Dataset open(const std::filesystem::path& file);
 
+  /// This data set's fields with one split, `split`, read from `samples_file` (JSONL, one sample
+  /// a line); relative paths in its samples resolve against that file's directory. For
+  /// `predict` on samples that are not part of the data set.
+  Dataset for_samples(const std::filesystem::path& samples_file, const std::string& split) const;
   /// The samples of `split`, read once; throws modalkit::DataError naming the file and line.
   const std::vector<Sample>& samples(const std::string& split);
   /// The field's declaration; throws when the data set has no such field.

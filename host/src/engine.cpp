@@ -592,6 +592,46 @@ nlohmann::json evaluate(const ResolvedPipeline& pipeline, PluginRegistry& regist
   return result;
 }
 
+int64_t predict(const ResolvedPipeline& pipeline, PluginRegistry& registry, const fs::path& run_dir,
+                const fs::path& input, std::ostream& out) {
+  const nlohmann::json& doc = pipeline.doc;
+  OpenedRun r = open_run(pipeline, registry, run_dir);
+  const std::vector<std::string>& modalities = r.model.test_modalities;
+  Dataset samples = r.dataset->for_samples(input, "input");
+  // No targets are read: the input needs only the fields of the modalities the model tests with.
+  SplitFeatures f = SplitFeatures::build(samples, "input", bindings_for(r.model, modalities), {},
+                                         LoadOptions(doc.at("train").at("loader_threads"), false, false));
+  SplitSource source({{"input", &f}}, doc.at("train").at("batch_size"), modalities, r.device);
+  TransferStrategy& model = *r.model.strategy;
+  torch::NoGradGuard no_grad;
+  model.eval();
+  int64_t row = 0;
+  const auto& lines = samples.samples("input");
+  source.for_each("input", modalities, [&](const Batch& batch) {
+    Predictions p = guard(model.plugin_name(), [&] { return model.predict(batch); });
+    for (int64_t b = 0; b < batch.size(); ++b, ++row) {
+      nlohmann::json line = {{"sample", lines[static_cast<size_t>(row)].origin}};
+      for (const auto& [task, spec] : r.model.tasks) {
+        if (!p.count(task)) throw PluginError(model.plugin_name(), "predict() gave no output for task " + task);
+        const at::Tensor o = p.at(task)[b].to(at::kCPU).to(at::kDouble);
+        if (spec.type == TaskType::kMulticlass) {
+          const at::Tensor prob = o.softmax(0);
+          nlohmann::json probs = nlohmann::json::object();
+          for (size_t c = 0; c < spec.labels.size(); ++c) probs[spec.labels[c]] = prob[static_cast<int64_t>(c)].item<double>();
+          line[task] = {{"label", spec.labels.at(static_cast<size_t>(prob.argmax().item<int64_t>()))}, {"probabilities", probs}};
+        } else if (spec.type == TaskType::kBinary) {
+          const double p1 = 1.0 / (1.0 + std::exp(-o.reshape({-1})[0].item<double>()));
+          line[task] = {{"label", spec.labels.at(p1 > 0.5 ? 1 : 0)}, {"probability", {{spec.labels.at(1), p1}}}};
+        } else {
+          line[task] = {{"value", o.reshape({-1})[0].item<double>()}};
+        }
+      }
+      out << line.dump() << "\n";
+    }
+  });
+  return row;
+}
+
 nlohmann::json export_weights(const ResolvedPipeline& pipeline, PluginRegistry& registry, const fs::path& run_dir,
                               const fs::path& out) {
   OpenedRun r = open_run(pipeline, registry, run_dir);

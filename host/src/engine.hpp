@@ -2,6 +2,7 @@
 #pragma once
 
 #include <filesystem>
+#include <iosfwd>
 #include <map>
 #include <memory>
 #include <string>
@@ -195,6 +196,12 @@ OpenedRun open_run(const ResolvedPipeline& pipeline, PluginRegistry& registry, c
 /// The robustness sweep of an opened run on `split` with `modalities` present (see evaluate).
 nlohmann::json robustness_sweep(const ResolvedPipeline& pipeline, OpenedRun& run, const std::string& split,
                                 const std::vector<std::string>& modalities, const EvalOptions& options);
+
+/// Predictions of the run for the samples in `input` (JSONL with the fields of the modalities
+/// the model tests with; relative paths resolve against its directory): one JSON line per
+/// sample on `out` (label and class probabilities, or a value). Returns the sample count.
+int64_t predict(const ResolvedPipeline& pipeline, PluginRegistry& registry, const std::filesystem::path& run_dir,
+                const std::filesystem::path& input, std::ostream& out);
 
 /// Writes the run's weights (parameters and buffers, named as registered) to `out` as
 /// safetensors; returns a summary (file, tensor and value counts).

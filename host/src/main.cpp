@@ -17,6 +17,7 @@
 #include "modalkit/errors.hpp"
 #include "pipeline.hpp"
 #include "prepare.hpp"
+#include "report.hpp"
 #include "registry.hpp"
 #include "schema/json_file.hpp"
 #include "schema/json_schema.hpp"
@@ -56,6 +57,9 @@ const char* kUsageText =
     "  experiments run NAME [--quick] [--dry-run] [--out DIR]\n"
     "                                     rows x settings x seeds from examples/experiments/NAME.json;\n"
     "                                     resumable; a table with mean ± std and paired tests\n"
+    "  predict [PIPELINE.json] --run DIR --input SAMPLES.jsonl [--out FILE]\n"
+    "                                     one JSON line per sample: label and probabilities\n"
+    "  report DIR                         DIR/report.html: curves, confusion, robustness, pipeline\n"
     "  export [PIPELINE.json] --run DIR [--out FILE]\n"
     "                                     the run's weights as safetensors (names as registered)\n"
     "  bench [PIPELINE.json]... [--json] [--min-seconds S]\n"
@@ -274,6 +278,37 @@ int cmd_experiments(const std::vector<std::string>& argv, modalkit::host::Plugin
   return kOk;
 }
 
+int cmd_predict(const std::vector<std::string>& argv, modalkit::host::PluginRegistry& registry) {
+  po::options_description opts;
+  opts.add_options()("run", po::value<std::string>(), "run directory")(
+      "input", po::value<std::string>(), "samples to predict (JSONL)")(
+      "out", po::value<std::string>(), "write the predictions here instead of stdout");
+  auto vm = parse(argv, opts, 1);
+  if (!vm.count("run")) throw UsageError("predict needs --run DIR");
+  if (!vm.count("input")) throw UsageError("predict needs --input SAMPLES.jsonl");
+  const fs::path run = vm["run"].as<std::string>();
+  const auto args = args_of(vm);
+  auto pipeline = !args.empty() ? modalkit::host::load_pipeline(args[0], {}, registry)
+                                  : modalkit::host::load_run_pipeline(run, registry);
+  if (vm.count("out")) {
+    const fs::path out = vm["out"].as<std::string>();
+    std::ostringstream buf;  // nothing is written unless every sample was predicted
+    const int64_t n = modalkit::host::predict(pipeline, registry, run, vm["input"].as<std::string>(), buf);
+    modalkit::host::write_text_atomically(out, buf.str());
+    spdlog::info("wrote {} predictions to {}", n, out.string());
+  } else {
+    modalkit::host::predict(pipeline, registry, run, vm["input"].as<std::string>(), std::cout);
+  }
+  return kOk;
+}
+
+int cmd_report(const std::vector<std::string>& argv, modalkit::host::PluginRegistry& /*registry*/) {
+  auto vm = parse(argv, po::options_description(), 1);
+  const fs::path out = modalkit::host::write_report(need_arg(vm, 0, "run DIR"));
+  std::cout << "report: " << out.string() << "\n";
+  return kOk;
+}
+
 int cmd_export(const std::vector<std::string>& argv, modalkit::host::PluginRegistry& registry) {
   po::options_description opts;
   opts.add_options()("run", po::value<std::string>(), "run directory")(
@@ -450,6 +485,8 @@ int main(int argc, char** argv) {
     if (command == "eval") return cmd_eval(sub, registry);
     if (command == "bench") return cmd_bench(sub, registry);
     if (command == "export") return cmd_export(sub, registry);
+    if (command == "predict") return cmd_predict(sub, registry);
+    if (command == "report") return cmd_report(sub, registry);
     if (command == "experiments") {
       modalkit::host::install_interrupt_handler();  // the run in progress checkpoints and exits 130
       return cmd_experiments(sub, registry);

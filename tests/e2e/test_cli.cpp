@@ -4,6 +4,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <array>
 #include <cmath>
 #include <cstdio>
@@ -511,6 +512,19 @@ TEST(Cli, TabularAndAudioPipelinesTrainAndEvalRestoresTheirFittedState) {
 
 TEST(Cli, EveryFusionPluginTrainsEvaluatesAndHandlesAMissingModality) {
   const std::string pipeline = source("examples/pipelines/av-fashion-fusion.json").string();
+  // Five test pairs as predict input, paths made absolute.
+  const fs::path data = source("data/embedded/av-fashion");
+  const fs::path input = fs::current_path() / ("fusion-input-" + std::to_string(::getpid()) + ".jsonl");
+  {
+    std::ifstream in(data / "test.jsonl");
+    std::ofstream out(input);
+    std::string line;
+    for (int k = 0; k < 5 && std::getline(in, line); ++k) {
+      const json sample = json::parse(line);
+      out << json{{"image", (data / sample["image"].get<std::string>()).string()},
+                  {"audio", (data / sample["audio"].get<std::string>()).string()}}.dump() << "\n";
+    }
+  }
   for (const std::string fusion : {"concat", "late", "tensor", "lowrank", "cross_attention", "gated"}) {
     const fs::path run = fs::current_path() / ("run-fusion-" + fusion + "-" + std::to_string(::getpid()));
     fs::remove_all(run);
@@ -530,6 +544,12 @@ TEST(Cli, EveryFusionPluginTrainsEvaluatesAndHandlesAMissingModality) {
     const json only = json::parse(e.out);
     EXPECT_EQ(only["modalities"], json({"image"})) << fusion;
     EXPECT_GE(only["tasks"]["label"]["accuracy"].get<double>(), 0.0) << fusion;
+    auto p = modalkit("predict --run '" + run.string() + "' --input '" + input.string() + "'");
+    ASSERT_EQ(p.rc, 0) << fusion << p.err;
+    EXPECT_EQ(std::count(p.out.begin(), p.out.end(), '\n'), 5) << fusion;
+    auto rep = modalkit("report '" + run.string() + "'");
+    ASSERT_EQ(rep.rc, 0) << fusion << rep.err;
+    EXPECT_TRUE(has(read_all(run / "report.html"), "class='confusion'")) << fusion;
     fs::remove_all(run);
   }
 }
@@ -707,6 +727,76 @@ TEST(Cli, RobustnessSweepsEachModalityAndReportsBothFigures) {
   EXPECT_TRUE(has(text.out, "image perturbed: relative robustness ")) << text.out;
   EXPECT_TRUE(has(text.out, "effective robustness ")) << text.out;
   EXPECT_TRUE(has(text.out, "audio missing: ")) << text.out;
+
+  // The report holds every part, self-contained (no scripts, nothing fetched).
+  auto rep = modalkit("report '" + run.string() + "'");
+  ASSERT_EQ(rep.rc, 0) << rep.err;
+  const std::string html = read_all(run / "report.html");
+  for (const char* part : {"<svg", "aria-label='Loss'", "aria-label='Validation metrics'", "class='confusion'",
+                           "image perturbed", "relative robustness", "Resolved pipeline", "&quot;av-fashion-fusion&quot;"}) {
+    EXPECT_TRUE(has(html, part)) << part;
+  }
+  EXPECT_FALSE(has(html, "<script")) << "the report runs no scripts";
+  EXPECT_FALSE(has(html, "http://") || has(html, "https://")) << "the report fetches nothing";
+  // It renders in headless Chromium (scripts/test.sh installs it): a screenshot of real content.
+  if (std::system("command -v chromium >/dev/null 2>&1") == 0) {
+    const fs::path png = run / "report.png";
+    const std::string shot = "cd '" + run.string() + "' && timeout 120 chromium --headless --no-sandbox --disable-gpu "
+                             "--hide-scrollbars --window-size=1200,1800 --screenshot='" + png.string() + "' 'file://" +
+                             (run / "report.html").string() + "' >/dev/null 2>&1";
+    EXPECT_EQ(std::system(shot.c_str()), 0);
+    ASSERT_TRUE(fs::exists(png));
+    const std::string bytes = read_all(png);
+    EXPECT_EQ(bytes.substr(1, 3), "PNG");
+    EXPECT_GT(bytes.size(), 50000u) << "a near-empty screenshot: the report did not render";  // ~170 kB when it does
+  } else {
+    std::cout << "chromium not installed: the render check is skipped\n";
+  }
+  fs::remove_all(run);
+}
+
+TEST(Cli, PredictAgreesWithEvalAndNamesBadInput) {
+  const fs::path run = fs::current_path() / ("run-predict-" + std::to_string(::getpid()));
+  fs::remove_all(run);
+  const std::string pipeline = source("examples/pipelines/fashion-mnist-image.json").string();
+  auto r = modalkit("train '" + pipeline + "' --out '" + run.string() + "' --set train.epochs=2");
+  ASSERT_EQ(r.rc, 0) << r.err;
+  // The test split as user input: paths made absolute, labels removed (predict needs none).
+  const fs::path data = source("data/embedded/fashion-mnist");
+  const fs::path input = fs::current_path() / ("predict-input-" + std::to_string(::getpid()) + ".jsonl");
+  std::vector<std::string> truth;
+  {
+    std::ifstream in(data / "test.jsonl");
+    std::ofstream out(input);
+    for (std::string line; std::getline(in, line);) {
+      json s = json::parse(line);
+      truth.push_back(s["label"]);
+      out << json{{"image", (data / s["image"].get<std::string>()).string()}}.dump() << "\n";
+    }
+  }
+  auto p = modalkit("predict --run '" + run.string() + "' --input '" + input.string() + "'");
+  ASSERT_EQ(p.rc, 0) << p.err;
+  std::istringstream lines(p.out);
+  size_t n = 0, right = 0;
+  for (std::string line; std::getline(lines, line); ++n) {
+    const json j = json::parse(line);
+    double total = 0;
+    for (const auto& [label, prob] : j["label"]["probabilities"].items()) total += prob.get<double>();
+    EXPECT_NEAR(total, 1.0, 1e-9);
+    ASSERT_LT(n, truth.size());
+    right += j["label"]["label"] == truth[n];
+  }
+  ASSERT_EQ(n, truth.size());
+  const double acc = json::parse(read_all(run / "results.json"))["tasks"]["label"]["accuracy"];
+  EXPECT_DOUBLE_EQ(static_cast<double>(right) / static_cast<double>(n), acc);  // the same model, the same answers
+
+  std::ofstream(input) << json{{"image", (data / "test-images.idx.gz").string() + "#0"}}.dump() << "\n"
+                       << json{{"picture", "x.png"}}.dump() << "\n";
+  auto bad = modalkit("predict --run '" + run.string() + "' --input '" + input.string() + "'");
+  EXPECT_EQ(bad.rc, 1) << bad.err;  // a data error: the run fails, naming the line
+  EXPECT_TRUE(has(bad.err, input.string() + ":2")) << bad.err;
+  EXPECT_TRUE(has(bad.err, "no field \"image\"")) << bad.err;
+  fs::remove(input);
   fs::remove_all(run);
 }
 
