@@ -10,6 +10,7 @@
 #include <numeric>
 #include <random>
 #include <sstream>
+#include <algorithm>
 
 #include <ATen/CPUGeneratorImpl.h>
 #include <ATen/Context.h>
@@ -294,6 +295,132 @@ std::pair<std::string, std::string> selection_metric(const nlohmann::json& tr, c
   return {task, metric};
 }
 
+/// Whether `name` matches `pattern`, where `*` matches any run of characters (dots included).
+bool glob_match(const std::string& pattern, const std::string& name) {
+  size_t p = 0, n = 0, star = std::string::npos, mark = 0;
+  while (n < name.size()) {
+    if (p < pattern.size() && pattern[p] == name[n] && pattern[p] != '*') {
+      ++p;
+      ++n;
+    } else if (p < pattern.size() && pattern[p] == '*') {
+      star = p++;
+      mark = n;
+    } else if (star != std::string::npos) {
+      p = star + 1;
+      n = ++mark;
+    } else {
+      return false;
+    }
+  }
+  while (p < pattern.size() && pattern[p] == '*') ++p;
+  return p == pattern.size();
+}
+
+bool matches_any(const nlohmann::json& patterns, const std::string& name) {
+  for (const auto& pat : patterns) {
+    if (glob_match(pat.get<std::string>(), name)) return true;
+  }
+  return false;
+}
+
+/// Every tensor of a saved module archive by its dotted name (modules nest as sub-archives).
+void collect_archive(torch::serialize::InputArchive& archive, const std::string& prefix,
+                     std::map<std::string, at::Tensor>& out) {
+  for (const auto& key : archive.keys()) {
+    at::Tensor t;
+    if (archive.try_read(key, t)) {
+      out[prefix + key] = t;
+      continue;
+    }
+    torch::serialize::InputArchive sub;
+    if (archive.try_read(key, sub)) collect_archive(sub, prefix + key + ".", out);
+  }
+}
+
+/// `/init_from`: copies the matching tensors of another run's model.pt into `model`, each checked
+/// by shape; an error names the tensor and both shapes, or says that nothing matched.
+void init_from(const ResolvedPipeline& pipeline, torch::nn::Module& model) {
+  const nlohmann::json& spec = pipeline.doc.at("init_from");
+  fs::path run = spec.at("run").get<std::string>();
+  if (run.is_relative()) run = pipeline.base_dir / run;
+  const fs::path file = run / "model.pt";
+  if (!fs::exists(file)) throw Error("/init_from/run: " + file.string() + " does not exist (is " + run.string() + " a finished run?)");
+  std::map<std::string, at::Tensor> source;
+  try {
+    torch::serialize::InputArchive archive;
+    archive.load_from(file.string());
+    collect_archive(archive, "", source);
+  } catch (const c10::Error& e) {
+    throw Error(file.string() + ": not readable weights: " + e.what_without_backtrace());
+  }
+  torch::NoGradGuard no_grad;
+  int64_t tensors = 0, values = 0;
+  auto copy = [&](const std::string& name, at::Tensor& target) {
+    if (!matches_any(spec.at("include"), name) || matches_any(spec.at("exclude"), name)) return;
+    auto it = source.find(name);
+    if (it == source.end()) return;  // a tensor the other model lacks keeps its initialisation
+    if (it->second.sizes() != target.sizes()) {
+      std::ostringstream msg;
+      msg << "/init_from: tensor " << name << " has shape " << it->second.sizes() << " in " << file.string()
+          << " but " << target.sizes() << " in this pipeline's model (exclude it, or match the architectures)";
+      throw Error(msg.str());
+    }
+    target.copy_(it->second);
+    ++tensors;
+    values += target.numel();
+  };
+  for (auto& item : model.named_parameters(/*recurse=*/true)) copy(item.key(), item.value());
+  for (auto& item : model.named_buffers(/*recurse=*/true)) copy(item.key(), item.value());
+  if (tensors == 0) {
+    throw Error("/init_from: no tensor of " + file.string() + " matches /init_from/include " +
+                spec.at("include").dump() + " and this model's names (e.g. encoders.image.*, fusion.*, heads.<task>.*)");
+  }
+  spdlog::info("init_from: {} tensors ({} values) from {}", tensors, values, file.string());
+}
+
+/// `/train/parameter_groups`: parameters matching an entry (first match wins) leave the
+/// strategy's groups for the entry's own group (its learning rate, or frozen).
+std::vector<ParameterGroup> apply_parameter_groups(const nlohmann::json& entries, std::vector<ParameterGroup> groups,
+                                                   torch::nn::Module& model) {
+  if (entries.empty()) return groups;
+  std::map<const void*, std::string> name_of;
+  for (const auto& item : model.named_parameters(/*recurse=*/true)) name_of[item.value().unsafeGetTensorImpl()] = item.key();
+  std::vector<ParameterGroup> extra(entries.size());
+  std::vector<int64_t> matched(entries.size(), 0);
+  for (size_t e = 0; e < entries.size(); ++e) {
+    extra[e].name = entries[e].value("name", "group " + std::to_string(e));
+    if (entries[e].contains("lr")) extra[e].lr = entries[e].at("lr").get<double>();
+    extra[e].frozen = entries[e].at("frozen");
+  }
+  for (auto& g : groups) {
+    std::vector<at::Tensor> keep;
+    for (auto& p : g.parameters) {
+      const auto it = name_of.find(p.unsafeGetTensorImpl());
+      size_t e = 0;
+      while (it != name_of.end() && e < entries.size() && !matches_any(entries[e].at("match"), it->second)) ++e;
+      if (it != name_of.end() && e < entries.size()) {
+        extra[e].parameters.push_back(p);
+        ++matched[e];
+      } else {
+        keep.push_back(p);
+      }
+    }
+    g.parameters = std::move(keep);
+  }
+  for (size_t e = 0; e < entries.size(); ++e) {
+    if (matched[e] == 0) {
+      throw ConfigError("/train/parameter_groups/" + std::to_string(e) + "/match",
+                        "matches no parameter of the model (names look like encoders.image.*, fusion.*, heads.<task>.*)");
+    }
+    spdlog::info("parameter group {}: {} tensors, {}", extra[e].name, matched[e],
+                 extra[e].frozen ? "frozen" : "lr " + (extra[e].lr ? std::to_string(*extra[e].lr) : std::string("default")));
+  }
+  groups.erase(std::remove_if(groups.begin(), groups.end(), [](const ParameterGroup& g) { return g.parameters.empty(); }),
+               groups.end());
+  for (auto& g : extra) groups.push_back(std::move(g));
+  return groups;
+}
+
 }  // namespace
 
 nlohmann::json train(const ResolvedPipeline& pipeline, PluginRegistry& registry, const TrainOptions& options) {
@@ -369,10 +496,14 @@ nlohmann::json train(const ResolvedPipeline& pipeline, PluginRegistry& registry,
   if (train_f.size() == 0) throw Error("split \"" + train_split + "\" has no samples to train on");
 
   SplitSource source({{train_split, &train_f}, {val_split, &val_f}, {eval_split, &eval_f}}, batch_size, needed, device);
-  // The prepare stage's results live in the strategy's buffers, which the checkpoint restores.
+  // Another run's weights come first (a prepare stage may use them: vokenization clusters a
+  // pretrained encoder's features); then prepare, whose results live in the strategy's buffers,
+  // which the checkpoint restores.
+  if (!options.resume && doc.contains("init_from")) init_from(pipeline, strategy);
   if (!options.resume) guard(sp, [&] { strategy.prepare(source); });
 
-  auto groups = guard(sp, [&] { return strategy.parameter_groups(); });
+  auto groups = apply_parameter_groups(tr.at("parameter_groups"), guard(sp, [&] { return strategy.parameter_groups(); }),
+                                       strategy);
   for (auto& g : groups) {
     for (auto& p : g.parameters) p.set_requires_grad(!g.frozen);
   }

@@ -800,6 +800,69 @@ TEST(Cli, PredictAgreesWithEvalAndNamesBadInput) {
   fs::remove_all(run);
 }
 
+namespace {
+
+/// Tensor name → raw bytes of a safetensors file (the format: 8-byte LE header size, JSON header).
+std::map<std::string, std::string> safetensors_bytes(const fs::path& file) {
+  const std::string b = read_all(file);
+  uint64_t n = 0;
+  for (int i = 7; i >= 0; --i) n = (n << 8) | static_cast<unsigned char>(b[static_cast<size_t>(i)]);
+  const json header = json::parse(b.substr(8, n));
+  std::map<std::string, std::string> out;
+  for (const auto& [name, info] : header.items()) {
+    if (name == "__metadata__") continue;
+    const uint64_t begin = info["data_offsets"][0], end = info["data_offsets"][1];
+    out[name] = b.substr(8 + n + begin, end - begin);
+  }
+  return out;
+}
+
+}  // namespace
+
+TEST(Cli, InitFromCopiesMatchingWeightsAcrossPipelinesAndFrozenGroupsStayPut) {
+  const fs::path a = fs::current_path() / ("run-init-a-" + std::to_string(::getpid()));
+  const fs::path b = fs::current_path() / ("run-init-b-" + std::to_string(::getpid()));
+  fs::remove_all(a);
+  fs::remove_all(b);
+  auto r = modalkit("train '" + source("examples/pipelines/av-fashion-image.json").string() + "' --out '" + a.string() +
+                    "' --set train.epochs=1");
+  ASSERT_EQ(r.rc, 0) << r.err;
+  // The image encoder of the unimodal run starts the fusion pipeline's, frozen; the audio
+  // encoder, fusion and head train.
+  const std::string fusion = source("examples/pipelines/av-fashion-fusion.json").string();
+  const std::string init = " --set init_from='{\"run\": \"" + a.string() + "\", \"include\": [\"encoders.image.*\"]}'";
+  r = modalkit("train '" + fusion + "' --out '" + b.string() + "' --set train.epochs=1" + init +
+               " --set train.parameter_groups='[{\"name\": \"pretrained\", \"match\": [\"encoders.image.*\"], \"frozen\": true}]'");
+  ASSERT_EQ(r.rc, 0) << r.err;
+  EXPECT_TRUE(has(r.err, "init_from: 13 tensors")) << r.err;
+  for (const auto& run : {a, b}) ASSERT_EQ(modalkit("export --run '" + run.string() + "'").rc, 0);
+  const auto wa = safetensors_bytes(a / "model.safetensors"), wb = safetensors_bytes(b / "model.safetensors");
+  int image = 0;
+  for (const auto& [name, bytes] : wa) {
+    if (name.rfind("encoders.image.", 0) != 0) continue;
+    ++image;
+    ASSERT_TRUE(wb.count(name)) << name;
+    EXPECT_TRUE(wb.at(name) == bytes) << name << " moved although frozen, or was not copied";
+  }
+  EXPECT_EQ(image, 13);
+  EXPECT_GT(wb.size(), wa.size());  // the fusion model has an audio encoder besides
+
+  // Shapes are checked, names are matched, and a pattern that matches nothing is an error.
+  fs::remove_all(b);
+  r = modalkit("train '" + fusion + "' --out '" + b.string() + "' --set train.epochs=1" + init +
+               " --set modalities.image.config.conv_channels=[8,16]");
+  EXPECT_EQ(r.rc, 1);
+  EXPECT_TRUE(has(r.err, "/init_from: tensor encoders.image.")) << r.err;
+  EXPECT_TRUE(has(r.err, " has shape [") && has(r.err, "] in this pipeline's model")) << r.err;
+  fs::remove_all(b);
+  r = modalkit("train '" + fusion + "' --out '" + b.string() + "' --set train.epochs=1 --set init_from='{\"run\": \"" +
+               a.string() + "\", \"include\": [\"encoder.*\"]}'");
+  EXPECT_EQ(r.rc, 1);
+  EXPECT_TRUE(has(r.err, "/init_from: no tensor of")) << r.err;
+  fs::remove_all(a);
+  fs::remove_all(b);
+}
+
 TEST(Cli, ArtifactsAreCheckedForTypeAndHashBeforeUse) {
   // A copy of the embedded tokenizer and its sidecar, then three ways to spoil it.
   const fs::path dir = fs::current_path() / ("artifacts-" + std::to_string(::getpid()));
