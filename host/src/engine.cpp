@@ -2,6 +2,7 @@
 
 #include "artifacts.hpp"
 #include "safetensors.hpp"
+#include "torchscript_encoder.hpp"
 
 #include <fcntl.h>
 #include <unistd.h>
@@ -398,7 +399,16 @@ void build_networks(const ResolvedPipeline& pipeline, PluginRegistry& registry, 
   std::vector<std::string> names;
   for (const auto& m : model.modalities) {
     const std::string plugin = m.plugin->plugin_name();
-    auto encoder = guard(plugin, [&] { return m.plugin->make_encoder(); });
+    const nlohmann::json& mspec = doc.at("modalities").at(m.name);
+    std::shared_ptr<Encoder> encoder;
+    if (mspec.contains("torchscript")) {
+      const nlohmann::json& ts = mspec.at("torchscript");
+      fs::path path = ts.at("path").get<std::string>();
+      if (path.is_relative()) path = pipeline.base_dir / path;
+      encoder = load_torchscript_encoder(path, ts.at("width"), d_model, ts.at("trainable"));
+    } else {
+      encoder = guard(plugin, [&] { return m.plugin->make_encoder(); });
+    }
     if (!encoder) throw PluginError(plugin, "make_encoder() returned nothing");
     parts.encoders.emplace(m.name, EncoderRef(encoder, plugin));
     widths[m.name] = d_model;

@@ -863,6 +863,41 @@ TEST(Cli, InitFromCopiesMatchingWeightsAcrossPipelinesAndFrozenGroupsStayPut) {
   fs::remove_all(b);
 }
 
+TEST(Cli, ATorchScriptEncoderTrainsInPlaceOfThePluginsOwn) {
+  const fs::path dir = fs::current_path() / ("torchscript-" + std::to_string(::getpid()));
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  const fs::path enc = dir / "encoder.pt";
+  ASSERT_EQ(std::system(("'" + env("MODALKIT_MAKE_TORCHSCRIPT") + "' '" + enc.string() + "' >/dev/null").c_str()), 0);
+  const std::string pipeline = source("examples/pipelines/fashion-mnist-image.json").string();
+  const fs::path run = dir / "run";
+  auto r = modalkit("train '" + pipeline + "' --out '" + run.string() + "' --set train.epochs=2 --set "
+                    "modalities.image.torchscript='{\"path\": \"" + enc.string() + "\", \"width\": 32}'");
+  ASSERT_EQ(r.rc, 0) << r.err;
+  EXPECT_GT(json::parse(read_all(run / "results.json"))["tasks"]["label"]["accuracy"].get<double>(), 0.4);  // chance 0.1
+  auto e = modalkit("eval --run '" + run.string() + "' --json");
+  ASSERT_EQ(e.rc, 0) << e.err;
+  EXPECT_EQ(json::parse(e.out)["tasks"], json::parse(read_all(run / "results.json"))["tasks"]);
+  ASSERT_EQ(modalkit("export --run '" + run.string() + "'").rc, 0);
+  const auto w = safetensors_bytes(run / "model.safetensors");
+  EXPECT_TRUE(w.count("encoders.image.script_weight")) << "the scripted parameters are the model's";
+  // Width 32 → d_model 64: a learned projection, part of the model too.
+  EXPECT_TRUE(std::any_of(w.begin(), w.end(), [](const auto& kv) { return kv.first.rfind("encoders.image.projection.", 0) == 0; }));
+  // A declared width that is not what the module returns, and a file that is not TorchScript.
+  fs::remove_all(run);
+  r = modalkit("train '" + pipeline + "' --out '" + run.string() + "' --set train.epochs=1 --set "
+               "modalities.image.torchscript='{\"path\": \"" + enc.string() + "\", \"width\": 16}'");
+  EXPECT_EQ(r.rc, 1);
+  EXPECT_TRUE(has(r.err, "returned width 32, the pipeline declares torchscript.width 16")) << r.err;
+  std::ofstream(dir / "junk.pt") << "not a zip";
+  fs::remove_all(run);
+  r = modalkit("train '" + pipeline + "' --out '" + run.string() + "' --set train.epochs=1 --set "
+               "modalities.image.torchscript='{\"path\": \"" + (dir / "junk.pt").string() + "\", \"width\": 32}'");
+  EXPECT_EQ(r.rc, 1);
+  EXPECT_TRUE(has(r.err, "junk.pt: not a loadable TorchScript module")) << r.err;
+  fs::remove_all(dir);
+}
+
 TEST(Cli, ArtifactsAreCheckedForTypeAndHashBeforeUse) {
   // A copy of the embedded tokenizer and its sidecar, then three ways to spoil it.
   const fs::path dir = fs::current_path() / ("artifacts-" + std::to_string(::getpid()));
