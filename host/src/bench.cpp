@@ -3,6 +3,8 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <cstdlib>
+#include <fstream>
 #include <random>
 
 #include <ATen/Parallel.h>
@@ -59,6 +61,53 @@ std::vector<fs::path> default_bench_pipelines() {
     const fs::path p = fs::path("examples/pipelines") / (std::string(name) + ".json");
     if (fs::exists(p)) out.push_back(p);
   }
+  return out;
+}
+
+namespace {
+
+/// Wall time of running this executable with `args` (stdout and stderr discarded), best of `n`.
+double process_seconds(const std::string& args, int n) {
+  const std::string self = std::filesystem::read_symlink("/proc/self/exe").string();
+  double best = 1e300;
+  for (int i = 0; i < n; ++i) {
+    const auto t0 = std::chrono::steady_clock::now();
+    const int rc = std::system(("'" + self + "' " + args + " >/dev/null 2>&1").c_str());
+    if (rc != 0) throw Error("bench: `modalkit " + args + "` failed");
+    best = std::min(best, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+  }
+  return best;
+}
+
+}  // namespace
+
+nlohmann::json runtime_bench(PluginRegistry& registry, const BenchOptions& options) {
+  nlohmann::json out;
+  // (3) Loader wait as a fraction of step time after the first epoch: a short training run of
+  // the first pipeline; the trainer times cutting each batch against the whole epoch.
+  const std::filesystem::path pipeline = options.pipelines.front();
+  const std::filesystem::path dir = std::filesystem::temp_directory_path() / ("modalkit-bench-" + std::to_string(::getpid()));
+  std::filesystem::remove_all(dir);
+  try {
+    TrainOptions t;
+    t.out = dir;
+    const ResolvedPipeline p = load_pipeline(pipeline, {"train.epochs=2", "train.progress=\"lines\""}, registry);
+    train(p, registry, t);
+    std::ifstream in(dir / "metrics.jsonl");
+    nlohmann::json last;
+    for (std::string line; std::getline(in, line);) last = nlohmann::json::parse(line);
+    out["loader_wait"] = {{"pipeline", p.doc.at("name")}, {"epoch", last.at("epoch")},
+                          {"fraction_of_step_time", last.at("loader_wait_fraction")},
+                          {"samples_per_s", last.at("samples_per_s")}};
+  } catch (...) {
+    std::filesystem::remove_all(dir);
+    throw;
+  }
+  std::filesystem::remove_all(dir);
+  // (4) `plugins list` wall time (manifests only), against `--version` (process start, LibTorch
+  // loaded, no plugin discovery) as the baseline.
+  const double list = process_seconds("plugins list", 5), version = process_seconds("--version", 5);
+  out["plugins_list"] = {{"seconds", list}, {"baseline_version_seconds", version}, {"ratio", list / version}};
   return out;
 }
 
@@ -131,6 +180,7 @@ nlohmann::json run_bench(PluginRegistry& registry, const BenchOptions& options) 
     entry["cached_epoch_speedup"] = (load + batching) / batching;
     out["loader"].push_back(entry);
   }
+  out["runtime"] = runtime_bench(registry, options);
   return out;
 }
 

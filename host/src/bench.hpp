@@ -28,4 +28,9 @@ std::vector<std::filesystem::path> default_bench_pipelines();
 /// batching the in-memory features, as every epoch after the first does).
 nlohmann::json run_bench(PluginRegistry& registry, const BenchOptions& options);
 
+/// The runtime figures of `bench` (also under "runtime" in run_bench's result): the loader's wait
+/// as a fraction of step time after the first epoch (a 2-epoch run of the first pipeline) and
+/// the wall time of `modalkit plugins list` against `modalkit --version`.
+nlohmann::json runtime_bench(PluginRegistry& registry, const BenchOptions& options);
+
 }  // namespace modalkit::host

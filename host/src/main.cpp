@@ -364,6 +364,14 @@ int cmd_bench(const std::vector<std::string>& argv, modalkit::host::PluginRegist
                 e["epoch_seconds"]["decoding"].get<double>(), e["epoch_seconds"]["cached"].get<double>(),
                 e["cached_epoch_speedup"].get<double>());
   }
+  const json& rt = r["runtime"];
+  std::printf("\nruntime\n");
+  std::printf("  loader wait / step time after the first epoch (%s, epoch %d): %.4f  (%.0f samples/s)\n",
+              rt["loader_wait"]["pipeline"].get<std::string>().c_str(), rt["loader_wait"]["epoch"].get<int>(),
+              rt["loader_wait"]["fraction_of_step_time"].get<double>(), rt["loader_wait"]["samples_per_s"].get<double>());
+  std::printf("  plugins list: %.3f s wall, %.2fx of `modalkit --version` (%.3f s)\n",
+              rt["plugins_list"]["seconds"].get<double>(), rt["plugins_list"]["ratio"].get<double>(),
+              rt["plugins_list"]["baseline_version_seconds"].get<double>());
   return kOk;
 }
 

@@ -567,11 +567,14 @@ nlohmann::json train(const ResolvedPipeline& pipeline, PluginRegistry& registry,
     std::shuffle(order.begin(), order.end(), shuffle_rng);
     // Already spent when a checkpoint was written on the budget's last step (SIGINT there).
     bool budget_spent = max_steps > 0 && state.global_step >= max_steps;
+    double loader_wait = 0;  // seconds this sitting spent cutting batches (bench: loader wait / step time)
     for (size_t start = static_cast<size_t>(state.step_in_epoch * batch_size); !budget_spent && start < order.size();
          start += static_cast<size_t>(batch_size)) {
       std::vector<int64_t> rows(order.begin() + static_cast<long>(start),
                                 order.begin() + static_cast<long>(std::min(order.size(), start + batch_size)));
+      const auto b0 = std::chrono::steady_clock::now();
       Batch batch = train_f.batch(rows, model.train_modalities).to(device);
+      loader_wait += std::chrono::duration<double>(std::chrono::steady_clock::now() - b0).count();
       const double factor = lr_factor(tr.at("schedule"), state.global_step, total_steps, steps_per_epoch);
       for (size_t g = 0; g < base_lr.size(); ++g) optimizer->param_groups()[g].options().set_lr(base_lr[g] * factor);
       optimizer->zero_grad();
@@ -640,7 +643,8 @@ nlohmann::json train(const ResolvedPipeline& pipeline, PluginRegistry& registry,
                            {"lr", base_lr[0] * lr_factor(tr.at("schedule"), std::max<int64_t>(0, state.global_step - 1), total_steps, steps_per_epoch)},
                            {"train_loss", state.loss_sum / static_cast<double>(steps)},
                            {"loss_terms", nlohmann::json::object()}, {"val", val["tasks"]},
-                           {"seconds", seconds}, {"samples_per_s", static_cast<double>(state.step_in_epoch * batch_size) / seconds}};
+                           {"seconds", seconds}, {"samples_per_s", static_cast<double>(state.step_in_epoch * batch_size) / seconds},
+                           {"loader_wait_fraction", loader_wait / std::max(1e-9, seconds - seconds_before)}};
     for (const auto& [name, sum] : state.term_sums) line["loss_terms"][name] = sum / static_cast<double>(steps);
     metrics << line.dump() << "\n" << std::flush;
     log->info("epoch {}/{}  loss {:.4f}  val {} {:.4f}{}  {:.1f} s", epoch, epochs, line["train_loss"].get<double>(),

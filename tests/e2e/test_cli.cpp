@@ -992,6 +992,15 @@ TEST(Cli, BenchReportsLoaderThroughputAndTheCachedEpoch) {
   // An epoch that decodes includes the cached epoch's batching, so the ratio is above 1 by construction.
   EXPECT_GT(e["cached_epoch_speedup"].get<double>(), 1.0);
   EXPECT_FALSE(b["blas"].get<std::string>().empty());
+  // Runtime figures: the loader's share of step time after the first epoch, plugins list time.
+  const json& rt = b["runtime"];
+  EXPECT_EQ(rt["loader_wait"]["pipeline"], "wine-tabular");
+  EXPECT_EQ(rt["loader_wait"]["epoch"], 2);
+  EXPECT_GT(rt["loader_wait"]["fraction_of_step_time"].get<double>(), 0.0);
+  EXPECT_LT(rt["loader_wait"]["fraction_of_step_time"].get<double>(), 1.0);
+  EXPECT_GT(rt["plugins_list"]["seconds"].get<double>(), 0.0);
+  EXPECT_NEAR(rt["plugins_list"]["ratio"].get<double>(),
+              rt["plugins_list"]["seconds"].get<double>() / rt["plugins_list"]["baseline_version_seconds"].get<double>(), 1e-9);
 }
 
 TEST(Cli, FitSeesTheTrainSplitOnly) {
