@@ -106,8 +106,13 @@ nlohmann::json runtime_bench(PluginRegistry& registry, const BenchOptions& optio
   std::filesystem::remove_all(dir);
   // (4) `plugins list` wall time (manifests only), against `--version` (process start, LibTorch
   // loaded, no plugin discovery) as the baseline.
-  const double list = process_seconds("plugins list", 5), version = process_seconds("--version", 5);
-  out["plugins_list"] = {{"seconds", list}, {"baseline_version_seconds", version}, {"ratio", list / version}};
+  std::string paths;  // the same plugin directories this process searches
+  for (const auto& d : registry.search_path()) paths += "--plugin-path '" + d.string() + "' ";
+  const double list = process_seconds(paths + "plugins list", 5), version = process_seconds(paths + "--version", 5);
+  out["plugins_list"]["plugins"] = registry.names().size();
+  out["plugins_list"]["seconds"] = list;
+  out["plugins_list"]["baseline_version_seconds"] = version;
+  out["plugins_list"]["ratio"] = list / version;
   return out;
 }
 
