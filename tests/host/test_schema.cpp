@@ -283,7 +283,7 @@ TEST(Validation, UnknownKeyListsTheAllowedOnes) {
   EXPECT_EQ(errors[0].pointer, "/train");
   EXPECT_EQ(errors[0].message,
             "unknown key \"epoch\" (allowed: \"batch_size\", \"checkpoint_every\", \"deterministic\", \"device\", \"early_stopping\", \"epochs\", "
-            "\"grad_clip\", \"loader_threads\", \"max_steps\", \"optimizer\", \"progress\", \"schedule\", \"select\", "
+            "\"grad_clip\", \"loader_threads\", \"max_steps\", \"optimizer\", \"parameter_groups\", \"progress\", \"schedule\", \"select\", "
             "\"threads\")");
 }
 
@@ -313,7 +313,7 @@ TEST(Validation, ReportsEveryErrorAtOnce) {
                                "/modalities/image/plugin: must be a string (got 7)",
                                "/train/batch_size: must be >= 1 (got -1)",
                                "/train: unknown key \"shuffle\" (allowed: \"batch_size\", \"checkpoint_every\", \"deterministic\", \"device\", \"early_stopping\", \"epochs\", "
-                               "\"grad_clip\", \"loader_threads\", \"max_steps\", \"optimizer\", \"progress\", \"schedule\", \"select\", "
+                               "\"grad_clip\", \"loader_threads\", \"max_steps\", \"optimizer\", \"parameter_groups\", \"progress\", \"schedule\", \"select\", "
                                "\"threads\")",
                            }));
   // valijson finds the same six problems.
