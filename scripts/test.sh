@@ -12,8 +12,9 @@ if ! command -v chromium >/dev/null 2>&1; then
   sudo=""
   if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
   echo "test: installing chromium (the report rendering check)"
-  $sudo apt-get update -q
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q --no-install-recommends chromium
+  # Not fatal: offline, the report test skips its render check and says so.
+  { $sudo apt-get update -q && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q --no-install-recommends chromium; } ||
+    echo "test: chromium could not be installed; the report render check will be skipped"
 fi
 
 meson test -C build --print-errorlogs --num-processes 2

@@ -86,12 +86,13 @@ nlohmann::json runtime_bench(PluginRegistry& registry, const BenchOptions& optio
   // (3) Loader wait as a fraction of step time after the first epoch: a short training run of
   // the first pipeline; the trainer times cutting each batch against the whole epoch.
   const std::filesystem::path pipeline = options.pipelines.front();
-  const std::filesystem::path dir = std::filesystem::temp_directory_path() / ("modalkit-bench-" + std::to_string(::getpid()));
+  const std::filesystem::path dir =
+      std::filesystem::temp_directory_path() / ("modalkit-bench-runtime-" + std::to_string(::getpid()));
   std::filesystem::remove_all(dir);
   try {
     TrainOptions t;
     t.out = dir;
-    const ResolvedPipeline p = load_pipeline(pipeline, {"train.epochs=2", "train.progress=\"lines\""}, registry);
+    const ResolvedPipeline p = load_pipeline(pipeline, {"train.epochs=2", "train.max_steps=0", "train.early_stopping.patience=0", "train.progress=\"lines\""}, registry);
     train(p, registry, t);
     std::ifstream in(dir / "metrics.jsonl");
     nlohmann::json last;

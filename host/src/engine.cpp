@@ -121,11 +121,15 @@ nlohmann::json HeldOutProtocol::evaluate(TransferStrategy& model, BatchSource& d
     if (spec.type == TaskType::kMulticlass || spec.type == TaskType::kBinary) {
       // Rows: true class; columns: predicted class (for reports).
       const int64_t k = static_cast<int64_t>(spec.labels.size());
-      std::vector<std::vector<int64_t>> m(static_cast<size_t>(k), std::vector<int64_t>(static_cast<size_t>(k), 0));
-      const at::Tensor pred = predicted_classes(spec, o).to(at::kLong), truth = y.to(at::kLong);
-      for (int64_t i = 0; i < truth.size(0); ++i) {
-        ++m[static_cast<size_t>(truth[i].item<int64_t>())][static_cast<size_t>(pred[i].item<int64_t>())];
+      if (spec.type == TaskType::kMulticlass && (o.dim() != 2 || o.size(1) != k)) {
+        throw PluginError(model.plugin_name(), "predict() for task " + task + " gave outputs " + c10::str(o.sizes()) +
+                                                   ", expected [N, " + std::to_string(k) + "] (one logit per label)");
       }
+      std::vector<std::vector<int64_t>> m(static_cast<size_t>(k), std::vector<int64_t>(static_cast<size_t>(k), 0));
+      const at::Tensor pred = predicted_classes(spec, o).to(at::kLong).contiguous(), truth = y.to(at::kLong).contiguous();
+      const int64_t* p = pred.data_ptr<int64_t>();
+      const int64_t* t = truth.data_ptr<int64_t>();
+      for (int64_t i = 0; i < truth.size(0); ++i) ++m.at(static_cast<size_t>(t[i])).at(static_cast<size_t>(p[i]));
       out["confusion"][task] = {{"labels", spec.labels}, {"matrix", m}};
     }
   }
@@ -527,10 +531,11 @@ nlohmann::json robustness_sweep(const ResolvedPipeline& pipeline, OpenedRun& r, 
     if (reference.is_discarded() || !reference.contains("perturbation")) {
       throw UsageError("--reference: " + ref_file.string() + " is missing or not a robustness result (run eval --robustness there first)");
     }
-    if (reference.at("levels").get<std::vector<double>>() != levels || reference.at("metric") != task + "/" + metric) {
-      throw UsageError("--reference: " + ref_file.string() + " was swept over other levels or another metric (" +
+    if (reference.at("levels").get<std::vector<double>>() != levels || reference.at("metric") != task + "/" + metric ||
+        reference.at("split") != split) {
+      throw UsageError("--reference: " + ref_file.string() + " was swept over other levels, another metric or split (" +
                        reference.at("metric").get<std::string>() + ", " + std::to_string(reference.at("levels").size()) +
-                       " levels); sweep both runs the same way");
+                       " levels, " + reference.at("split").get<std::string>() + " split); sweep both runs the same way");
     }
   }
   const int threads = doc.at("train").at("loader_threads");
@@ -557,7 +562,7 @@ nlohmann::json robustness_sweep(const ResolvedPipeline& pipeline, OpenedRun& r, 
       if (!reference["perturbation"].contains(m)) {
         throw UsageError("--reference: " + options.reference.string() + " has no curve for modality " + m);
       }
-      ref = reference["perturbation"][m]["curve"].get<std::vector<double>>();
+      for (const auto& v : reference["perturbation"][m]["curve"]) ref.push_back(v.is_number() ? v.get<double>() : NAN);
     }
     out["perturbation"][m] = robustness_of(levels, curve, reference.is_null() ? nullptr : &ref);
     spdlog::info("robustness {}: relative {:.4f}, effective {:.4f} ({} levels)", m,

@@ -324,11 +324,11 @@ std::string run_experiment(const fs::path& file, PluginRegistry& registry, const
   // The table: rows x settings, mean ± std over seeds, paired difference against the baseline.
   auto value_of = [&](const PlannedRun& run) {
     const json res = read_json_or_null(run.dir / "results.json");
-    if (res.is_null() || !res["tasks"].contains(task) || !res["tasks"][task].contains(metric) ||
-        !res["tasks"][task][metric].is_number()) {
+    if (res.is_null() || !res.contains("tasks") || !res.at("tasks").contains(task) ||
+        !res.at("tasks").at(task).contains(metric) || !res.at("tasks").at(task).at(metric).is_number()) {
       throw Error(run.dir.string() + "/results.json: no value for " + metric_path + " (undefined on this split?)");
     }
-    return std::pair<double, json>{res["tasks"][task][metric].get<double>(), res};
+    return std::pair<double, json>{res.at("tasks").at(task).at(metric).get<double>(), res};
   };
   // Differences in percentage points for rates; in the metric's own units otherwise.
   const bool rate = metric == "accuracy" || metric == "macro_f1" || metric == "auroc" || metric == "auprc";

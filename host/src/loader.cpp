@@ -216,6 +216,8 @@ SplitFeatures SplitFeatures::build(Dataset& dataset, const std::string& split,
     }
     const auto lv = options.perturb.find(m.name);
     const double level = lv == options.perturb.end() ? 0.0 : lv->second;
+    uint64_t name_hash = 1469598103934665603ULL;  // FNV-1a of the modality's name: the same noise in any modality order
+    for (char c : m.name) name_hash = (name_hash ^ static_cast<unsigned char>(c)) * 1099511628211ULL;
     std::vector<char> used(d.first.size(), 0);
     for (size_t i : keep) used[d.slot_of[i]] = 1;
     std::vector<at::Tensor> distinct(d.first.size());
@@ -224,7 +226,7 @@ SplitFeatures SplitFeatures::build(Dataset& dataset, const std::string& split,
       distinct[u] = guard(m.plugin->plugin_name(), [&] {
         if (level <= 0) return m.plugin->featurize(d.raw[u]);
         // A value shared by several samples (one clip, many images) is perturbed once.
-        std::mt19937_64 rng(options.perturb_seed ^ (0x9e3779b97f4a7c15ULL * (k + 1)) ^
+        std::mt19937_64 rng(options.perturb_seed ^ (0x9e3779b97f4a7c15ULL * name_hash) ^
                             (0xbf58476d1ce4e5b9ULL * (static_cast<uint64_t>(rows[d.first[u]]) + 1)));
         return m.plugin->featurize(m.plugin->perturb(d.raw[u], level, rng));
       });

@@ -33,6 +33,7 @@ std::string escape(const std::string& text) {
       case '<': out += "&lt;"; break;
       case '>': out += "&gt;"; break;
       case '"': out += "&quot;"; break;
+      case '\'': out += "&#39;"; break;
       default: out += c;
     }
   }
@@ -164,7 +165,7 @@ fs::path write_report(const fs::path& run_dir) {
        "caption{font-weight:bold;text-align:left}pre{background:#f6f6f6;padding:1em;overflow:auto;font-size:12px}"
        ".diag{font-weight:bold}.charts{display:flex;flex-wrap:wrap;gap:1em}</style></head><body>\n";
   h << "<h1>" << escape(name) << "</h1>\n<p>Run <code>" << escape(fs::absolute(run_dir).lexically_normal().string())
-    << "</code>; seed " << run.value("seed", 0) << "; data set sha256 <code>"
+    << "</code>; seed " << run.value("seed", uint64_t{0}) << "; data set sha256 <code>"
     << escape(run.value("dataset_sha256", std::string()).substr(0, 16)) << "…</code>; pipeline hash <code>"
     << escape(run.value("pipeline_hash", std::string()).substr(0, 16)) << "…</code>.</p>\n";
 
@@ -180,7 +181,7 @@ fs::path write_report(const fs::path& run_dir) {
           << (v.is_number() ? num(v.get<double>()) : "n/a") << "</td></tr>\n";
       }
     }
-    h << "</table>\n<p>" << results.value("split", std::string()) << " split, " << results.value("samples", 0)
+    h << "</table>\n<p>" << escape(results.value("split", std::string())) << " split, " << results.value("samples", 0)
       << " samples, modalities " << escape(results.value("modalities", json::array()).dump()) << "; kept epoch "
       << results.value("best_epoch", 0) << " (" << escape(results.value("kept", std::string("best")))
       << " on validation), " << results.value("steps", 0) << " steps.</p>\n";
@@ -232,7 +233,9 @@ fs::path write_report(const fs::path& run_dir) {
     std::vector<Series> curves;
     const auto levels = robustness.at("levels").get<std::vector<double>>();
     for (const auto& [m, c] : robustness.at("perturbation").items()) {
-      curves.push_back({m + " perturbed", levels, c.at("curve").get<std::vector<double>>()});
+      std::vector<double> ys;
+      for (const auto& v : c.at("curve")) ys.push_back(v.is_number() ? v.get<double>() : NAN);  // NaN is stored as null
+      curves.push_back({m + " perturbed", levels, ys});
     }
     h << line_chart("Robustness (" + robustness.value("metric", std::string()) + ")", "perturbation level",
                     robustness.value("metric", std::string()), curves);
@@ -240,14 +243,17 @@ fs::path write_report(const fs::path& run_dir) {
          "<th>when missing</th></tr>\n";
     for (const auto& [m, c] : robustness.at("perturbation").items()) {
       const json& missing = robustness.at("missing");
-      h << "<tr><td>" << escape(m) << "</td><td>" << num(c.at("relative_robustness").get<double>()) << "</td><td>"
-        << num(c.at("effective_robustness").get<double>()) << "</td><td>"
-        << (missing.contains(m) ? num(missing.at(m).get<double>()) : "—") << "</td></tr>\n";
+      auto cell = [](const json& v) { return v.is_number() ? num(v.get<double>()) : std::string("n/a"); };
+      h << "<tr><td>" << escape(m) << "</td><td>" << cell(c.at("relative_robustness")) << "</td><td>"
+        << cell(c.at("effective_robustness")) << "</td><td>" << (missing.contains(m) ? cell(missing.at(m)) : "—")
+        << "</td></tr>\n";
     }
     h << "</table>\n<p>Relative robustness: area under the curve over levels 0–1; effective robustness: summed gap "
          "to a "
-      << (robustness.at("perturbation").begin()->value("reference", std::string("flat")) == "run" ? "reference run's"
-                                                                                                   : "flat")
+      << (!robustness.at("perturbation").empty() &&
+                  robustness.at("perturbation").begin()->value("reference", std::string("flat")) == "run"
+              ? "reference run's"
+              : "flat")
       << " curve shifted to this run's clean value (MultiBench).</p>\n";
   }
 

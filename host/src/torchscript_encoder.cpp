@@ -1,6 +1,6 @@
 #include "torchscript_encoder.hpp"
 
-#include <algorithm>
+#include <set>
 
 #include <torch/script.h>
 
@@ -14,20 +14,26 @@ namespace {
 class TorchScriptEncoder : public Encoder {
  public:
   TorchScriptEncoder(torch::jit::Module module, std::string origin, int64_t width, int64_t d_model, bool trainable)
-      : module_(std::move(module)), origin_(std::move(origin)), width_(width) {
+      : module_(std::move(module)), origin_(std::move(origin)), width_(width), trainable_(trainable) {
+    // The same tensors, not copies: the optimiser's updates, device moves and checkpoint loads
+    // reach the scripted module. Frozen parameters are registered as buffers, so no parameter
+    // group (the strategy's default "all" included) can hand them to the optimiser; the
+    // module's own buffers (running statistics) are saved and moved with it.
     for (const auto& p : module_.named_parameters(/*recurse=*/true)) {
-      std::string name = p.name;
-      std::replace(name.begin(), name.end(), '.', '_');
       at::Tensor t = p.value;
       t.set_requires_grad(trainable);
-      // The same tensor, not a copy: the optimiser's updates reach the scripted module.
-      register_parameter("script_" + name, t, /*requires_grad=*/trainable);
+      if (trainable) {
+        register_parameter(script_name(p.name), t, /*requires_grad=*/true);
+      } else {
+        register_buffer(script_name(p.name), t);
+      }
     }
+    for (const auto& b : module_.named_buffers(/*recurse=*/true)) register_buffer(script_name(b.name), b.value);
     if (width != d_model) projection_ = register_module("projection", Projection(ProjectionOptions(width, d_model)));
   }
 
   Sequence forward(const ModalityInput& input) override {
-    module_.train(is_training());
+    module_.train(is_training() && trainable_);  // a frozen encoder keeps its statistics too
     at::Tensor y = module_.forward({input.data}).toTensor();
     if (y.dim() == 2) y = y.unsqueeze(1);
     if (y.dim() != 3 || y.size(0) != input.data.size(0)) {
@@ -48,7 +54,18 @@ class TorchScriptEncoder : public Encoder {
  private:
   torch::jit::Module module_;
   std::string origin_;
+  /// `script_<name>` with the dots of nested names as `__` (a plain `_` could merge two names).
+  std::string script_name(const std::string& name) {
+    std::string out = "script_";
+    for (char c : name) out += c == '.' ? std::string("__") : std::string(1, c);
+    if (used_.count(out)) throw Error(origin_ + ": two tensors of the TorchScript module map to the name " + out);
+    used_.insert(out);
+    return out;
+  }
+
   int64_t width_;
+  bool trainable_;
+  std::set<std::string> used_;
   Projection projection_{nullptr};
 };
 

@@ -15,8 +15,8 @@ namespace modalkit::host {
 /// when it has T positions, otherwise every token is real) or `[B, W]` (one token), W being the
 /// `width` the pipeline declares (checked on every batch). A learned projection maps W to
 /// `d_model` when they differ. The module's parameters are registered as
-/// this encoder's (`script.<name with dots as _>`), so they train (unless `trainable` is false),
-/// are checkpointed and exported like any other. Throws modalkit::Error naming the file when it
+/// this encoder's (`script_<name with dots as __>`), so they train (as buffers, frozen, when
+/// `trainable` is false), are checkpointed and exported like any other; so are its buffers. Throws modalkit::Error naming the file when it
 /// cannot be loaded.
 std::shared_ptr<Encoder> load_torchscript_encoder(const std::filesystem::path& path, int64_t width, int64_t d_model,
                                                   bool trainable);

@@ -31,7 +31,7 @@ namespace fs = std::filesystem;
 
 namespace {
 
-constexpr int kCheckpointFormat = 1;
+constexpr int kCheckpointFormat = 2;  // 2: identity holds the data set and --skip-bad
 
 /// Where a run is, beyond its tensors: enough to continue it bit for bit.
 struct RunState {
@@ -572,9 +572,11 @@ nlohmann::json train(const ResolvedPipeline& pipeline, PluginRegistry& registry,
          start += static_cast<size_t>(batch_size)) {
       std::vector<int64_t> rows(order.begin() + static_cast<long>(start),
                                 order.begin() + static_cast<long>(std::min(order.size(), start + batch_size)));
+      // Loader wait: cutting the batch only; the copy to a GPU would also wait for its kernels.
       const auto b0 = std::chrono::steady_clock::now();
-      Batch batch = train_f.batch(rows, model.train_modalities).to(device);
+      Batch cpu_batch = train_f.batch(rows, model.train_modalities);
       loader_wait += std::chrono::duration<double>(std::chrono::steady_clock::now() - b0).count();
+      Batch batch = cpu_batch.to(device);
       const double factor = lr_factor(tr.at("schedule"), state.global_step, total_steps, steps_per_epoch);
       for (size_t g = 0; g < base_lr.size(); ++g) optimizer->param_groups()[g].options().set_lr(base_lr[g] * factor);
       optimizer->zero_grad();

@@ -552,6 +552,7 @@ TEST(Cli, EveryFusionPluginTrainsEvaluatesAndHandlesAMissingModality) {
     EXPECT_TRUE(has(read_all(run / "report.html"), "class='confusion'")) << fusion;
     fs::remove_all(run);
   }
+  fs::remove(input);
 }
 
 TEST(Cli, CoLearningFusionTrainsOnBothAndTestsOnThePrimaryOnly) {
@@ -721,7 +722,7 @@ TEST(Cli, RobustnessSweepsEachModalityAndReportsBothFigures) {
   ASSERT_EQ(again.rc, 0) << again.err;
   const json rb2 = json::parse(again.out)["robustness"];
   EXPECT_EQ(rb2["perturbation"]["image"]["curve"], rb["perturbation"]["image"]["curve"]);
-  EXPECT_EQ(rb2["perturbation"]["image"]["effective_robustness"].get<double>(), 0.0);
+  EXPECT_NEAR(rb2["perturbation"]["image"]["effective_robustness"].get<double>(), 0.0, 1e-12);
   EXPECT_EQ(rb2["perturbation"]["image"]["reference"], "run");
   auto text = modalkit("eval --run '" + run.string() + "' --robustness");
   EXPECT_TRUE(has(text.out, "image perturbed: relative robustness ")) << text.out;
@@ -883,6 +884,21 @@ TEST(Cli, ATorchScriptEncoderTrainsInPlaceOfThePluginsOwn) {
   EXPECT_TRUE(w.count("encoders.image.script_weight")) << "the scripted parameters are the model's";
   // Width 32 → d_model 64: a learned projection, part of the model too.
   EXPECT_TRUE(std::any_of(w.begin(), w.end(), [](const auto& kv) { return kv.first.rfind("encoders.image.projection.", 0) == 0; }));
+  // The scripted weights are the ones that train: they move between epoch 1 and epoch 2 (the
+  // last epoch kept), and stay byte-identical with trainable false.
+  for (const bool trainable : {true, false}) {
+    std::vector<std::string> weight;
+    for (int epochs : {1, 2}) {
+      fs::remove_all(run);
+      r = modalkit("train '" + pipeline + "' --out '" + run.string() + "' --set train.epochs=" + std::to_string(epochs) +
+                   " --set train.select.checkpoint=last --set modalities.image.torchscript='{\"path\": \"" + enc.string() +
+                   "\", \"width\": 32, \"trainable\": " + (trainable ? "true" : "false") + "}'");
+      ASSERT_EQ(r.rc, 0) << r.err;
+      ASSERT_EQ(modalkit("export --run '" + run.string() + "'").rc, 0);
+      weight.push_back(safetensors_bytes(run / "model.safetensors").at("encoders.image.script_weight"));
+    }
+    EXPECT_EQ(weight[0] == weight[1], !trainable) << (trainable ? "trainable weights did not train" : "frozen weights moved");
+  }
   // A declared width that is not what the module returns, and a file that is not TorchScript.
   fs::remove_all(run);
   r = modalkit("train '" + pipeline + "' --out '" + run.string() + "' --set train.epochs=1 --set "
