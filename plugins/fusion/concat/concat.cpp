@@ -12,13 +12,7 @@ namespace {
 class ConcatFusion : public modalkit::FusionOperator {
  public:
   explicit ConcatFusion(const modalkit::CreateArgs& args) : width_(args.d_model) {
-    for (const auto& [name, width] : args.input_widths) {
-      if (width != width_) {
-        throw modalkit::ConfigError(args.config.pointer(),
-                                    "concat joins sequences of one width (d_model " + std::to_string(width_) +
-                                        "), but modality " + name + " has width " + std::to_string(width));
-      }
-    }
+    modalkit::require_d_model_inputs(args, "concat joins sequences of one width,");
     if (args.config.get<bool>("modality_embeddings")) {
       for (const auto& [name, width] : args.input_widths) {
         embeddings_.emplace(name, register_parameter("embedding_" + name, torch::zeros({width})));

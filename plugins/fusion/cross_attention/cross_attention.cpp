@@ -74,13 +74,7 @@ TORCH_MODULE(CrossBlock);
 class CrossAttentionFusion : public modalkit::FusionOperator {
  public:
   explicit CrossAttentionFusion(const modalkit::CreateArgs& args) : width_(args.d_model) {
-    for (const auto& [name, width] : args.input_widths) {
-      if (width != width_) {
-        throw modalkit::ConfigError(args.config.pointer(),
-                                    "cross_attention expects every modality at d_model " + std::to_string(width_) +
-                                        ", but modality " + name + " has width " + std::to_string(width));
-      }
-    }
+    modalkit::require_d_model_inputs(args, "cross_attention expects every modality at");
     // Reads layers, heads and dropout; a ConfigError at <pointer>/heads when heads does not divide d_model.
     const modalkit::TokenTransformerOptions o = modalkit::token_transformer_options(args.config, width_);
     for (const auto& [name, width] : args.input_widths) {

@@ -26,13 +26,7 @@ namespace {
 class GatedFusion : public modalkit::FusionOperator {
  public:
   explicit GatedFusion(const modalkit::CreateArgs& args) : width_(args.d_model) {
-    for (const auto& [name, width] : args.input_widths) {
-      if (width != width_) {
-        throw modalkit::ConfigError(args.config.pointer(),
-                                    "gated fusion expects every modality at d_model " + std::to_string(width_) +
-                                        ", but modality " + name + " has width " + std::to_string(width));
-      }
-    }
+    modalkit::require_d_model_inputs(args, "gated fusion expects every modality at");
     const int64_t gate_width = args.config.get<std::string>("gate") == "feature" ? width_ : 1;
     for (const auto& [name, width] : args.input_widths) {
       values_.emplace(name, register_module("value_" + name, torch::nn::Linear(width, width_)));

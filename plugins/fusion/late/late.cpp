@@ -37,13 +37,7 @@ TORCH_MODULE(ModalityMlp);
 class LateFusion : public modalkit::FusionOperator {
  public:
   explicit LateFusion(const modalkit::CreateArgs& args) : width_(args.d_model) {
-    for (const auto& [name, width] : args.input_widths) {
-      if (width != width_) {
-        throw modalkit::ConfigError(args.config.pointer(),
-                                    "late fusion maps every modality back to d_model " + std::to_string(width_) +
-                                        ", but modality " + name + " has width " + std::to_string(width));
-      }
-    }
+    modalkit::require_d_model_inputs(args, "late fusion maps every modality back to");
     const int64_t hidden = args.config.get<int64_t>("hidden");
     const double dropout = args.config.get<double>("dropout");
     for (const auto& [name, width] : args.input_widths) {

@@ -25,13 +25,7 @@ namespace {
 class LowRankFusion : public modalkit::FusionOperator {
  public:
   explicit LowRankFusion(const modalkit::CreateArgs& args) : width_(args.d_model) {
-    for (const auto& [name, width] : args.input_widths) {
-      if (width != width_) {
-        throw modalkit::ConfigError(args.config.pointer(),
-                                    "lowrank fusion expects every modality at d_model " + std::to_string(width_) +
-                                        ", but modality " + name + " has width " + std::to_string(width));
-      }
-    }
+    modalkit::require_d_model_inputs(args, "lowrank fusion expects every modality at");
     const int64_t rank = args.config.get<int64_t>("rank");
     torch::NoGradGuard no_grad;
     for (const auto& [name, width] : args.input_widths) {

@@ -26,13 +26,7 @@ class TensorFusion : public modalkit::FusionOperator {
   explicit TensorFusion(const modalkit::CreateArgs& args)
       : width_(args.d_model), factor_width_(args.config.get<int64_t>("factor_width")) {
     const modalkit::Config& config = args.config;
-    for (const auto& [name, width] : args.input_widths) {
-      if (width != width_) {
-        throw modalkit::ConfigError(config.pointer(),
-                                    "tensor fusion expects every modality at d_model " + std::to_string(width_) +
-                                        ", but modality " + name + " has width " + std::to_string(width));
-      }
-    }
+    modalkit::require_d_model_inputs(args, "tensor fusion expects every modality at");
     // (k+1)^M, stopping as soon as it passes the cap (so it cannot overflow).
     const int64_t max_features = config.get<int64_t>("max_features");
     int64_t features = 1;

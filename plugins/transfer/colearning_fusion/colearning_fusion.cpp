@@ -29,13 +29,7 @@ class CoLearningFusion : public modalkit::TransferStrategy {
       : primary_(args.config.get<std::string>("primary")),
         learned_(args.config.get<std::string>("fill") == "learned"),
         dropout_(args.config.get<double>("secondary_dropout")) {
-    modalities_ = args.config.get_or<std::vector<std::string>>("modalities", args.modalities);
-    for (const auto& m : modalities_) {
-      if (std::find(args.modalities.begin(), args.modalities.end(), m) == args.modalities.end()) {
-        throw modalkit::ConfigError(args.config.pointer() + "/modalities",
-                                    "\"" + m + "\" is not one of the pipeline's modalities");
-      }
-    }
+    modalities_ = modalkit::configured_modalities(args);
     if (std::find(modalities_.begin(), modalities_.end(), primary_) == modalities_.end()) {
       throw modalkit::ConfigError(args.config.pointer() + "/primary",
                                   "\"" + primary_ + "\" is not among the modalities trained on");
@@ -58,11 +52,7 @@ class CoLearningFusion : public modalkit::TransferStrategy {
   }
 
   modalkit::LossTerms loss(const modalkit::Batch& batch) override {
-    modalkit::LossTerms terms;
-    for (const auto& [task, outputs] : forward(batch)) {
-      terms["task/" + task] = heads_.at(task)->loss(outputs, batch.targets.at(task));
-    }
-    return terms;
+    return modalkit::task_losses(heads_, forward(batch), batch);
   }
 
   modalkit::Predictions predict(const modalkit::Batch& batch) override { return forward(batch); }

@@ -12,13 +12,7 @@ namespace {
 class SupervisedStrategy : public modalkit::TransferStrategy {
  public:
   explicit SupervisedStrategy(const modalkit::CreateArgs& args) {
-    modalities_ = args.config.get_or<std::vector<std::string>>("modalities", args.modalities);
-    for (const auto& m : modalities_) {
-      if (std::find(args.modalities.begin(), args.modalities.end(), m) == args.modalities.end()) {
-        throw modalkit::ConfigError(args.config.pointer() + "/modalities",
-                                    "\"" + m + "\" is not one of the pipeline's modalities");
-      }
-    }
+    modalities_ = modalkit::configured_modalities(args);
     TORCH_CHECK(!modalities_.empty(), "supervised: no modality to train on");
   }
 
@@ -30,11 +24,7 @@ class SupervisedStrategy : public modalkit::TransferStrategy {
   }
 
   modalkit::LossTerms loss(const modalkit::Batch& batch) override {
-    modalkit::LossTerms terms;
-    for (const auto& [task, outputs] : predict(batch)) {
-      terms["task/" + task] = head_refs_.at(task)->loss(outputs, batch.targets.at(task));
-    }
-    return terms;
+    return modalkit::task_losses(head_refs_, predict(batch), batch);
   }
 
   modalkit::Predictions predict(const modalkit::Batch& batch) override {

@@ -10,6 +10,7 @@
 
 #include "modalkit/batch.hpp"
 #include "modalkit/component.hpp"
+#include "modalkit/errors.hpp"
 
 namespace modalkit {
 
@@ -32,5 +33,17 @@ class FusionOperator : public Component, public torch::nn::Module {
   /// Width of the output's last dimension.
   virtual int64_t output_width() const = 0;
 };
+
+/// Checks that every input of a fusion operator has the pipeline's width d_model; a ConfigError
+/// at the component's config pointer otherwise, reading "<what> d_model D, but modality M has
+/// width W". Inline: no new SDK symbol.
+inline void require_d_model_inputs(const CreateArgs& args, const std::string& what) {
+  for (const auto& [name, width] : args.input_widths) {
+    if (width != args.d_model) {
+      throw ConfigError(args.config.pointer(), what + " d_model " + std::to_string(args.d_model) + ", but modality " +
+                                                   name + " has width " + std::to_string(width));
+    }
+  }
+}
 
 }  // namespace modalkit

@@ -2,6 +2,7 @@
 /// The transfer strategy interface: how encoders, fusion and heads become a trainable model.
 #pragma once
 
+#include <algorithm>
 #include <functional>
 #include <map>
 #include <memory>
@@ -13,6 +14,8 @@
 
 #include "modalkit/batch.hpp"
 #include "modalkit/component.hpp"
+#include "modalkit/config.hpp"
+#include "modalkit/errors.hpp"
 #include "modalkit/fusion.hpp"
 #include "modalkit/modality.hpp"
 #include "modalkit/task.hpp"
@@ -99,6 +102,29 @@ class BatchSource {
   virtual void for_each(const std::string& split, const std::vector<std::string>& modalities,
                         const std::function<void(const Batch&)>& fn) = 0;
 };
+
+/// The strategy config's `modalities` (default: all of the pipeline's), each checked to be one
+/// of the pipeline's; a ConfigError at `<config>/modalities` otherwise. Inline: no new SDK symbol.
+inline std::vector<std::string> configured_modalities(const CreateArgs& args) {
+  auto out = args.config.get_or<std::vector<std::string>>("modalities", args.modalities);
+  for (const auto& m : out) {
+    if (std::find(args.modalities.begin(), args.modalities.end(), m) == args.modalities.end()) {
+      throw ConfigError(args.config.pointer() + "/modalities", "\"" + m + "\" is not one of the pipeline's modalities");
+    }
+  }
+  return out;
+}
+
+/// One loss term per task, `task/<name>`: each head's loss on its outputs in `predictions`
+/// against the batch's targets. Inline: no new SDK symbol.
+inline LossTerms task_losses(const std::map<std::string, std::shared_ptr<TaskHead>>& heads,
+                             const Predictions& predictions, const Batch& batch) {
+  LossTerms terms;
+  for (const auto& [task, outputs] : predictions) {
+    terms["task/" + task] = heads.at(task)->loss(outputs, batch.targets.at(task));
+  }
+  return terms;
+}
 
 /// A transfer strategy: owns the maths of a method (its losses and predictions); the host owns
 /// the loop. Register everything trainable as submodules (names become checkpoint keys) and
