@@ -6,6 +6,7 @@
 #include <cstdlib>
 #include <fstream>
 #include <random>
+#include <sstream>
 
 #include <ATen/Parallel.h>
 #include <spdlog/spdlog.h>
@@ -14,7 +15,9 @@
 #include "engine.hpp"
 #include "loader.hpp"
 #include "modalkit/errors.hpp"
+#include "paths.hpp"
 #include "pipeline.hpp"
+#include "recipes.hpp"
 #include "system_info.hpp"
 
 namespace fs = std::filesystem;
@@ -79,6 +82,87 @@ double process_seconds(const std::string& args, int n) {
   return best;
 }
 
+/// The smallest seconds per step over the epochs after the first (caches warm) of a metrics.jsonl
+/// or of modalkit-bench-bare's output (both one JSON object per epoch line).
+double best_seconds_per_step(const std::string& lines) {
+  std::istringstream in(lines);
+  double best = 1e300;
+  for (std::string line; std::getline(in, line);) {
+    if (line.empty()) continue;
+    const nlohmann::json j = nlohmann::json::parse(line);
+    if (j.at("epoch").get<int>() < 2) continue;
+    best = std::min(best, j.at("seconds").get<double>() / j.at("steps").get<double>());
+  }
+  if (best == 1e300) throw Error("bench: no epoch after the first was timed");
+  return best;
+}
+
+/// (1) The host's train step against a bare LibTorch loop over the same graph: the TorchScript
+/// encoder modalkit-bench-bare writes, trained by the host as `modalities.image.torchscript`
+/// (concat without modality embeddings, the standard linear head, supervised, Adam) on
+/// fashion-mnist-image's train split, and by modalkit-bench-bare on as many random images held in
+/// memory. Rounds alternate bare, host, bare; the best epoch after the first of each side counts.
+using recipes::run_tool;
+
+nlohmann::json train_step_bench(PluginRegistry& registry, const BenchOptions& options, const fs::path& scratch) {
+  const fs::path bare = bench_tool("modalkit-bench-bare");
+  if (bare.empty()) return {{"skipped", "modalkit-bench-bare not found (set MODALKIT_BENCH_DIR)"}};
+  fs::path pipeline_file;
+  for (const auto& p : options.pipelines) {
+    if (p.filename() == "fashion-mnist-image.json") pipeline_file = p;
+  }
+  if (pipeline_file.empty()) {
+    return {{"skipped", "needs examples/pipelines/fashion-mnist-image.json among the pipelines (run from the source tree)"}};
+  }
+  fs::create_directories(scratch);
+  const fs::path module = scratch / "bench-encoder.pt";
+  run_tool({bare.string(), "write-module", module.string()}, {}, "");
+  const int epochs = 4;
+  const ResolvedPipeline p = load_pipeline(
+      pipeline_file,
+      {"modalities.image.torchscript=" + nlohmann::json{{"path", module.string()}, {"width", 64}, {"trainable", true}}.dump(),
+       "d_model=64", "fusion.config={\"modality_embeddings\":false}", "train.epochs=" + std::to_string(epochs),
+       "train.max_steps=0", "train.early_stopping.patience=0", "train.grad_clip=0", "train.progress=\"lines\""},
+      registry);
+  Dataset dataset = Dataset::open(p.dataset);
+  const auto samples = dataset.samples(p.doc.at("data").at("splits").at("train")).size();
+  const int64_t batch = p.doc.at("train").at("batch_size");
+  const double lr = p.doc.at("train").at("optimizer").at("lr");
+  const int threads = at::get_num_threads();
+  const std::vector<std::string> bare_args = {bare.string(), "run", module.string(), "--samples", std::to_string(samples),
+                                              "--batch", std::to_string(batch), "--classes", "10",
+                                              "--lr", std::to_string(lr), "--epochs", std::to_string(epochs),
+                                              "--threads", std::to_string(threads)};
+  // Alternating rounds (bare, host, bare, ..., bare): a burst of other load on a shared machine
+  // then spoils one round of one side, not the ratio. The best epoch of each side counts.
+  const int rounds = 3;
+  double bare_s = best_seconds_per_step(run_tool(bare_args, {}, "")), host_s = 1e300;
+  for (int round = 0; round < rounds; ++round) {
+    const fs::path run_dir = scratch / ("train-step-run-" + std::to_string(round));
+    TrainOptions t;
+    t.out = run_dir;
+    train(p, registry, t);
+    std::ifstream in(run_dir / "metrics.jsonl");
+    host_s = std::min(host_s, best_seconds_per_step(std::string(std::istreambuf_iterator<char>(in), {})));
+    bare_s = std::min(bare_s, best_seconds_per_step(run_tool(bare_args, {}, "")));
+  }
+  return {{"pipeline", p.doc.at("name")}, {"encoder", "TorchScript conv (modalkit-bench-bare write-module)"},
+          {"samples", samples}, {"batch", batch}, {"threads", threads}, {"rounds", rounds}, {"epochs", epochs},
+          {"host_seconds_per_step", host_s}, {"bare_seconds_per_step", bare_s}, {"ratio", host_s / bare_s}};
+}
+
+/// (2) A plugin loaded dynamically against the same code linked statically (modalkit-bench-link,
+/// which links the image plugin's object files and loads the image plugin's library).
+nlohmann::json link_bench(PluginRegistry& registry) {
+  const fs::path tool = bench_tool("modalkit-bench-link");
+  if (tool.empty()) return {{"skipped", "modalkit-bench-link not found (set MODALKIT_BENCH_DIR)"}};
+  const schema::Manifest* image = registry.find("image");
+  if (image == nullptr) return {{"skipped", "no image plugin on the plugin path"}};
+  const std::string out = run_tool({tool.string(), image->library_path().string(), "--threads",
+                                    std::to_string(at::get_num_threads())}, {}, "");
+  return nlohmann::json::parse(out);
+}
+
 }  // namespace
 
 nlohmann::json runtime_bench(PluginRegistry& registry, const BenchOptions& options) {
@@ -114,6 +198,17 @@ nlohmann::json runtime_bench(PluginRegistry& registry, const BenchOptions& optio
   out["plugins_list"]["seconds"] = list;
   out["plugins_list"]["baseline_version_seconds"] = version;
   out["plugins_list"]["ratio"] = list / version;
+  // (1) and (2): each in its own scratch directory, removed however the run ends.
+  const fs::path scratch = dir.string() + "-step";
+  struct Remove {
+    fs::path p;
+    ~Remove() {
+      std::error_code ec;
+      fs::remove_all(p, ec);
+    }
+  } remove{scratch};
+  out["train_step"] = train_step_bench(registry, options, scratch);
+  out["dynamic_vs_static"] = link_bench(registry);
   return out;
 }
 

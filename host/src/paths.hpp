@@ -3,6 +3,7 @@
 #pragma once
 
 #include <filesystem>
+#include <string>
 
 namespace modalkit::host {
 
@@ -12,5 +13,9 @@ std::filesystem::path executable_path();
 std::filesystem::path installed_plugin_dir();
 /// `<exe>/../<datadir>/modalkit/schemas`.
 std::filesystem::path installed_schema_dir();
+/// A baseline program of `modalkit bench` (`modalkit-bench-bare`, `modalkit-bench-link`):
+/// $MODALKIT_BENCH_DIR, then `<exe>/../<libexecdir>/modalkit` (installed), then `<exe>/../bench`
+/// (the build tree). Empty when none has it.
+std::filesystem::path bench_tool(const std::string& name);
 
 }  // namespace modalkit::host
