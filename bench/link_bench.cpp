@@ -4,10 +4,10 @@
 //
 //   modalkit-bench-link LIBRARY.so [--batch B] [--steps N] [--rounds R] [--threads T]
 //
-// Each round runs N train steps with each copy: featurize B images and collate them through the
-// plugin, the plugin's encoder forward, mean pool, a linear head, cross-entropy, backward, Adam.
-// Rounds alternate the copies so a burst of other load hurts both; the best round of each is
-// kept. Prints one JSON object: seconds per step of each and their ratio (dynamic / static).
+// A train step: featurize B images and collate them through the plugin, the plugin's encoder
+// forward, mean pool, a linear head, cross-entropy, backward, Adam. Each round runs N steps with
+// each copy, alternating step by step. Prints one JSON object: mean seconds per step of each,
+// each round's ratio (dynamic / static) and their median, the figure.
 #include <algorithm>
 #include <chrono>
 #include <iostream>
@@ -91,25 +91,21 @@ struct Trainee {
     encoder->train();
   }
 
-  /// Seconds per step over `steps` steps on `raws` in batches of `batch`.
-  double run(const std::vector<modalkit::RawValue>& raws, const at::Tensor& labels, int64_t batch, int steps) {
+  /// One train step on `batch` samples of `raws` from `at`; returns its seconds.
+  double step(const std::vector<modalkit::RawValue>& raws, const at::Tensor& labels, int64_t at, int64_t batch) {
     const auto t0 = std::chrono::steady_clock::now();
-    const int64_t n = static_cast<int64_t>(raws.size());
-    for (int s = 0; s < steps; ++s) {
-      const int64_t at = (s * batch) % (n - batch + 1);
-      std::vector<at::Tensor> features;
-      for (int64_t i = at; i < at + batch; ++i) features.push_back(plugin->featurize(raws[static_cast<size_t>(i)]));
-      modalkit::ModalityInput input = plugin->collate(features);
-      input.present = torch::ones({batch}, torch::kBool);
-      optimizer->zero_grad();
-      const modalkit::Sequence seq = encoder->forward(input);
-      const at::Tensor loss =
-          torch::nn::functional::cross_entropy(head->forward(seq.x.mean(1)), labels.slice(0, at, at + batch));
-      (void)loss.item<double>();
-      loss.backward();
-      optimizer->step();
-    }
-    return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() / steps;
+    std::vector<at::Tensor> features;
+    for (int64_t i = at; i < at + batch; ++i) features.push_back(plugin->featurize(raws[static_cast<size_t>(i)]));
+    modalkit::ModalityInput input = plugin->collate(features);
+    input.present = torch::ones({batch}, torch::kBool);
+    optimizer->zero_grad();
+    const modalkit::Sequence seq = encoder->forward(input);
+    const at::Tensor loss =
+        torch::nn::functional::cross_entropy(head->forward(seq.x.mean(1)), labels.slice(0, at, at + batch));
+    (void)loss.item<double>();
+    loss.backward();
+    optimizer->step();
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   }
 };
 
@@ -152,22 +148,45 @@ int main(int argc, char** argv) {
 
     BenchContext context;
     Trainee s(*statik, context, raws), d(*dynamic, context, raws);
-    s.run(raws, labels, batch, 2);  // warm-up: first-touch allocations, lazy initialisation
-    d.run(raws, labels, batch, 2);
-    double best_static = 1e300, best_dynamic = 1e300;
-    for (int r = 0; r < rounds; ++r) {
-      best_static = std::min(best_static, s.run(raws, labels, batch, steps));
-      best_dynamic = std::min(best_dynamic, d.run(raws, labels, batch, steps));
+    // Steps alternate between the copies (and which goes first), so other load on the machine
+    // and its drift fall on both alike; each round's sums give one ratio, the median counts.
+    const int64_t positions = static_cast<int64_t>(raws.size()) - batch + 1;
+    for (int i = 0; i < 2; ++i) {  // warm-up: first-touch allocations, lazy initialisation
+      s.step(raws, labels, 0, batch);
+      d.step(raws, labels, 0, batch);
     }
+    double total_static = 0, total_dynamic = 0;
+    std::vector<double> ratios;
+    for (int r = 0; r < rounds; ++r) {
+      double round_static = 0, round_dynamic = 0;
+      for (int k = 0; k < steps; ++k) {
+        const int64_t at = (static_cast<int64_t>(k) * batch) % positions;
+        if ((k + r) % 2 == 0) {
+          round_static += s.step(raws, labels, at, batch);
+          round_dynamic += d.step(raws, labels, at, batch);
+        } else {
+          round_dynamic += d.step(raws, labels, at, batch);
+          round_static += s.step(raws, labels, at, batch);
+        }
+      }
+      total_static += round_static;
+      total_dynamic += round_dynamic;
+      ratios.push_back(round_dynamic / round_static);
+    }
+    std::sort(ratios.begin(), ratios.end());
+    const double median = ratios.size() % 2 == 1 ? ratios[ratios.size() / 2]
+                                                 : 0.5 * (ratios[ratios.size() / 2 - 1] + ratios[ratios.size() / 2]);
+    const double mean_static = total_static / (rounds * steps), mean_dynamic = total_dynamic / (rounds * steps);
     nlohmann::json out = {{"plugin", statik->name},
                           {"library", a[0]},
                           {"batch", batch},
                           {"steps_per_round", steps},
                           {"rounds", rounds},
                           {"threads", threads},
-                          {"static_seconds_per_step", best_static},
-                          {"dynamic_seconds_per_step", best_dynamic},
-                          {"ratio", best_dynamic / best_static}};
+                          {"static_seconds_per_step", mean_static},
+                          {"dynamic_seconds_per_step", mean_dynamic},
+                          {"ratio", median},
+                          {"round_ratios", ratios}};
     std::cout << out.dump() << std::endl;
     return 0;
   } catch (const std::exception& e) {

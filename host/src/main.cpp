@@ -372,6 +372,23 @@ int cmd_bench(const std::vector<std::string>& argv, modalkit::host::PluginRegist
   std::printf("  plugins list: %.3f s wall, %.2fx of `modalkit --version` (%.3f s)\n",
               rt["plugins_list"]["seconds"].get<double>(), rt["plugins_list"]["ratio"].get<double>(),
               rt["plugins_list"]["baseline_version_seconds"].get<double>());
+  const json& ts = rt["train_step"];
+  if (ts.contains("skipped")) {
+    std::printf("  train step vs a bare LibTorch loop: skipped (%s)\n", ts["skipped"].get<std::string>().c_str());
+  } else {
+    std::printf("  train step (%s, TorchScript encoder, %d threads): host %.2f ms, bare LibTorch loop %.2f ms: %.3fx\n",
+                ts["pipeline"].get<std::string>().c_str(), ts["threads"].get<int>(),
+                1e3 * ts["host_seconds_per_step"].get<double>(), 1e3 * ts["bare_seconds_per_step"].get<double>(),
+                ts["ratio"].get<double>());
+  }
+  const json& dl = rt["dynamic_vs_static"];
+  if (dl.contains("skipped")) {
+    std::printf("  plugin loaded dynamically vs linked statically: skipped (%s)\n", dl["skipped"].get<std::string>().c_str());
+  } else {
+    std::printf("  %s plugin step, loaded dynamically %.2f ms vs linked statically %.2f ms: %.3fx (median of rounds)\n",
+                dl["plugin"].get<std::string>().c_str(), 1e3 * dl["dynamic_seconds_per_step"].get<double>(),
+                1e3 * dl["static_seconds_per_step"].get<double>(), dl["ratio"].get<double>());
+  }
   return kOk;
 }
 

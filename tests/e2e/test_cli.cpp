@@ -74,6 +74,17 @@ fs::path pipeline_variant(const std::string& name, const std::function<void(json
 
 bool has(const std::string& text, const std::string& part) { return text.find(part) != std::string::npos; }
 
+/// The standard output of a shell command.
+std::string capture(const std::string& cmd) {
+  std::string out;
+  FILE* pipe = ::popen(cmd.c_str(), "r");
+  std::array<char, 4096> buf{};
+  size_t n;
+  while (pipe != nullptr && (n = fread(buf.data(), 1, buf.size(), pipe)) > 0) out.append(buf.data(), n);
+  if (pipe != nullptr) ::pclose(pipe);
+  return out;
+}
+
 }  // namespace
 
 TEST(Cli, VersionNamesLibTorchThreadsAndBlas) {
@@ -991,10 +1002,11 @@ TEST(Cli, SkipBadLeavesOutBadSamplesAndCountsThem) {
 }
 
 TEST(Cli, BenchReportsLoaderThroughputAndTheCachedEpoch) {
-  auto r = modalkit("bench '" + source("examples/pipelines/wine-tabular.json").string() + "' --json --min-seconds 0.05");
+  auto r = modalkit("bench '" + source("examples/pipelines/wine-tabular.json").string() + "' '" +
+                    source("examples/pipelines/fashion-mnist-image.json").string() + "' --json --min-seconds 0.05");
   ASSERT_EQ(r.rc, 0) << r.err;
   const json b = json::parse(r.out);
-  ASSERT_EQ(b["loader"].size(), 1u);
+  ASSERT_EQ(b["loader"].size(), 2u);
   const json& e = b["loader"][0];
   EXPECT_EQ(e["pipeline"], "wine-tabular");
   EXPECT_EQ(e["samples"], 107);
@@ -1018,6 +1030,33 @@ TEST(Cli, BenchReportsLoaderThroughputAndTheCachedEpoch) {
   EXPECT_GE(rt["plugins_list"]["plugins"].get<int>(), 12);  // the build's plugins were found
   EXPECT_NEAR(rt["plugins_list"]["ratio"].get<double>(),
               rt["plugins_list"]["seconds"].get<double>() / rt["plugins_list"]["baseline_version_seconds"].get<double>(), 1e-9);
+  // (1) The host's train step against modalkit-bench-bare over the same TorchScript graph.
+  const json& ts = rt["train_step"];
+  ASSERT_FALSE(ts.contains("skipped")) << ts.dump();
+  EXPECT_EQ(ts["pipeline"], "fashion-mnist-image");
+  EXPECT_EQ(ts["samples"], 2000);
+  EXPECT_GT(ts["bare_seconds_per_step"].get<double>(), 0.0);
+  EXPECT_NEAR(ts["ratio"].get<double>(),
+              ts["host_seconds_per_step"].get<double>() / ts["bare_seconds_per_step"].get<double>(), 1e-9);
+  // (2) The image plugin's library against its own objects linked into modalkit-bench-link.
+  const json& dl = rt["dynamic_vs_static"];
+  ASSERT_FALSE(dl.contains("skipped")) << dl.dump();
+  EXPECT_EQ(dl["plugin"], "image");
+  EXPECT_TRUE(has(dl["library"].get<std::string>(), "libmodalkit_image.so")) << dl.dump();
+  EXPECT_GT(dl["static_seconds_per_step"].get<double>(), 0.0);
+  // The figure is the median of the rounds' ratios.
+  ASSERT_FALSE(dl["round_ratios"].empty());
+  EXPECT_GE(dl["ratio"].get<double>(), dl["round_ratios"].front().get<double>());
+  EXPECT_LE(dl["ratio"].get<double>(), dl["round_ratios"].back().get<double>());
+}
+
+TEST(Cli, TheBareBaselineLinksNeitherTheSdkNorAPlugin) {
+  // The bench's baseline must be the loop a user writes with LibTorch alone.
+  const fs::path bare = fs::path(std::getenv("MODALKIT_BIN")).parent_path().parent_path() / "bench" / "modalkit-bench-bare";
+  ASSERT_TRUE(fs::exists(bare)) << bare;
+  const std::string needed = capture("readelf -d '" + bare.string() + "'");
+  EXPECT_TRUE(has(needed, "libtorch")) << needed;
+  EXPECT_FALSE(has(needed, "modalkit")) << needed;
 }
 
 TEST(Cli, FitSeesTheTrainSplitOnly) {
