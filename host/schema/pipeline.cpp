@@ -73,7 +73,9 @@ void check_component(json& component, const std::string& pointer, const std::str
 std::vector<std::string> metrics_for(const std::string& task_type) {
   if (task_type == "regression") return {"mae", "pearson_r"};
   if (task_type == "generation") return {};
-  return {"accuracy", "macro_f1", "auroc", "auprc"};  // multiclass, binary, multilabel
+  if (task_type == "multilabel") return {"subset_accuracy", "micro_f1", "macro_f1", "auroc", "auprc"};
+  if (task_type == "binary") return {"accuracy", "macro_f1", "auroc", "auprc"};
+  return {"accuracy", "macro_f1"};  // multiclass: the ranking metrics are defined for one score per sample
 }
 
 bool metric_applies(const std::string& metric, const std::string& task_type) {

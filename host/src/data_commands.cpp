@@ -144,8 +144,12 @@ class Walker {
           split_out["fields"][field] = {{"checked", 0}, {"failed", samples->size()}};
           continue;
         }
-        TaskSpec as_target{field, type == "label" ? TaskType::kMulticlass : TaskType::kRegression, field,
-                           type == "label" ? dataset_.labels(field) : std::vector<std::string>{}, 1, {}};
+        const TaskType as = type == "label" ? TaskType::kMulticlass
+                            : type == "label_set" ? TaskType::kMultilabel
+                                                  : TaskType::kRegression;
+        TaskSpec as_target{field, as, field,
+                           type == "label" || type == "label_set" ? dataset_.labels(field) : std::vector<std::string>{},
+                           1, {}};
         // Errors are listed in file order, whichever thread found them.
         std::vector<std::string> failures(samples->size());
         parallel_for(samples->size(), options_.threads, [&](size_t i) {
@@ -155,6 +159,8 @@ class Walker {
             if (it == s.fields.end()) throw DataError(s.origin, "sample has no field \"" + field + "\"");
             if (type == "label" || type == "number") {
               visit(split, field, type, json(read_target(s, as_target)), nullptr);
+            } else if (type == "label_set") {
+              visit(split, field, type, json(read_label_set(s, as_target)), nullptr);
             } else if (type == "string") {
               if (!it->is_string()) throw DataError(s.origin, "field \"" + field + "\" must be a string, found " + it->dump());
               visit(split, field, type, *it, nullptr);
@@ -238,6 +244,11 @@ nlohmann::json inspect_dataset(const std::filesystem::path& file, PluginRegistry
       const std::string name = fields.at(field).at("labels").at(static_cast<size_t>(value.get<double>()));
       std::lock_guard<std::mutex> lock(mutex);
       ++labels[split][field][name];
+    } else if (type == "label_set") {  // how many samples carry each label
+      std::lock_guard<std::mutex> lock(mutex);
+      for (size_t k = 0; k < value.size(); ++k) {
+        if (value[k].get<double>() != 0) ++labels[split][field][fields.at(field).at("labels").at(k).get<std::string>()];
+      }
     } else if (type == "number") {
       std::lock_guard<std::mutex> lock(mutex);
       numbers[split][field].add(value.get<double>());
@@ -259,7 +270,7 @@ nlohmann::json inspect_dataset(const std::filesystem::path& file, PluginRegistry
     for (auto& [field, f] : out["fields"].items()) {
       const std::string type = fields.at(field).at("type");
       f["type"] = type;
-      if (type == "label") {
+      if (type == "label" || type == "label_set") {
         json counts = json::object();
         for (const auto& name : fields.at(field).at("labels")) {
           counts[name.get<std::string>()] = labels[split][field][name.get<std::string>()];

@@ -117,14 +117,14 @@ nlohmann::json HeldOutProtocol::evaluate(TransferStrategy& model, BatchSource& d
   nlohmann::json out = {{"split", split}, {"samples", count}, {"modalities", modalities}, {"tasks", nlohmann::json::object()}};
   for (const auto& [task, spec] : tasks_) {
     const at::Tensor o = at::cat(outputs[task]), y = at::cat(targets[task]);
+    const int64_t k = static_cast<int64_t>(spec.labels.size());
+    if ((spec.type == TaskType::kMulticlass || spec.type == TaskType::kMultilabel) && (o.dim() != 2 || o.size(1) != k)) {
+      throw PluginError(model.plugin_name(), "predict() for task " + task + " gave outputs " + c10::str(o.sizes()) +
+                                                 ", expected [N, " + std::to_string(k) + "] (one logit per label)");
+    }
     out["tasks"][task] = compute_metrics(spec, o, y);
     if (spec.type == TaskType::kMulticlass || spec.type == TaskType::kBinary) {
       // Rows: true class; columns: predicted class (for reports).
-      const int64_t k = static_cast<int64_t>(spec.labels.size());
-      if (spec.type == TaskType::kMulticlass && (o.dim() != 2 || o.size(1) != k)) {
-        throw PluginError(model.plugin_name(), "predict() for task " + task + " gave outputs " + c10::str(o.sizes()) +
-                                                   ", expected [N, " + std::to_string(k) + "] (one logit per label)");
-      }
       std::vector<std::vector<int64_t>> m(static_cast<size_t>(k), std::vector<int64_t>(static_cast<size_t>(k), 0));
       const at::Tensor pred = predicted_classes(spec, o).to(at::kLong).contiguous(), truth = y.to(at::kLong).contiguous();
       const int64_t* p = pred.data_ptr<int64_t>();
@@ -278,10 +278,9 @@ void check_against_dataset(const ResolvedPipeline& pipeline, const Dataset& data
     const std::string at = schema::append_pointer("/tasks", name);
     const std::string type = t.at("type");
     const std::string target = t.at("target");
-    if (type == "multilabel" || type == "generation") {
-      errors.push_back({at + "/type", "task type \"" + type +
-                                          "\" is not trained by this version of modalkit (supported: multiclass, "
-                                          "binary, regression)"});
+    if (type == "generation") {
+      errors.push_back({at + "/type", "task type \"generation\" is not trained by this version of modalkit (supported: "
+                                      "multiclass, binary, multilabel, regression)"});
       continue;
     }
     if (!fields.contains(target)) {
@@ -293,7 +292,10 @@ void check_against_dataset(const ResolvedPipeline& pipeline, const Dataset& data
     if (classification && field_type != "label") {
       errors.push_back({at + "/target", "field \"" + target + "\"" + where + " is of type " + field_type + ", a " +
                                             type + " task needs a label field"});
-    } else if (!classification && field_type != "number") {
+    } else if (type == "multilabel" && field_type != "label_set") {
+      errors.push_back({at + "/target", "field \"" + target + "\"" + where + " is of type " + field_type +
+                                            ", a multilabel task needs a label_set field"});
+    } else if (type == "regression" && field_type != "number") {
       errors.push_back({at + "/target", "field \"" + target + "\"" + where + " is of type " + field_type +
                                             ", a regression task needs a number field"});
     } else if (type == "binary" && fields.at(target).at("labels").size() != 2) {
@@ -335,7 +337,7 @@ std::map<std::string, TaskSpec> resolve_tasks(const nlohmann::json& pipeline, co
     spec.type = parse_task_type(t.at("type"));
     spec.target = t.at("target");
     spec.metrics = t.at("metrics").get<std::vector<std::string>>();
-    if (spec.type == TaskType::kMulticlass || spec.type == TaskType::kBinary) {
+    if (spec.type == TaskType::kMulticlass || spec.type == TaskType::kBinary || spec.type == TaskType::kMultilabel) {
       spec.labels = dataset.labels(spec.target);
       spec.num_outputs = spec.type == TaskType::kBinary ? 1 : static_cast<int64_t>(spec.labels.size());
     } else {
@@ -634,6 +636,15 @@ int64_t predict(const ResolvedPipeline& pipeline, PluginRegistry& registry, cons
           nlohmann::json probs = nlohmann::json::object();
           for (size_t c = 0; c < spec.labels.size(); ++c) probs[spec.labels[c]] = prob[static_cast<int64_t>(c)].item<double>();
           line[task] = {{"label", spec.labels.at(static_cast<size_t>(prob.argmax().item<int64_t>()))}, {"probabilities", probs}};
+        } else if (spec.type == TaskType::kMultilabel) {
+          const at::Tensor prob = o.sigmoid();
+          nlohmann::json probs = nlohmann::json::object(), set = nlohmann::json::array();
+          for (size_t c = 0; c < spec.labels.size(); ++c) {
+            const double pc = prob[static_cast<int64_t>(c)].item<double>();
+            probs[spec.labels[c]] = pc;
+            if (pc > 0.5) set.push_back(spec.labels[c]);
+          }
+          line[task] = {{"labels", set}, {"probabilities", probs}};
         } else if (spec.type == TaskType::kBinary) {
           const double p1 = 1.0 / (1.0 + std::exp(-o.reshape({-1})[0].item<double>()));
           line[task] = {{"label", spec.labels.at(p1 > 0.5 ? 1 : 0)}, {"probability", {{spec.labels.at(1), p1}}}};

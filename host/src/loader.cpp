@@ -45,7 +45,45 @@ void parallel_for(size_t n, int threads, const std::function<void(size_t)>& fn) 
   if (failure) std::rethrow_exception(failure);
 }
 
+std::vector<double> read_label_set(const Sample& sample, const TaskSpec& task) {
+  auto it = sample.fields.find(task.target);
+  if (it == sample.fields.end()) {
+    throw DataError(sample.origin, "missing target field \"" + task.target + "\" of task " + task.name);
+  }
+  const nlohmann::json& v = *it;
+  if (!v.is_array()) {
+    throw DataError(sample.origin, "target \"" + task.target + "\" of multilabel task " + task.name +
+                                       " must be an array of label names or indices (empty for none), found " + v.dump());
+  }
+  std::vector<double> hot(task.labels.size(), 0.0);
+  for (const auto& e : v) {
+    int64_t k = -1;
+    if (e.is_string()) {
+      auto pos = std::find(task.labels.begin(), task.labels.end(), e.get<std::string>());
+      if (pos == task.labels.end()) {
+        throw DataError(sample.origin, "label " + e.dump() + " of field \"" + task.target + "\" is not in the data set's label set");
+      }
+      k = pos - task.labels.begin();
+    } else if (e.is_number_integer()) {
+      k = e.get<int64_t>();
+      if (k < 0 || k >= static_cast<int64_t>(hot.size())) {
+        throw DataError(sample.origin, "label index " + std::to_string(k) + " of field \"" + task.target + "\" is outside the label set");
+      }
+    } else {
+      throw DataError(sample.origin, "target \"" + task.target + "\" holds " + e.dump() + ", expected a label name or index");
+    }
+    if (hot[static_cast<size_t>(k)] != 0) {
+      throw DataError(sample.origin, "label " + e.dump() + " appears twice in field \"" + task.target + "\"");
+    }
+    hot[static_cast<size_t>(k)] = 1.0;
+  }
+  return hot;
+}
+
 double read_target(const Sample& sample, const TaskSpec& task) {
+  if (task.type == TaskType::kMultilabel) {
+    throw Error("task " + task.name + ": a multilabel target is a label set (read_label_set), not one number");
+  }
   auto it = sample.fields.find(task.target);
   if (it == sample.fields.end()) {
     throw DataError(sample.origin, "missing target field \"" + task.target + "\" of task " + task.name);
@@ -106,13 +144,15 @@ SplitFeatures SplitFeatures::build(Dataset& dataset, const std::string& split,
     }
   };
 
-  std::map<std::string, std::vector<double>> target_values;
+  // Each sample's target values: one for scalar tasks, a 0/1 per label for multilabel ones.
+  std::map<std::string, std::vector<std::vector<double>>> target_values;
   for (const auto& [name, task] : tasks) {
-    std::vector<double>& values = target_values[name];
+    auto& values = target_values[name];
     values.resize(n);
     for (size_t i = 0; i < n; ++i) {
       try {
-        values[i] = read_target(sample(i), task);
+        values[i] = task.type == TaskType::kMultilabel ? read_label_set(sample(i), task)
+                                                       : std::vector<double>{read_target(sample(i), task)};
       } catch (const DataError& e) {
         mark(i, e.what(), std::current_exception());
       }
@@ -243,10 +283,12 @@ SplitFeatures SplitFeatures::build(Dataset& dataset, const std::string& split,
     out.distinct_[m.name] = std::count(used.begin(), used.end(), 1);
   }
   for (const auto& [name, task] : tasks) {
+    const int64_t width = task.type == TaskType::kMultilabel ? static_cast<int64_t>(task.labels.size()) : 1;
     std::vector<double> values;
-    values.reserve(keep.size());
-    for (size_t i : keep) values.push_back(target_values[name][i]);
+    values.reserve(keep.size() * static_cast<size_t>(width));
+    for (size_t i : keep) values.insert(values.end(), target_values[name][i].begin(), target_values[name][i].end());
     at::Tensor t = at::tensor(values, at::kDouble);
+    if (task.type == TaskType::kMultilabel) t = t.view({static_cast<int64_t>(keep.size()), width});
     out.targets_[name] = (task.type == TaskType::kMulticlass) ? t.to(at::kLong) : t.to(at::kFloat);
   }
   return out;

@@ -86,5 +86,9 @@ class SplitFeatures {
 /// Reads a task's target from a sample: a label name or index for classification (checked
 /// against the label set), a number for regression. Throws DataError naming the sample.
 double read_target(const Sample& sample, const TaskSpec& task);
+/// A multilabel task's target: an array of label names (or indices) as a 0/1 per label, in the
+/// task's label order; an empty array is a sample with no label. Throws DataError naming the
+/// sample for a non-array, an unknown or repeated label.
+std::vector<double> read_label_set(const Sample& sample, const TaskSpec& task);
 
 }  // namespace modalkit::host

@@ -1,20 +1,18 @@
 #include "metrics.hpp"
 
 #include <algorithm>
+#include <cmath>
 #include <numeric>
 #include <vector>
 
 #include <ATen/ATen.h>
 
 #include "modalkit/errors.hpp"
+#include "schema/pipeline.hpp"
 
 namespace modalkit::host {
 
 namespace {
-
-bool is_classification(const TaskSpec& t) {
-  return t.type == TaskType::kMulticlass || t.type == TaskType::kBinary;
-}
 
 double macro_f1(const std::vector<int64_t>& pred, const std::vector<int64_t>& truth, int64_t classes) {
   double sum = 0.0;
@@ -78,24 +76,69 @@ std::vector<T> to_vector(const at::Tensor& t) {
 }  // namespace
 
 at::Tensor predicted_classes(const TaskSpec& task, const at::Tensor& outputs) {
-  if (task.type == TaskType::kBinary) return (outputs > 0).to(at::kLong);
+  if (task.type == TaskType::kBinary || task.type == TaskType::kMultilabel) return (outputs > 0).to(at::kLong);
   return outputs.argmax(-1);
 }
+
+namespace {
+
+/// Multilabel metrics from logits `[N,K]` and 0/1 targets `[N,K]`; a label is predicted where
+/// its logit is positive (probability > 0.5). Per-label figures are averaged over the labels
+/// (macro); a label whose column is all 0 or all 1 has no AUROC and is left out of that mean.
+double multilabel_metric(const std::string& name, const at::Tensor& outputs, const at::Tensor& targets) {
+  const at::Tensor y = targets.to(at::kLong), pred = (outputs > 0).to(at::kLong);
+  if (name == "subset_accuracy") return pred.eq(y).all(1).to(at::kDouble).mean().item<double>();
+  if (name == "micro_f1") {
+    const double tp = (pred * y).sum().item<double>(), fp = (pred * (1 - y)).sum().item<double>(),
+                 fn = ((1 - pred) * y).sum().item<double>();
+    return tp == 0 ? 0.0 : 2 * tp / (2 * tp + fp + fn);
+  }
+  const int64_t k = outputs.size(1);
+  double sum = 0, counted = 0;
+  for (int64_t c = 0; c < k; ++c) {
+    double v = 0;
+    if (name == "macro_f1") {
+      const at::Tensor p = pred.select(1, c), t = y.select(1, c);
+      const double tp = (p * t).sum().item<double>(), fp = (p * (1 - t)).sum().item<double>(),
+                   fn = ((1 - p) * t).sum().item<double>();
+      v = tp == 0 ? 0.0 : 2 * tp / (2 * tp + fp + fn);
+    } else {
+      const auto score = to_vector<double>(outputs.select(1, c).to(at::kDouble));
+      const auto truth = to_vector<int64_t>(y.select(1, c));
+      v = name == "auroc" ? auroc(score, truth) : average_precision(score, truth);
+    }
+    if (std::isnan(v)) continue;
+    sum += v;
+    counted += 1;
+  }
+  return counted == 0 ? std::nan("") : sum / counted;
+}
+
+/// Why `name` does not apply to tasks of `type`, or "": the table validate uses (schema layer).
+std::string metric_mismatch(TaskType type, const std::string& name) {
+  if (schema::metric_applies(name, to_string(type))) return "";
+  const auto fits = schema::metrics_for(to_string(type));
+  return "metric " + name + " does not apply to a " + to_string(type) + " task (" +
+         (fits.empty() ? std::string("none does") : "use " + schema::join_names(fits)) + ")";
+}
+
+}  // namespace
 
 nlohmann::json compute_metrics(const TaskSpec& task, const at::Tensor& outputs_in, const at::Tensor& targets_in) {
   const at::Tensor outputs = outputs_in.detach().to(at::kCPU);
   const at::Tensor targets = targets_in.detach().to(at::kCPU);
   nlohmann::json out = nlohmann::json::object();
   for (const auto& name : task.metrics) {
-    const bool cls = is_classification(task);
-    if ((name == "accuracy" || name == "macro_f1" || name == "auroc" || name == "auprc") && !cls) {
-      throw Error("task " + task.name + ": metric " + name + " needs a classification task, not " + to_string(task.type));
+    if (const std::string why = metric_mismatch(task.type, name); !why.empty()) {
+      throw Error("task " + task.name + ": " + why);
     }
-    if ((name == "auroc" || name == "auprc") && task.type != TaskType::kBinary) {
-      throw Error("task " + task.name + ": metric " + name + " is defined here for binary tasks only");
-    }
-    if ((name == "mae" || name == "pearson_r") && task.type != TaskType::kRegression) {
-      throw Error("task " + task.name + ": metric " + name + " needs a regression task");
+    if (task.type == TaskType::kMultilabel) {
+      if (outputs.dim() != 2 || targets.sizes() != outputs.sizes()) {
+        throw Error("task " + task.name + ": multilabel outputs " + c10::str(outputs.sizes()) + " and targets " +
+                    c10::str(targets.sizes()) + " must both be [N, labels]");
+      }
+      out[name] = multilabel_metric(name, outputs, targets);
+      continue;
     }
     if (name == "accuracy") {
       out[name] = predicted_classes(task, outputs).eq(targets.to(at::kLong)).to(at::kDouble).mean().item<double>();

@@ -14,7 +14,8 @@ namespace modalkit::host {
 /// and targets `[N]`. Throws modalkit::Error for a metric that does not apply to the task type.
 nlohmann::json compute_metrics(const TaskSpec& task, const at::Tensor& outputs, const at::Tensor& targets);
 
-/// Class predictions from outputs: argmax for multiclass, logit > 0 for binary.
+/// Class predictions from outputs: argmax for multiclass, logit > 0 for binary and (per label)
+/// multilabel.
 at::Tensor predicted_classes(const TaskSpec& task, const at::Tensor& outputs);
 
 }  // namespace modalkit::host

@@ -26,6 +26,8 @@ struct Table {
   std::vector<std::vector<std::string>> rows;
   std::vector<std::string> labels;       ///< per row
   std::vector<std::string> label_names;  ///< the label set, in index order
+  nlohmann::json extra_fields = nlohmann::json::object();  ///< more fields of dataset.json (name → spec)
+  std::vector<nlohmann::json> extra;     ///< per row: those fields' values (empty when there are none)
 };
 
 /// Writes `table` split by `parts` (split → row indices), each split cut to its share of --subset.
@@ -37,6 +39,7 @@ fs::path write_table(const Context& ctx, const Table& table, const std::map<std:
   doc["fields"] = {
       {"features", {{"type", "tabular"}, {"format", "csv-row"}, {"description", "CSV row (SPLIT.csv#ROW); columns: " + columns}}},
       {"label", {{"type", "label"}, {"labels", table.label_names}}}};
+  doc["fields"].update(table.extra_fields);
   DatasetWriter writer(ctx, std::move(doc));
   uint64_t salt = 0;
   for (const auto& split : split_order) {
@@ -47,7 +50,9 @@ fs::path write_table(const Context& ctx, const Table& table, const std::map<std:
     csv << csv_line(table.columns) << '\n';
     for (size_t k = 0; k < rows.size(); ++k) {
       csv << csv_line(table.rows[rows[k]]) << '\n';
-      writer.add(split, {{"features", split + ".csv#" + std::to_string(k)}, {"label", table.labels[rows[k]]}});
+      json sample = {{"features", split + ".csv#" + std::to_string(k)}, {"label", table.labels[rows[k]]}};
+      if (!table.extra.empty()) sample.update(table.extra[rows[k]]);
+      writer.add(split, sample);
     }
   }
   return writer.finish(license, "nothing", sources);
@@ -165,8 +170,26 @@ fs::path seattle_weather(const Context& ctx) {
   for (const auto& c : t.columns) cols.push_back(csv.column(c));
   const size_t date = csv.column("date"), weather = csv.column("weather");
   t.label_names = {"drizzle", "fog", "rain", "snow", "sun"};
+  // A multilabel task on the same days: what tomorrow brings, from today's measurements.
+  // Thresholds are fixed, not fitted: rain = any precipitation, warm = a maximum of 20 °C or
+  // more, windy = a mean wind of 4 m/s or more (about the windiest quarter of days).
+  t.extra_fields = {{"next_day",
+                     {{"type", "label_set"},
+                      {"labels", {"rain", "warm", "windy"}},
+                      {"description", "the next day's conditions: rain (precipitation > 0 mm), warm (max >= 20 C), "
+                                      "windy (mean wind >= 4 m/s); any subset, possibly empty"}}}};
   std::map<std::string, std::vector<size_t>> parts;
-  for (const auto& row : csv.rows) {
+  auto number = [&](const std::vector<std::string>& row, size_t c, size_t line) {
+    double v = 0;
+    if (!parse_number(row[c], v)) {
+      throw DataError(src.path.string() + ":" + std::to_string(line + 2), csv.header[c] + " is not a number: " + row[c]);
+    }
+    return v;
+  };
+  // The last day has no next day, so it is left out.
+  for (size_t r = 0; r + 1 < csv.rows.size(); ++r) {
+    const auto& row = csv.rows[r];
+    const auto& next = csv.rows[r + 1];
     std::vector<std::string> cells;
     for (size_t c : cols) cells.push_back(row[c]);
     const std::string year = row[date].substr(0, 4);
@@ -174,13 +197,20 @@ fs::path seattle_weather(const Context& ctx) {
     parts[year <= "2013" ? "train" : year == "2014" ? "val" : "test"].push_back(t.rows.size());
     t.rows.push_back(cells);
     t.labels.push_back(row[weather]);
+    json tomorrow = json::array();
+    if (number(next, cols[0], r + 1) > 0) tomorrow.push_back("rain");
+    if (number(next, cols[1], r + 1) >= 20) tomorrow.push_back("warm");
+    if (number(next, cols[3], r + 1) >= 4) tomorrow.push_back("windy");
+    t.extra.push_back({{"next_day", tomorrow}});
   }
   return write_table(ctx, t, parts, {"train", "val", "test"},
                      {{"name", "seattle-weather"},
                       {"description", "Daily weather in Seattle 2012-2015 (NOAA, via vega-datasets): precipitation, "
-                                      "max/min temperature and wind; task: the day's weather. Splits by year: "
-                                      "2012-2013 train, 2014 val, 2015 test. Real observations."},
-                      {"version", "1"}},
+                                      "max/min temperature and wind; tasks: the day's weather (multiclass) and the "
+                                      "next day's rain/warm/windy (multilabel; the last day, which has no next day, "
+                                      "is left out). Splits by year: 2012-2013 train, 2014 val, 2015 test. Real "
+                                      "observations; the next-day thresholds are this recipe's."},
+                      {"version", "2"}},
                      "BSD-3-Clause (vega-datasets); NOAA data are public domain", {src});
 }
 

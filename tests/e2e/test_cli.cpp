@@ -166,7 +166,7 @@ TEST(Cli, ValidateChecksThePipelineAgainstTheDataSet) {
   auto file = pipeline_variant("target", [](json& d) {
     d["tasks"]["label"]["target"] = "colour";
     d["tasks"]["size"] = {{"type", "regression"}, {"target", "label"}, {"metrics", {"mae"}}};
-    d["tasks"]["tags"] = {{"type", "multilabel"}, {"target", "label"}};
+    d["tasks"]["tags"] = {{"type", "multilabel"}, {"target", "label"}, {"metrics", {"micro_f1"}}};
     d["modalities"]["image"]["field"] = "label";
     d["data"]["splits"] = {{"val", "validation"}};
   });
@@ -176,7 +176,8 @@ TEST(Cli, ValidateChecksThePipelineAgainstTheDataSet) {
   EXPECT_TRUE(has(r.err, "(fields: image, label, noun, source)")) << r.err;
   EXPECT_TRUE(has(r.err, "/tasks/size/target: field \"label\"")) << r.err;
   EXPECT_TRUE(has(r.err, "a regression task needs a number field")) << r.err;
-  EXPECT_TRUE(has(r.err, "/tasks/tags/type: task type \"multilabel\" is not trained")) << r.err;
+  EXPECT_TRUE(has(r.err, "/tasks/tags/target: field \"label\"")) << r.err;
+  EXPECT_TRUE(has(r.err, "a multilabel task needs a label_set field")) << r.err;
   EXPECT_TRUE(has(r.err, "/modalities/image/field: field \"label\"")) << r.err;
   EXPECT_TRUE(has(r.err, "plugin \"image\" reads image")) << r.err;
   EXPECT_TRUE(has(r.err, "/data/splits/val: no split \"validation\"")) << r.err;
@@ -188,6 +189,14 @@ TEST(Cli, ValidateChecksMetricsAgainstTaskTypes) {
   auto r = modalkit("validate '" + file.string() + "'");
   EXPECT_EQ(r.rc, 2);
   EXPECT_TRUE(has(r.err, "/tasks/label/metrics/1: metric \"mae\" does not apply to a multiclass task")) << r.err;
+  fs::remove(file);
+  // AUROC needs one score per sample: binary and multilabel tasks have it, multiclass does not
+  // (it used to pass validation and fail at the first evaluation, after an epoch of training).
+  file = pipeline_variant("auroc", [](json& d) { d["tasks"]["label"]["metrics"] = {"auroc"}; });
+  r = modalkit("validate '" + file.string() + "'");
+  EXPECT_EQ(r.rc, 2);
+  EXPECT_TRUE(has(r.err, "/tasks/label/metrics/0: metric \"auroc\" does not apply to a multiclass task (use accuracy, "
+                         "macro_f1)")) << r.err;
   fs::remove(file);
   file = pipeline_variant("nometrics", [](json& d) { d["tasks"]["label"]["metrics"] = json::array(); });
   r = modalkit("validate '" + file.string() + "'");
@@ -764,6 +773,75 @@ TEST(Cli, RobustnessSweepsEachModalityAndReportsBothFigures) {
   } else {
     std::cout << "chromium not installed: the render check is skipped\n";
   }
+  fs::remove_all(run);
+}
+
+TEST(Cli, MultilabelTrainsEvaluatesAndPredictsLabelSets) {
+  // seattle-weather's next_day: any subset of rain / warm / windy. The micro-F1 and subset
+  // accuracy of results.json are recomputed here from predict's label sets and the truth.
+  const fs::path run = fs::current_path() / ("run-multilabel-" + std::to_string(::getpid()));
+  fs::remove_all(run);
+  const std::string pipeline = source("examples/pipelines/seattle-weather-next-day.json").string();
+  auto r = modalkit("train '" + pipeline + "' --out '" + run.string() + "' --set train.epochs=5");
+  ASSERT_EQ(r.rc, 0) << r.err;
+  const fs::path data = source("data/embedded/seattle-weather");
+  const fs::path input = fs::current_path() / ("multilabel-input-" + std::to_string(::getpid()) + ".jsonl");
+  std::vector<std::set<std::string>> truth;
+  {
+    std::ifstream in(data / "test.jsonl");
+    std::ofstream out(input);
+    for (std::string line; std::getline(in, line);) {
+      json s = json::parse(line);
+      truth.emplace_back(s["next_day"].begin(), s["next_day"].end());
+      out << json{{"features", (data / s["features"].get<std::string>()).string()}}.dump() << "\n";
+    }
+  }
+  auto p = modalkit("predict --run '" + run.string() + "' --input '" + input.string() + "'");
+  ASSERT_EQ(p.rc, 0) << p.err;
+  std::istringstream lines(p.out);
+  size_t n = 0, exact = 0;
+  double tp = 0, fp = 0, fn = 0;
+  for (std::string line; std::getline(lines, line); ++n) {
+    const json j = json::parse(line)["next_day"];
+    ASSERT_LT(n, truth.size());
+    std::set<std::string> predicted;
+    for (const auto& l : j["labels"]) predicted.insert(l.get<std::string>());
+    ASSERT_EQ(j["probabilities"].size(), 3u) << j.dump();
+    for (const auto& [label, prob] : j["probabilities"].items()) {
+      EXPECT_EQ(prob.get<double>() > 0.5, predicted.count(label) == 1) << j.dump();  // the set is the 0.5 cut
+      const bool t = truth[n].count(label) == 1, q = predicted.count(label) == 1;
+      tp += t && q;
+      fp += !t && q;
+      fn += t && !q;
+    }
+    exact += predicted == truth[n];
+  }
+  ASSERT_EQ(n, truth.size());
+  const json result = json::parse(read_all(run / "results.json"))["tasks"]["next_day"];
+  EXPECT_NEAR(result["micro_f1"].get<double>(), 2 * tp / (2 * tp + fp + fn), 1e-12);
+  EXPECT_NEAR(result["subset_accuracy"].get<double>(), static_cast<double>(exact) / static_cast<double>(n), 1e-12);
+  EXPECT_GT(result["auroc"].get<double>(), 0.6);  // it learned something: chance is 0.5
+  // The report renders a multilabel run (no confusion matrix: a label set has none).
+  auto rep = modalkit("report '" + run.string() + "'");
+  EXPECT_EQ(rep.rc, 0) << rep.err;
+  EXPECT_TRUE(has(read_all(run / "report.html"), "micro_f1"));
+  fs::remove(input);
+  fs::remove_all(run);
+}
+
+TEST(Cli, MultilabelMistakesAreNamedBeforeTraining) {
+  const std::string pipeline = source("examples/pipelines/seattle-weather-next-day.json").string();
+  const fs::path run = fs::current_path() / ("run-multilabel-bad-" + std::to_string(::getpid()));
+  auto acc = modalkit("train '" + pipeline + "' --out '" + run.string() + "' --set 'tasks.next_day.metrics=[\"accuracy\"]'");
+  EXPECT_EQ(acc.rc, 2);
+  EXPECT_FALSE(fs::exists(run / "metrics.jsonl"));  // refused before anything trained
+  EXPECT_TRUE(has(acc.err, "/tasks/next_day/metrics/0: metric \"accuracy\" does not apply to a multilabel task (use "
+                           "subset_accuracy, micro_f1, macro_f1, auroc, auprc)")) << acc.err;
+  // A multilabel task needs a label_set field; the day's weather is one label.
+  auto field = modalkit("train '" + pipeline + "' --out '" + run.string() + "' --set tasks.next_day.target='\"label\"'");
+  EXPECT_EQ(field.rc, 2) << field.err;
+  EXPECT_TRUE(has(field.err, "/tasks/next_day/target: field \"label\"")) << field.err;
+  EXPECT_TRUE(has(field.err, "is of type label, a multilabel task needs a label_set field")) << field.err;
   fs::remove_all(run);
 }
 

@@ -128,6 +128,25 @@ TEST(Loader, TargetsAreCheckedAgainstTheLabelSet) {
   EXPECT_NE(error_of([&] { modalkit::host::read_target(nan, r); }).find("must be a number"), std::string::npos);
 }
 
+TEST(Loader, LabelSetsBecomeOneZeroPerLabel) {
+  TaskSpec t{"tomorrow", TaskType::kMultilabel, "y", {"rain", "warm", "windy"}, 3, {"micro_f1"}};
+  using V = std::vector<double>;
+  EXPECT_EQ(modalkit::host::read_label_set({{{"y", {"windy", "rain"}}}, "f:1"}, t), (V{1, 0, 1}));
+  EXPECT_EQ(modalkit::host::read_label_set({{{"y", nlohmann::json::array()}}, "f:2"}, t), (V{0, 0, 0}));
+  EXPECT_EQ(modalkit::host::read_label_set({{{"y", {1}}}, "f:3"}, t), (V{0, 1, 0}));
+  EXPECT_EQ(error_of([&] { modalkit::host::read_label_set({{{"y", "rain"}}, "f:4"}, t); }),
+            "f:4: target \"y\" of multilabel task tomorrow must be an array of label names or indices (empty for none), "
+            "found \"rain\"");
+  EXPECT_EQ(error_of([&] { modalkit::host::read_label_set({{{"y", {"snow"}}}, "f:5"}, t); }),
+            "f:5: label \"snow\" of field \"y\" is not in the data set's label set");
+  EXPECT_EQ(error_of([&] { modalkit::host::read_label_set({{{"y", {"rain", 0}}}, "f:6"}, t); }),
+            "f:6: label 0 appears twice in field \"y\"");
+  EXPECT_NE(error_of([&] { modalkit::host::read_label_set({{{"y", {3}}}, "f:7"}, t); }).find("outside the label set"),
+            std::string::npos);
+  EXPECT_NE(error_of([&] { modalkit::host::read_target({{{"y", {0}}}, "f:8"}, t); }).find("read_label_set"),
+            std::string::npos);
+}
+
 TEST(Loader, BatchesNameSamplesByTheirRowInTheSplit) {
   DatasetDir d;
   auto file = d.write_dataset(3, "{\"x\": 1, \"y\": \"a\"}\n{\"x\": 2, \"y\": \"b\"}\n{\"x\": 3, \"y\": \"c\"}\n");
@@ -281,9 +300,44 @@ TEST(Metrics, AgreeWithHandComputedValues) {
   EXPECT_NEAR(mr["mae"].get<double>(), 2.0, 1e-12);
   EXPECT_NEAR(mr["pearson_r"].get<double>(), 1.0, 1e-12);
   TaskSpec wrong{"v", TaskType::kRegression, "y", {}, 1, {"accuracy"}};
-  EXPECT_NE(error_of([&] { modalkit::host::compute_metrics(wrong, torch::zeros({3}), torch::zeros({3})); })
-                .find("needs a classification task"),
-            std::string::npos);
+  EXPECT_EQ(error_of([&] { modalkit::host::compute_metrics(wrong, torch::zeros({3}), torch::zeros({3})); }),
+            "task v: metric accuracy does not apply to a regression task (use mae, pearson_r)");
+  TaskSpec ranked{"label", TaskType::kMulticlass, "y", {"a", "b", "c"}, 3, {"auroc"}};
+  EXPECT_EQ(error_of([&] { modalkit::host::compute_metrics(ranked, logits, truth); }),
+            "task label: metric auroc does not apply to a multiclass task (use accuracy, macro_f1)");
+}
+
+TEST(Metrics, MultilabelAgreesWithHandComputedValues) {
+  TaskSpec t{"tomorrow", TaskType::kMultilabel, "y", {"rain", "warm", "windy"}, 3,
+             {"subset_accuracy", "micro_f1", "macro_f1", "auroc", "auprc"}};
+  // Logits (a label is predicted where > 0) and truth for 4 samples:
+  //   sample 0: pred {rain}        truth {rain}          exact
+  //   sample 1: pred {rain, warm}  truth {warm}          fp rain
+  //   sample 2: pred {}            truth {rain, windy}   fn rain, fn windy
+  //   sample 3: pred {warm, windy} truth {warm, windy}   exact
+  auto logits = torch::tensor({{2.0, -1.0, -3.0}, {0.5, 1.0, -2.0}, {-0.5, -2.0, -0.1}, {-1.0, 3.0, 0.2}});
+  auto truth = torch::tensor({{1.0, 0.0, 0.0}, {0.0, 1.0, 0.0}, {1.0, 0.0, 1.0}, {0.0, 1.0, 1.0}});
+  auto m = modalkit::host::compute_metrics(t, logits, truth);
+  EXPECT_DOUBLE_EQ(m["subset_accuracy"].get<double>(), 0.5);
+  // Pooled over labels: tp 4 (rain 1, warm 2, windy 1), fp 1, fn 2 → 8 / 11.
+  EXPECT_NEAR(m["micro_f1"].get<double>(), 8.0 / 11.0, 1e-12);
+  // Per label: rain tp1 fp1 fn1 → 1/2; warm tp2 → 1; windy tp1 fn1 → 2/3.
+  EXPECT_NEAR(m["macro_f1"].get<double>(), (0.5 + 1.0 + 2.0 / 3.0) / 3.0, 1e-12);
+  // AUROC per label from the logits' ranks: rain: positives {2.0, -0.5}, negatives {0.5, -1.0}:
+  // pairs ordered 2.0>0.5, 2.0>-1, -0.5>-1 → 3/4. warm: positives {1.0, 3.0} above negatives
+  // {-1, -2} → 1. windy: positives {-0.1, 0.2} above {-3, -2} → 1.
+  EXPECT_NEAR(m["auroc"].get<double>(), (0.75 + 1.0 + 1.0) / 3.0, 1e-12);
+  // AP: rain ranks 2.0(+), 0.5(-), -0.5(+) → (1 + 2/3) / 2; warm and windy 1.
+  EXPECT_NEAR(m["auprc"].get<double>(), ((1.0 + 2.0 / 3.0) / 2.0 + 1.0 + 1.0) / 3.0, 1e-12);
+  // A label never present has no AUROC: it leaves the mean instead of making it NaN.
+  auto none = truth.clone();
+  none.select(1, 2).zero_();
+  TaskSpec only{"tomorrow", TaskType::kMultilabel, "y", {"rain", "warm", "windy"}, 3, {"auroc"}};
+  EXPECT_NEAR(modalkit::host::compute_metrics(only, logits, none)["auroc"].get<double>(), (0.75 + 1.0) / 2.0, 1e-12);
+  TaskSpec acc{"tomorrow", TaskType::kMultilabel, "y", {"rain", "warm", "windy"}, 3, {"accuracy"}};
+  EXPECT_EQ(error_of([&] { modalkit::host::compute_metrics(acc, logits, truth); }),
+            "task tomorrow: metric accuracy does not apply to a multilabel task (use subset_accuracy, micro_f1, "
+            "macro_f1, auroc, auprc)");
 }
 
 TEST(Context, ArtifactsResolveAgainstThePipelineFile) {

@@ -329,8 +329,9 @@ TEST(Validation, CascadesAreFolded) {
   const auto reference = reference_validate(schema, doc);
   EXPECT_EQ(lines(ours), (std::vector<std::string>{
                              "/modalities/image/sha256: must match the pattern ^[0-9a-f]{64}$ (got \"abc\")",
-                             "/tasks/label/metrics/1: must be one of \"accuracy\", \"macro_f1\", \"auroc\", "
-                             "\"auprc\", \"mae\", \"pearson_r\" (got \"precision\")"}));
+                             "/tasks/label/metrics/1: must be one of \"accuracy\", \"subset_accuracy\", "
+                             "\"micro_f1\", \"macro_f1\", \"auroc\", \"auprc\", \"mae\", \"pearson_r\" "
+                             "(got \"precision\")"}));
   ASSERT_EQ(reference.size(), 2u) << format_errors(reference, "");
   EXPECT_EQ(reference[0].pointer, "/modalities/image/sha256");
   EXPECT_EQ(reference[1].pointer, "/tasks/label/metrics/1");
