@@ -83,6 +83,13 @@ bool metric_applies(const std::string& metric, const std::string& task_type) {
   return std::find(ok.begin(), ok.end(), metric) != ok.end();
 }
 
+std::string metric_mismatch(const std::string& metric, const std::string& task_type) {
+  if (metric_applies(metric, task_type)) return "";
+  const auto ok = metrics_for(task_type);
+  return "metric " + quoted(metric) + " does not apply to a " + task_type + " task (" +
+         (ok.empty() ? std::string("none does yet") : "use " + join_names(ok)) + ")";
+}
+
 std::vector<SchemaError> validate_pipeline(nlohmann::json& pipeline, const ManifestLookup& lookup,
                                            const std::vector<std::string>& known_plugins,
                                            const std::function<std::string(const std::string&)>& explain_unknown) {
@@ -91,6 +98,12 @@ std::vector<SchemaError> validate_pipeline(nlohmann::json& pipeline, const Manif
   if (!errors.empty()) return errors;  // components are only meaningful in a well-formed pipeline
 
   json doc = pipeline;  // work on a copy: `pipeline` changes only when everything is valid
+  // A task without metrics gets its type's first one (accuracy, subset_accuracy, mae), not the
+  // schema's multiclass default, which would be an error for the other types.
+  for (auto& [task, spec] : doc.at("tasks").items()) {
+    const auto fits = metrics_for(spec.at("type").get<std::string>());
+    if (!spec.contains("metrics") && !fits.empty()) spec["metrics"] = json::array({fits.front()});
+  }
   schema.fill_defaults(doc);  // gives every component a `config` object to validate
   for (auto& [modality, component] : doc.at("modalities").items()) {
     check_component(component, append_pointer("/modalities", modality), "modality", lookup, known_plugins,
@@ -104,10 +117,8 @@ std::vector<SchemaError> validate_pipeline(nlohmann::json& pipeline, const Manif
     const json& metrics = spec.at("metrics");
     for (std::size_t i = 0; i < metrics.size(); ++i) {
       const std::string metric = metrics[i].get<std::string>();
-      if (!metric_applies(metric, type)) {
-        errors.push_back({append_pointer("/tasks", task) + "/metrics/" + std::to_string(i),
-                          "metric " + quoted(metric) + " does not apply to a " + type + " task (use " +
-                              join_names(metrics_for(type)) + ")"});
+      if (const std::string why = metric_mismatch(metric, type); !why.empty()) {
+        errors.push_back({append_pointer("/tasks", task) + "/metrics/" + std::to_string(i), why});
       }
     }
   }

@@ -23,6 +23,8 @@ using ManifestLookup = std::function<const Manifest*(const std::string& name)>;
 std::vector<std::string> metrics_for(const std::string& task_type);
 /// Whether `metric` is in metrics_for(task_type).
 bool metric_applies(const std::string& metric, const std::string& task_type);
+/// Why `metric` does not apply to `task_type`, naming the ones that do; "" when it applies.
+std::string metric_mismatch(const std::string& metric, const std::string& task_type);
 
 /// Validates `pipeline` and returns every error (empty = valid):
 /// 1. its structure against the pipeline schema; only if that holds, for each component

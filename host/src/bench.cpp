@@ -5,6 +5,7 @@
 #include <chrono>
 #include <cstdlib>
 #include <fstream>
+#include <functional>
 #include <random>
 #include <sstream>
 
@@ -84,16 +85,19 @@ double process_seconds(const std::string& args, int n) {
 
 /// The smallest seconds per step over the epochs after the first (caches warm) of a metrics.jsonl
 /// or of modalkit-bench-bare's output (both one JSON object per epoch line).
-double best_seconds_per_step(const std::string& lines) {
+double best_seconds_per_step(const std::string& lines, const std::string& what) {
   std::istringstream in(lines);
   double best = 1e300;
   for (std::string line; std::getline(in, line);) {
     if (line.empty()) continue;
-    const nlohmann::json j = nlohmann::json::parse(line);
+    const nlohmann::json j = nlohmann::json::parse(line, nullptr, false);
+    if (j.is_discarded() || !j.contains("epoch") || !j.contains("seconds") || !j.contains("steps")) {
+      throw Error("bench: " + what + ": not an epoch line: " + line);
+    }
     if (j.at("epoch").get<int>() < 2) continue;
     best = std::min(best, j.at("seconds").get<double>() / j.at("steps").get<double>());
   }
-  if (best == 1e300) throw Error("bench: no epoch after the first was timed");
+  if (best == 1e300) throw Error("bench: " + what + ": no epoch after the first was timed");
   return best;
 }
 
@@ -101,7 +105,8 @@ double best_seconds_per_step(const std::string& lines) {
 /// encoder modalkit-bench-bare writes, trained by the host as `modalities.image.torchscript`
 /// (concat without modality embeddings, the standard linear head, supervised, Adam) on
 /// fashion-mnist-image's train split, and by modalkit-bench-bare on as many random images held in
-/// memory. Rounds alternate bare, host, bare; the best epoch after the first of each side counts.
+/// memory. Rounds alternate bare and host processes, as many of each; the best epoch after the
+/// first of each side counts.
 using recipes::run_tool;
 
 nlohmann::json train_step_bench(PluginRegistry& registry, const BenchOptions& options, const fs::path& scratch) {
@@ -114,6 +119,7 @@ nlohmann::json train_step_bench(PluginRegistry& registry, const BenchOptions& op
   if (pipeline_file.empty()) {
     return {{"skipped", "needs examples/pipelines/fashion-mnist-image.json among the pipelines (run from the source tree)"}};
   }
+  fs::remove_all(scratch);  // a crashed earlier bench with this pid may have left runs behind
   fs::create_directories(scratch);
   const fs::path module = scratch / "bench-encoder.pt";
   run_tool({bare.string(), "write-module", module.string()}, {}, "");
@@ -121,16 +127,19 @@ nlohmann::json train_step_bench(PluginRegistry& registry, const BenchOptions& op
   const std::vector<std::string> sets = {
       "modalities.image.torchscript=" + nlohmann::json{{"path", module.string()}, {"width", 64}, {"trainable", true}}.dump(),
       "d_model=64", "fusion.config={\"modality_embeddings\":false}", "train.epochs=" + std::to_string(epochs),
-      "train.max_steps=0", "train.early_stopping.patience=0", "train.grad_clip=0", "train.progress=\"lines\""};
+      "train.max_steps=0", "train.early_stopping.patience=0", "train.grad_clip=0", "train.progress=\"lines\"",
+      // The bare loop runs LibTorch's default (nondeterministic-allowed) kernels; so does the host here.
+      "train.deterministic=false"};
   const ResolvedPipeline p = load_pipeline(pipeline_file, sets, registry);  // validates before anything runs
   Dataset dataset = Dataset::open(p.dataset);
   const auto samples = dataset.samples(p.doc.at("data").at("splits").at("train")).size();
   const int64_t batch = p.doc.at("train").at("batch_size");
   const double lr = p.doc.at("train").at("optimizer").at("lr");
   const int threads = p.doc.at("train").at("threads");
+  const auto classes = dataset.labels(p.doc.at("tasks").at("label").at("target")).size();
   const std::vector<std::string> bare_args = {bare.string(), "run", module.string(), "--samples", std::to_string(samples),
-                                              "--batch", std::to_string(batch), "--classes", "10",
-                                              "--lr", std::to_string(lr), "--epochs", std::to_string(epochs),
+                                              "--batch", std::to_string(batch), "--classes", std::to_string(classes),
+                                              "--lr", nlohmann::json(lr).dump(), "--epochs", std::to_string(epochs),
                                               "--threads", std::to_string(threads)};
   // The host side is `modalkit train` in its own process, as users run it, so neither side
   // inherits this process's state (thread pools, allocator, the JIT's caches).
@@ -144,14 +153,15 @@ nlohmann::json train_step_bench(PluginRegistry& registry, const BenchOptions& op
   // on this project's 2-core VM a process lands in a fast or a slow regime (±30 %, whichever
   // program it is), so a single pair of processes would measure the regimes, not the host.
   const int rounds = options.min_seconds >= 1 ? 5 : 1;
-  double bare_s = best_seconds_per_step(run_tool(bare_args, {}, "")), host_s = 1e300;
+  double bare_s = 1e300, host_s = 1e300;
   for (int round = 0; round < rounds; ++round) {
+    bare_s = std::min(bare_s, best_seconds_per_step(run_tool(bare_args, {}, ""), "modalkit-bench-bare's output"));
     const fs::path run_dir = scratch / ("train-step-run-" + std::to_string(round));
     host_args[out_at] = run_dir.string();
     run_tool(host_args, {}, "");
     std::ifstream in(run_dir / "metrics.jsonl");
-    host_s = std::min(host_s, best_seconds_per_step(std::string(std::istreambuf_iterator<char>(in), {})));
-    bare_s = std::min(bare_s, best_seconds_per_step(run_tool(bare_args, {}, "")));
+    host_s = std::min(host_s, best_seconds_per_step(std::string(std::istreambuf_iterator<char>(in), {}),
+                                                    (run_dir / "metrics.jsonl").string()));
   }
   return {{"pipeline", p.doc.at("name")}, {"encoder", "TorchScript conv (modalkit-bench-bare write-module)"},
           {"samples", samples}, {"batch", batch}, {"threads", threads}, {"rounds", rounds}, {"epochs", epochs},
@@ -159,8 +169,9 @@ nlohmann::json train_step_bench(PluginRegistry& registry, const BenchOptions& op
 }
 
 /// (2) A plugin loaded dynamically against the same code linked statically (modalkit-bench-link,
-/// which links the image plugin's object files and loads the image plugin's library).
-nlohmann::json link_bench(PluginRegistry& registry, const BenchOptions& options) {
+/// which links the image plugin's object files and loads the image plugin's library), on
+/// `threads` LibTorch threads.
+nlohmann::json link_bench(PluginRegistry& registry, const BenchOptions& options, int threads) {
   const fs::path tool = bench_tool("modalkit-bench-link");
   if (tool.empty()) return {{"skipped", "modalkit-bench-link not found (set MODALKIT_BENCH_DIR)"}};
   const schema::Manifest* image = registry.find("image");
@@ -171,7 +182,7 @@ nlohmann::json link_bench(PluginRegistry& registry, const BenchOptions& options)
   std::vector<nlohmann::json> runs;
   for (int i = 0; i < processes; ++i) {
     runs.push_back(nlohmann::json::parse(run_tool({tool.string(), image->library_path().string(), "--threads",
-                                                   std::to_string(at::get_num_threads()), "--rounds",
+                                                   std::to_string(threads), "--rounds",
                                                    options.min_seconds >= 1 ? "5" : "2"}, {}, "")));
   }
   std::sort(runs.begin(), runs.end(), [](const nlohmann::json& a, const nlohmann::json& b) {
@@ -227,8 +238,18 @@ nlohmann::json runtime_bench(PluginRegistry& registry, const BenchOptions& optio
       fs::remove_all(p, ec);
     }
   } remove{scratch};
-  out["train_step"] = train_step_bench(registry, options, scratch);
-  out["dynamic_vs_static"] = link_bench(registry, options);
+  // A part that fails says why in its entry; the figures already measured are kept.
+  auto part = [](const std::function<nlohmann::json()>& fn) -> nlohmann::json {
+    try {
+      return fn();
+    } catch (const std::exception& e) {
+      return {{"skipped", e.what()}};
+    }
+  };
+  out["train_step"] = part([&] { return train_step_bench(registry, options, scratch); });
+  // The same LibTorch thread count as the train-step figure (the pipelines' default).
+  const int threads = out["train_step"].value("threads", 2);
+  out["dynamic_vs_static"] = part([&] { return link_bench(registry, options, threads); });
   return out;
 }
 

@@ -147,9 +147,9 @@ class Walker {
         const TaskType as = type == "label" ? TaskType::kMulticlass
                             : type == "label_set" ? TaskType::kMultilabel
                                                   : TaskType::kRegression;
-        TaskSpec as_target{field, as, field,
-                           type == "label" || type == "label_set" ? dataset_.labels(field) : std::vector<std::string>{},
-                           1, {}};
+        const std::vector<std::string> names =
+            type == "label" || type == "label_set" ? dataset_.labels(field) : std::vector<std::string>{};
+        TaskSpec as_target{field, as, field, names, std::max<int64_t>(1, static_cast<int64_t>(names.size())), {}};
         // Errors are listed in file order, whichever thread found them.
         std::vector<std::string> failures(samples->size());
         parallel_for(samples->size(), options_.threads, [&](size_t i) {

@@ -122,6 +122,11 @@ nlohmann::json HeldOutProtocol::evaluate(TransferStrategy& model, BatchSource& d
       throw PluginError(model.plugin_name(), "predict() for task " + task + " gave outputs " + c10::str(o.sizes()) +
                                                  ", expected [N, " + std::to_string(k) + "] (one logit per label)");
     }
+    if ((spec.type == TaskType::kBinary || spec.type == TaskType::kRegression) && o.dim() != 1) {
+      // [N, 1] against targets [N] would broadcast to [N, N] in the metrics: a wrong number, silently.
+      throw PluginError(model.plugin_name(), "predict() for task " + task + " gave outputs " + c10::str(o.sizes()) +
+                                                 ", expected [N] (one value per sample)");
+    }
     out["tasks"][task] = compute_metrics(spec, o, y);
     if (spec.type == TaskType::kMulticlass || spec.type == TaskType::kBinary) {
       // Rows: true class; columns: predicted class (for reports).

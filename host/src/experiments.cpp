@@ -217,9 +217,10 @@ std::string run_experiment(const fs::path& file, PluginRegistry& registry, const
         run.seed = seed;
         run.pipeline_file = base / exp["rows"][r].at("pipeline").get<std::string>();
         add_sets(run.sets, exp.at("set"));
-        if (options.quick) add_sets(run.sets, quick.at("set"));
         add_sets(run.sets, exp["settings"][s].at("set"));
         add_sets(run.sets, exp["rows"][r].at("set"));
+        // --quick's budget is for the embedded set: it has the last word over every setting.
+        if (options.quick) add_sets(run.sets, quick.at("set"));
         run.sets.push_back("data.dataset=" + json(dataset.string()).dump());
         run.sets.push_back("seed=" + std::to_string(seed));
         run.dir = out / slug(exp["rows"][r].at("name")) / slug(exp["settings"][s].at("name")) / ("seed-" + std::to_string(seed));
@@ -331,7 +332,7 @@ std::string run_experiment(const fs::path& file, PluginRegistry& registry, const
     return std::pair<double, json>{res.at("tasks").at(task).at(metric).get<double>(), res};
   };
   // Differences in percentage points for rates; in the metric's own units otherwise.
-  const bool rate = metric == "accuracy" || metric == "macro_f1" || metric == "auroc" || metric == "auprc";
+  const bool rate = metric != "mae" && metric != "pearson_r";  // every other metric is a fraction in [0, 1]
   const double scale = rate ? 100.0 : 1.0;
   std::ostringstream t;
   t << "### " << name << (options.quick ? " (--quick: embedded data, not a result)" : "") << "\n\n";

@@ -52,8 +52,8 @@ std::vector<double> read_label_set(const Sample& sample, const TaskSpec& task) {
   }
   const nlohmann::json& v = *it;
   if (!v.is_array()) {
-    throw DataError(sample.origin, "target \"" + task.target + "\" of multilabel task " + task.name +
-                                       " must be an array of label names or indices (empty for none), found " + v.dump());
+    throw DataError(sample.origin, "label_set field \"" + task.target +
+                                       "\" must be an array of label names or indices (empty for none), found " + v.dump());
   }
   std::vector<double> hot(task.labels.size(), 0.0);
   for (const auto& e : v) {
@@ -73,7 +73,8 @@ std::vector<double> read_label_set(const Sample& sample, const TaskSpec& task) {
       throw DataError(sample.origin, "target \"" + task.target + "\" holds " + e.dump() + ", expected a label name or index");
     }
     if (hot[static_cast<size_t>(k)] != 0) {
-      throw DataError(sample.origin, "label " + e.dump() + " appears twice in field \"" + task.target + "\"");
+      throw DataError(sample.origin, "label \"" + task.labels[static_cast<size_t>(k)] + "\" appears twice in field \"" +
+                                         task.target + "\"");
     }
     hot[static_cast<size_t>(k)] = 1.0;
   }

@@ -63,7 +63,8 @@ const char* kUsageText =
     "  export [PIPELINE.json] --run DIR [--out FILE]\n"
     "                                     the run's weights as safetensors (names as registered)\n"
     "  bench [PIPELINE.json]... [--json] [--min-seconds S]\n"
-    "                                     loader throughput (1 vs 2 threads), cached-epoch speed-up\n"
+    "                                     loader throughput (1 vs 2 threads), cached-epoch speed-up,\n"
+    "                                     train step vs a bare LibTorch loop, dynamic vs static plugin\n"
     "\n"
     "plugins are searched in --plugin-path, then MODALKIT_PLUGIN_PATH, then the install dir.\n"
     "exit codes: 0 ok, 1 run failure, 2 usage or validation error, 130 interrupted\n";

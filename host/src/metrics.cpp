@@ -14,6 +14,9 @@ namespace modalkit::host {
 
 namespace {
 
+/// F1 from counts; 0 when there is no true positive (also the 0/0 case: nothing predicted or true).
+double f1(double tp, double fp, double fn) { return tp == 0 ? 0.0 : 2 * tp / (2 * tp + fp + fn); }
+
 double macro_f1(const std::vector<int64_t>& pred, const std::vector<int64_t>& truth, int64_t classes) {
   double sum = 0.0;
   for (int64_t c = 0; c < classes; ++c) {
@@ -23,7 +26,7 @@ double macro_f1(const std::vector<int64_t>& pred, const std::vector<int64_t>& tr
       fp += (pred[i] == c && truth[i] != c);
       fn += (pred[i] != c && truth[i] == c);
     }
-    sum += (tp == 0) ? 0.0 : 2 * tp / (2 * tp + fp + fn);
+    sum += f1(tp, fp, fn);
   }
   return sum / static_cast<double>(classes);
 }
@@ -85,13 +88,14 @@ namespace {
 /// Multilabel metrics from logits `[N,K]` and 0/1 targets `[N,K]`; a label is predicted where
 /// its logit is positive (probability > 0.5). Per-label figures are averaged over the labels
 /// (macro); a label whose column is all 0 or all 1 has no AUROC and is left out of that mean.
-double multilabel_metric(const std::string& name, const at::Tensor& outputs, const at::Tensor& targets) {
-  const at::Tensor y = targets.to(at::kLong), pred = (outputs > 0).to(at::kLong);
+double multilabel_metric(const TaskSpec& task, const std::string& name, const at::Tensor& outputs,
+                         const at::Tensor& targets) {
+  const at::Tensor y = targets.to(at::kLong), pred = predicted_classes(task, outputs);
   if (name == "subset_accuracy") return pred.eq(y).all(1).to(at::kDouble).mean().item<double>();
   if (name == "micro_f1") {
     const double tp = (pred * y).sum().item<double>(), fp = (pred * (1 - y)).sum().item<double>(),
                  fn = ((1 - pred) * y).sum().item<double>();
-    return tp == 0 ? 0.0 : 2 * tp / (2 * tp + fp + fn);
+    return f1(tp, fp, fn);
   }
   const int64_t k = outputs.size(1);
   double sum = 0, counted = 0;
@@ -101,25 +105,19 @@ double multilabel_metric(const std::string& name, const at::Tensor& outputs, con
       const at::Tensor p = pred.select(1, c), t = y.select(1, c);
       const double tp = (p * t).sum().item<double>(), fp = (p * (1 - t)).sum().item<double>(),
                    fn = ((1 - p) * t).sum().item<double>();
-      v = tp == 0 ? 0.0 : 2 * tp / (2 * tp + fp + fn);
-    } else {
+      v = f1(tp, fp, fn);
+    } else if (name == "auroc" || name == "auprc") {
       const auto score = to_vector<double>(outputs.select(1, c).to(at::kDouble));
       const auto truth = to_vector<int64_t>(y.select(1, c));
       v = name == "auroc" ? auroc(score, truth) : average_precision(score, truth);
+    } else {
+      throw Error("task " + task.name + ": unknown multilabel metric " + name);
     }
     if (std::isnan(v)) continue;
     sum += v;
     counted += 1;
   }
   return counted == 0 ? std::nan("") : sum / counted;
-}
-
-/// Why `name` does not apply to tasks of `type`, or "": the table validate uses (schema layer).
-std::string metric_mismatch(TaskType type, const std::string& name) {
-  if (schema::metric_applies(name, to_string(type))) return "";
-  const auto fits = schema::metrics_for(to_string(type));
-  return "metric " + name + " does not apply to a " + to_string(type) + " task (" +
-         (fits.empty() ? std::string("none does") : "use " + schema::join_names(fits)) + ")";
 }
 
 }  // namespace
@@ -129,7 +127,7 @@ nlohmann::json compute_metrics(const TaskSpec& task, const at::Tensor& outputs_i
   const at::Tensor targets = targets_in.detach().to(at::kCPU);
   nlohmann::json out = nlohmann::json::object();
   for (const auto& name : task.metrics) {
-    if (const std::string why = metric_mismatch(task.type, name); !why.empty()) {
+    if (const std::string why = schema::metric_mismatch(name, to_string(task.type)); !why.empty()) {
       throw Error("task " + task.name + ": " + why);
     }
     if (task.type == TaskType::kMultilabel) {
@@ -137,7 +135,7 @@ nlohmann::json compute_metrics(const TaskSpec& task, const at::Tensor& outputs_i
         throw Error("task " + task.name + ": multilabel outputs " + c10::str(outputs.sizes()) + " and targets " +
                     c10::str(targets.sizes()) + " must both be [N, labels]");
       }
-      out[name] = multilabel_metric(name, outputs, targets);
+      out[name] = multilabel_metric(task, name, outputs, targets);
       continue;
     }
     if (name == "accuracy") {

@@ -4,6 +4,7 @@
 #include <zlib.h>
 
 #include <cmath>
+#include <cstdio>
 #include <fstream>
 #include <memory>
 
@@ -186,10 +187,26 @@ fs::path seattle_weather(const Context& ctx) {
     }
     return v;
   };
-  // The last day has no next day, so it is left out.
+  // Days since 1970-01-01 of a YYYY-MM-DD cell (the civil-from-days inverse, Howard Hinnant's).
+  auto day_number = [&](const std::string& ymd, size_t line) {
+    int y = 0, m = 0, d = 0;
+    if (std::sscanf(ymd.c_str(), "%d-%d-%d", &y, &m, &d) != 3) {
+      throw DataError(src.path.string() + ":" + std::to_string(line + 2), "date is not YYYY-MM-DD: " + ymd);
+    }
+    y -= m <= 2;
+    const int era = (y >= 0 ? y : y - 399) / 400;
+    const int yoe = y - era * 400, doy = (153 * (m + (m > 2 ? -3 : 9)) + 2) / 5 + d - 1;
+    return era * 146097 + yoe * 365 + yoe / 4 - yoe / 100 + doy - 719468;
+  };
+  // The last day has no next day, so it is left out. 2013-12-31's target is 2014-01-01, a
+  // validation day: one day's weather seen across the split boundary, as in any forecast.
   for (size_t r = 0; r + 1 < csv.rows.size(); ++r) {
     const auto& row = csv.rows[r];
     const auto& next = csv.rows[r + 1];
+    if (day_number(next[date], r + 1) != day_number(row[date], r) + 1) {
+      throw DataError(src.path.string() + ":" + std::to_string(r + 3),
+                      "expected the day after " + row[date] + ", found " + next[date] + " (next_day needs consecutive days)");
+    }
     std::vector<std::string> cells;
     for (size_t c : cols) cells.push_back(row[c]);
     const std::string year = row[date].substr(0, 4);

@@ -135,12 +135,11 @@ TEST(Loader, LabelSetsBecomeOneZeroPerLabel) {
   EXPECT_EQ(modalkit::host::read_label_set({{{"y", nlohmann::json::array()}}, "f:2"}, t), (V{0, 0, 0}));
   EXPECT_EQ(modalkit::host::read_label_set({{{"y", {1}}}, "f:3"}, t), (V{0, 1, 0}));
   EXPECT_EQ(error_of([&] { modalkit::host::read_label_set({{{"y", "rain"}}, "f:4"}, t); }),
-            "f:4: target \"y\" of multilabel task tomorrow must be an array of label names or indices (empty for none), "
-            "found \"rain\"");
+            "f:4: label_set field \"y\" must be an array of label names or indices (empty for none), found \"rain\"");
   EXPECT_EQ(error_of([&] { modalkit::host::read_label_set({{{"y", {"snow"}}}, "f:5"}, t); }),
             "f:5: label \"snow\" of field \"y\" is not in the data set's label set");
   EXPECT_EQ(error_of([&] { modalkit::host::read_label_set({{{"y", {"rain", 0}}}, "f:6"}, t); }),
-            "f:6: label 0 appears twice in field \"y\"");
+            "f:6: label \"rain\" appears twice in field \"y\"");
   EXPECT_NE(error_of([&] { modalkit::host::read_label_set({{{"y", {3}}}, "f:7"}, t); }).find("outside the label set"),
             std::string::npos);
   EXPECT_NE(error_of([&] { modalkit::host::read_target({{{"y", {0}}}, "f:8"}, t); }).find("read_label_set"),
@@ -301,10 +300,10 @@ TEST(Metrics, AgreeWithHandComputedValues) {
   EXPECT_NEAR(mr["pearson_r"].get<double>(), 1.0, 1e-12);
   TaskSpec wrong{"v", TaskType::kRegression, "y", {}, 1, {"accuracy"}};
   EXPECT_EQ(error_of([&] { modalkit::host::compute_metrics(wrong, torch::zeros({3}), torch::zeros({3})); }),
-            "task v: metric accuracy does not apply to a regression task (use mae, pearson_r)");
+            "task v: metric \"accuracy\" does not apply to a regression task (use mae, pearson_r)");
   TaskSpec ranked{"label", TaskType::kMulticlass, "y", {"a", "b", "c"}, 3, {"auroc"}};
   EXPECT_EQ(error_of([&] { modalkit::host::compute_metrics(ranked, logits, truth); }),
-            "task label: metric auroc does not apply to a multiclass task (use accuracy, macro_f1)");
+            "task label: metric \"auroc\" does not apply to a multiclass task (use accuracy, macro_f1)");
 }
 
 TEST(Metrics, MultilabelAgreesWithHandComputedValues) {
@@ -336,7 +335,7 @@ TEST(Metrics, MultilabelAgreesWithHandComputedValues) {
   EXPECT_NEAR(modalkit::host::compute_metrics(only, logits, none)["auroc"].get<double>(), (0.75 + 1.0) / 2.0, 1e-12);
   TaskSpec acc{"tomorrow", TaskType::kMultilabel, "y", {"rain", "warm", "windy"}, 3, {"accuracy"}};
   EXPECT_EQ(error_of([&] { modalkit::host::compute_metrics(acc, logits, truth); }),
-            "task tomorrow: metric accuracy does not apply to a multilabel task (use subset_accuracy, micro_f1, "
+            "task tomorrow: metric \"accuracy\" does not apply to a multilabel task (use subset_accuracy, micro_f1, "
             "macro_f1, auroc, auprc)");
 }
 
