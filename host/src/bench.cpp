@@ -31,6 +31,19 @@ using Clock = std::chrono::steady_clock;
 
 double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
 
+/// A scratch directory: emptied when made (a crashed earlier bench with the same pid may have
+/// left runs there) and removed however the bench ends.
+struct ScratchDir {
+  fs::path path;
+  explicit ScratchDir(fs::path p) : path(std::move(p)) { fs::remove_all(path); }
+  ~ScratchDir() {
+    std::error_code ec;
+    fs::remove_all(path, ec);
+  }
+  ScratchDir(const ScratchDir&) = delete;
+  ScratchDir& operator=(const ScratchDir&) = delete;
+};
+
 /// Runs `fn` until `min_seconds` have passed (at least twice); returns the mean seconds per run.
 template <class F>
 double time_per_run(double min_seconds, F&& fn) {
@@ -119,7 +132,6 @@ nlohmann::json train_step_bench(PluginRegistry& registry, const BenchOptions& op
   if (pipeline_file.empty()) {
     return {{"skipped", "needs examples/pipelines/fashion-mnist-image.json among the pipelines (run from the source tree)"}};
   }
-  fs::remove_all(scratch);  // a crashed earlier bench with this pid may have left runs behind
   fs::create_directories(scratch);
   const fs::path module = scratch / "bench-encoder.pt";
   run_tool({bare.string(), "write-module", module.string()}, {}, "");
@@ -148,7 +160,7 @@ nlohmann::json train_step_bench(PluginRegistry& registry, const BenchOptions& op
   host_args.insert(host_args.end(), {"train", pipeline_file.string(), "--out", ""});
   for (const auto& set : sets) host_args.insert(host_args.end(), {"--set", set});
   const size_t out_at = host_args.size() - 2 * sets.size() - 1;
-  // Alternating processes (bare, host, bare, ..., bare): a burst of other load on a shared
+  // Alternating processes (bare, host, bare, host, ...): a burst of other load on a shared
   // machine then spoils one round of one side, not the ratio. The best epoch of each side counts:
   // on this project's 2-core VM a process lands in a fast or a slow regime (±30 %, whichever
   // program it is), so a single pair of processes would measure the regimes, not the host.
@@ -201,25 +213,19 @@ nlohmann::json runtime_bench(PluginRegistry& registry, const BenchOptions& optio
   // (3) Loader wait as a fraction of step time after the first epoch: a short training run of
   // the first pipeline; the trainer times cutting each batch against the whole epoch.
   const std::filesystem::path pipeline = options.pipelines.front();
-  const std::filesystem::path dir =
-      std::filesystem::temp_directory_path() / ("modalkit-bench-runtime-" + std::to_string(::getpid()));
-  std::filesystem::remove_all(dir);
-  try {
+  const ScratchDir dir(fs::temp_directory_path() / ("modalkit-bench-runtime-" + std::to_string(::getpid())));
+  {
     TrainOptions t;
-    t.out = dir;
+    t.out = dir.path;
     const ResolvedPipeline p = load_pipeline(pipeline, {"train.epochs=2", "train.max_steps=0", "train.early_stopping.patience=0", "train.progress=\"lines\""}, registry);
     train(p, registry, t);
-    std::ifstream in(dir / "metrics.jsonl");
+    std::ifstream in(dir.path / "metrics.jsonl");
     nlohmann::json last;
     for (std::string line; std::getline(in, line);) last = nlohmann::json::parse(line);
     out["loader_wait"] = {{"pipeline", p.doc.at("name")}, {"epoch", last.at("epoch")},
                           {"fraction_of_step_time", last.at("loader_wait_fraction")},
                           {"samples_per_s", last.at("samples_per_s")}};
-  } catch (...) {
-    std::filesystem::remove_all(dir);
-    throw;
   }
-  std::filesystem::remove_all(dir);
   // (4) `plugins list` wall time (manifests only), against `--version` (process start, LibTorch
   // loaded, no plugin discovery) as the baseline.
   std::string paths;  // the same plugin directories this process searches
@@ -229,15 +235,8 @@ nlohmann::json runtime_bench(PluginRegistry& registry, const BenchOptions& optio
   out["plugins_list"]["seconds"] = list;
   out["plugins_list"]["baseline_version_seconds"] = version;
   out["plugins_list"]["ratio"] = list / version;
-  // (1) and (2): each in its own scratch directory, removed however the run ends.
-  const fs::path scratch = dir.string() + "-step";
-  struct Remove {
-    fs::path p;
-    ~Remove() {
-      std::error_code ec;
-      fs::remove_all(p, ec);
-    }
-  } remove{scratch};
+  // (1) and (2): in a scratch directory of their own.
+  const ScratchDir scratch(dir.path.string() + "-step");
   // A part that fails says why in its entry; the figures already measured are kept.
   auto part = [](const std::function<nlohmann::json()>& fn) -> nlohmann::json {
     try {
@@ -246,7 +245,7 @@ nlohmann::json runtime_bench(PluginRegistry& registry, const BenchOptions& optio
       return {{"skipped", e.what()}};
     }
   };
-  out["train_step"] = part([&] { return train_step_bench(registry, options, scratch); });
+  out["train_step"] = part([&] { return train_step_bench(registry, options, scratch.path); });
   // The same LibTorch thread count as the train-step figure (the pipelines' default).
   const int threads = out["train_step"].value("threads", 2);
   out["dynamic_vs_static"] = part([&] { return link_bench(registry, options, threads); });
@@ -260,17 +259,13 @@ nlohmann::json run_bench(PluginRegistry& registry, const BenchOptions& options) 
   }
   // Loader threads are what is measured: LibTorch's own (intra-op) threads stay at one so they
   // do not compete with them (featurize calls torch ops, e.g. the audio plugin's STFT).
-  const fs::path scratch = fs::temp_directory_path() / ("modalkit-bench-" + std::to_string(::getpid()));
-  // Restores the thread count and removes the scratch directory however the run ends.
+  const ScratchDir scratch_dir(fs::temp_directory_path() / ("modalkit-bench-" + std::to_string(::getpid())));
+  const fs::path& scratch = scratch_dir.path;
+  // Restores the thread count however the run ends.
   struct Restore {
     int intra_op;
-    fs::path scratch;
-    ~Restore() {
-      at::set_num_threads(intra_op);
-      std::error_code ec;
-      fs::remove_all(scratch, ec);
-    }
-  } restore{at::get_num_threads(), scratch};
+    ~Restore() { at::set_num_threads(intra_op); }
+  } restore{at::get_num_threads()};
   at::set_num_threads(1);
   nlohmann::json out = {{"blas", active_blas()},
                         {"hardware_threads", std::thread::hardware_concurrency()},

@@ -642,17 +642,18 @@ int64_t predict(const ResolvedPipeline& pipeline, PluginRegistry& registry, cons
           for (size_t c = 0; c < spec.labels.size(); ++c) probs[spec.labels[c]] = prob[static_cast<int64_t>(c)].item<double>();
           line[task] = {{"label", spec.labels.at(static_cast<size_t>(prob.argmax().item<int64_t>()))}, {"probabilities", probs}};
         } else if (spec.type == TaskType::kMultilabel) {
-          const at::Tensor prob = o.sigmoid();
+          // The set is what the metrics score: predicted_classes, not a second threshold here.
+          const at::Tensor prob = o.sigmoid(), chosen = predicted_classes(spec, o);
           nlohmann::json probs = nlohmann::json::object(), set = nlohmann::json::array();
           for (size_t c = 0; c < spec.labels.size(); ++c) {
-            const double pc = prob[static_cast<int64_t>(c)].item<double>();
-            probs[spec.labels[c]] = pc;
-            if (pc > 0.5) set.push_back(spec.labels[c]);
+            probs[spec.labels[c]] = prob[static_cast<int64_t>(c)].item<double>();
+            if (chosen[static_cast<int64_t>(c)].item<int64_t>() != 0) set.push_back(spec.labels[c]);
           }
           line[task] = {{"labels", set}, {"probabilities", probs}};
         } else if (spec.type == TaskType::kBinary) {
           const double p1 = 1.0 / (1.0 + std::exp(-o.reshape({-1})[0].item<double>()));
-          line[task] = {{"label", spec.labels.at(p1 > 0.5 ? 1 : 0)}, {"probability", {{spec.labels.at(1), p1}}}};
+          const int64_t chosen = predicted_classes(spec, o.reshape({-1})[0]).item<int64_t>();
+          line[task] = {{"label", spec.labels.at(static_cast<size_t>(chosen))}, {"probability", {{spec.labels.at(1), p1}}}};
         } else {
           line[task] = {{"value", o.reshape({-1})[0].item<double>()}};
         }

@@ -45,33 +45,49 @@ void parallel_for(size_t n, int threads, const std::function<void(size_t)>& fn) 
   if (failure) std::rethrow_exception(failure);
 }
 
-std::vector<double> read_label_set(const Sample& sample, const TaskSpec& task) {
+namespace {
+
+/// The sample's value of `task`'s target field; a DataError naming the sample when it has none.
+const nlohmann::json& target_value(const Sample& sample, const TaskSpec& task) {
   auto it = sample.fields.find(task.target);
   if (it == sample.fields.end()) {
     throw DataError(sample.origin, "missing target field \"" + task.target + "\" of task " + task.name);
   }
-  const nlohmann::json& v = *it;
+  return *it;
+}
+
+/// The index in `task`'s label set of `v`, a label name or index; -1 when `v` is neither. A
+/// DataError naming the sample for an unknown name or an index outside the set.
+int64_t label_index(const nlohmann::json& v, const Sample& sample, const TaskSpec& task) {
+  if (v.is_string()) {
+    auto pos = std::find(task.labels.begin(), task.labels.end(), v.get<std::string>());
+    if (pos == task.labels.end()) {
+      throw DataError(sample.origin, "label " + v.dump() + " of field \"" + task.target + "\" is not in the data set's label set");
+    }
+    return pos - task.labels.begin();
+  }
+  if (v.is_number_integer()) {
+    const int64_t k = v.get<int64_t>();
+    if (k < 0 || k >= static_cast<int64_t>(task.labels.size())) {
+      throw DataError(sample.origin, "label index " + std::to_string(k) + " of field \"" + task.target + "\" is outside the label set");
+    }
+    return k;
+  }
+  return -1;
+}
+
+}  // namespace
+
+std::vector<double> read_label_set(const Sample& sample, const TaskSpec& task) {
+  const nlohmann::json& v = target_value(sample, task);
   if (!v.is_array()) {
     throw DataError(sample.origin, "label_set field \"" + task.target +
                                        "\" must be an array of label names or indices (empty for none), found " + v.dump());
   }
   std::vector<double> hot(task.labels.size(), 0.0);
   for (const auto& e : v) {
-    int64_t k = -1;
-    if (e.is_string()) {
-      auto pos = std::find(task.labels.begin(), task.labels.end(), e.get<std::string>());
-      if (pos == task.labels.end()) {
-        throw DataError(sample.origin, "label " + e.dump() + " of field \"" + task.target + "\" is not in the data set's label set");
-      }
-      k = pos - task.labels.begin();
-    } else if (e.is_number_integer()) {
-      k = e.get<int64_t>();
-      if (k < 0 || k >= static_cast<int64_t>(hot.size())) {
-        throw DataError(sample.origin, "label index " + std::to_string(k) + " of field \"" + task.target + "\" is outside the label set");
-      }
-    } else {
-      throw DataError(sample.origin, "target \"" + task.target + "\" holds " + e.dump() + ", expected a label name or index");
-    }
+    const int64_t k = label_index(e, sample, task);
+    if (k < 0) throw DataError(sample.origin, "target \"" + task.target + "\" holds " + e.dump() + ", expected a label name or index");
     if (hot[static_cast<size_t>(k)] != 0) {
       throw DataError(sample.origin, "label \"" + task.labels[static_cast<size_t>(k)] + "\" appears twice in field \"" +
                                          task.target + "\"");
@@ -85,30 +101,11 @@ double read_target(const Sample& sample, const TaskSpec& task) {
   if (task.type == TaskType::kMultilabel) {
     throw Error("task " + task.name + ": a multilabel target is a label set (read_label_set), not one number");
   }
-  auto it = sample.fields.find(task.target);
-  if (it == sample.fields.end()) {
-    throw DataError(sample.origin, "missing target field \"" + task.target + "\" of task " + task.name);
-  }
-  const nlohmann::json& v = *it;
+  const nlohmann::json& v = target_value(sample, task);
   if (task.type == TaskType::kMulticlass || task.type == TaskType::kBinary) {
-    if (v.is_string()) {
-      const auto& labels = task.labels;
-      auto pos = std::find(labels.begin(), labels.end(), v.get<std::string>());
-      if (pos == labels.end()) {
-        throw DataError(sample.origin, "label " + v.dump() + " of field \"" + task.target +
-                                           "\" is not in the data set's label set");
-      }
-      return static_cast<double>(pos - labels.begin());
-    }
-    if (v.is_number_integer()) {
-      const int64_t k = v.get<int64_t>();
-      if (k < 0 || k >= task.num_outputs + (task.type == TaskType::kBinary ? 1 : 0)) {
-        throw DataError(sample.origin, "label index " + std::to_string(k) + " of field \"" + task.target +
-                                           "\" is outside the label set");
-      }
-      return static_cast<double>(k);
-    }
-    throw DataError(sample.origin, "target \"" + task.target + "\" must be a label name or index, found " + v.dump());
+    const int64_t k = label_index(v, sample, task);
+    if (k < 0) throw DataError(sample.origin, "target \"" + task.target + "\" must be a label name or index, found " + v.dump());
+    return static_cast<double>(k);
   }
   if (!v.is_number()) {
     throw DataError(sample.origin, "target \"" + task.target + "\" must be a number, found " + v.dump());

@@ -9,6 +9,7 @@
 #include <cmath>
 #include <cstdio>
 #include <fstream>
+#include <functional>
 #include <random>
 #include <regex>
 #include <csignal>
@@ -73,6 +74,26 @@ fs::path pipeline_variant(const std::string& name, const std::function<void(json
 }
 
 bool has(const std::string& text, const std::string& part) { return text.find(part) != std::string::npos; }
+
+/// An embedded data set's test split (its first `limit` samples; all when 0) as predict input,
+/// written to a scratch file: each sample reduced to `fields`, their paths made absolute (no
+/// targets: predict needs none). `each`, when given, sees every sample as the data set has it,
+/// to collect the truth.
+fs::path predict_input(const fs::path& data, const std::vector<std::string>& fields, size_t limit = 0,
+                       const std::function<void(const json&)>& each = {}) {
+  const fs::path input = fs::current_path() / ("predict-input-" + std::to_string(::getpid()) + ".jsonl");
+  std::ifstream in(data / "test.jsonl");
+  std::ofstream out(input);
+  std::string line;
+  for (size_t k = 0; (limit == 0 || k < limit) && std::getline(in, line); ++k) {
+    const json s = json::parse(line);
+    if (each) each(s);
+    json reduced = json::object();
+    for (const auto& f : fields) reduced[f] = (data / s[f].get<std::string>()).string();
+    out << reduced.dump() << "\n";
+  }
+  return input;
+}
 
 /// The standard output of a shell command.
 std::string capture(const std::string& cmd) {
@@ -548,18 +569,7 @@ TEST(Cli, TabularAndAudioPipelinesTrainAndEvalRestoresTheirFittedState) {
 TEST(Cli, EveryFusionPluginTrainsEvaluatesAndHandlesAMissingModality) {
   const std::string pipeline = source("examples/pipelines/av-fashion-fusion.json").string();
   // Five test pairs as predict input, paths made absolute.
-  const fs::path data = source("data/embedded/av-fashion");
-  const fs::path input = fs::current_path() / ("fusion-input-" + std::to_string(::getpid()) + ".jsonl");
-  {
-    std::ifstream in(data / "test.jsonl");
-    std::ofstream out(input);
-    std::string line;
-    for (int k = 0; k < 5 && std::getline(in, line); ++k) {
-      const json sample = json::parse(line);
-      out << json{{"image", (data / sample["image"].get<std::string>()).string()},
-                  {"audio", (data / sample["audio"].get<std::string>()).string()}}.dump() << "\n";
-    }
-  }
+  const fs::path input = predict_input(source("data/embedded/av-fashion"), {"image", "audio"}, 5);
   for (const std::string fusion : {"concat", "late", "tensor", "lowrank", "cross_attention", "gated"}) {
     const fs::path run = fs::current_path() / ("run-fusion-" + fusion + "-" + std::to_string(::getpid()));
     fs::remove_all(run);
@@ -799,18 +809,10 @@ TEST(Cli, MultilabelTrainsEvaluatesAndPredictsLabelSets) {
   const std::string pipeline = source("examples/pipelines/seattle-weather-next-day.json").string();
   auto r = modalkit("train '" + pipeline + "' --out '" + run.string() + "' --set train.epochs=5");
   ASSERT_EQ(r.rc, 0) << r.err;
-  const fs::path data = source("data/embedded/seattle-weather");
-  const fs::path input = fs::current_path() / ("multilabel-input-" + std::to_string(::getpid()) + ".jsonl");
   std::vector<std::set<std::string>> truth;
-  {
-    std::ifstream in(data / "test.jsonl");
-    std::ofstream out(input);
-    for (std::string line; std::getline(in, line);) {
-      json s = json::parse(line);
-      truth.emplace_back(s["next_day"].begin(), s["next_day"].end());
-      out << json{{"features", (data / s["features"].get<std::string>()).string()}}.dump() << "\n";
-    }
-  }
+  const fs::path input = predict_input(source("data/embedded/seattle-weather"), {"features"}, 0, [&](const json& s) {
+    truth.emplace_back(s["next_day"].begin(), s["next_day"].end());
+  });
   auto p = modalkit("predict --run '" + run.string() + "' --input '" + input.string() + "'");
   ASSERT_EQ(p.rc, 0) << p.err;
   std::istringstream lines(p.out);
@@ -877,17 +879,8 @@ TEST(Cli, PredictAgreesWithEvalAndNamesBadInput) {
   ASSERT_EQ(r.rc, 0) << r.err;
   // The test split as user input: paths made absolute, labels removed (predict needs none).
   const fs::path data = source("data/embedded/fashion-mnist");
-  const fs::path input = fs::current_path() / ("predict-input-" + std::to_string(::getpid()) + ".jsonl");
   std::vector<std::string> truth;
-  {
-    std::ifstream in(data / "test.jsonl");
-    std::ofstream out(input);
-    for (std::string line; std::getline(in, line);) {
-      json s = json::parse(line);
-      truth.push_back(s["label"]);
-      out << json{{"image", (data / s["image"].get<std::string>()).string()}}.dump() << "\n";
-    }
-  }
+  const fs::path input = predict_input(data, {"image"}, 0, [&](const json& s) { truth.push_back(s["label"]); });
   auto p = modalkit("predict --run '" + run.string() + "' --input '" + input.string() + "'");
   ASSERT_EQ(p.rc, 0) << p.err;
   std::istringstream lines(p.out);
