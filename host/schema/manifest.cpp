@@ -45,6 +45,7 @@ Manifest parse_manifest(const nlohmann::json& doc, const std::filesystem::path& 
   m.config_schema = filled.at("config_schema");
   m.output = filled.value("output", nlohmann::json());
   m.artifacts = filled.at("artifacts");
+  m.produces = filled.at("produces");
   if (filled.contains("field_types")) m.field_types = filled.at("field_types").get<std::vector<std::string>>();
   m.raw = doc;
   m.file = origin;

@@ -17,7 +17,7 @@ namespace modalkit::schema {
 /// A validated manifest, with the plugin schema's defaults filled in.
 struct Manifest {
   std::string name;         ///< plugin name, `^[a-z][a-z0-9_]*$`
-  std::string kind;         ///< "modality", "fusion", "transfer", "evaluation" or "language_model"
+  std::string kind;         ///< "modality", "fusion", "transfer", "evaluation", "language_model" or "stream"
   std::string version;      ///< the plugin's semantic version
   std::string library;      ///< file name of the library, in the manifest's directory
   std::string description;  ///< one paragraph for `plugins list`
@@ -26,6 +26,7 @@ struct Manifest {
   nlohmann::json config_schema;  ///< draft-07 schema of the component's `config` (default `{"type":"object"}`)
   nlohmann::json output;         ///< `{kind, width}`, or null when the manifest does not say
   nlohmann::json artifacts;      ///< array of `{name, type, required}` (default `[]`)
+  nlohmann::json produces;       ///< array of `{name, type, file, description}` written to the run directory (default `[]`)
   /// Modality plugins: the data set field types the plugin reads (empty: not declared).
   std::vector<std::string> field_types;
   /// The manifest exactly as written (no defaults), so it can be compared with the copy

@@ -100,16 +100,42 @@ std::vector<SchemaError> validate_pipeline(nlohmann::json& pipeline, const Manif
   json doc = pipeline;  // work on a copy: `pipeline` changes only when everything is valid
   // A task without metrics gets its type's first one (accuracy, subset_accuracy, mae), not the
   // schema's multiclass default, which would be an error for the other types.
+  if (!doc.contains("tasks")) doc["tasks"] = json::object();  // task-less (pretraining)
   for (auto& [task, spec] : doc.at("tasks").items()) {
     const auto fits = metrics_for(spec.at("type").get<std::string>());
     if (!spec.contains("metrics") && !fits.empty()) spec["metrics"] = json::array({fits.front()});
   }
   schema.fill_defaults(doc);  // gives every component a `config` object to validate
+  // Where the batches come from: modalities fused by a fusion operator, or a stream that cuts
+  // whole batches itself (pretraining); never both.
+  if (doc.at("data").contains("stream")) {
+    const std::string why = " (a pipeline with /data/stream takes whole batches from the stream; it has no modalities, "
+                            "fusion or tasks)";
+    if (!doc.at("modalities").empty()) errors.push_back({"/modalities", "must be empty" + why});
+    if (doc.contains("fusion")) errors.push_back({"/fusion", "must be absent" + why});
+    if (!doc.at("tasks").empty()) errors.push_back({"/tasks", "must be empty" + why});
+    if (doc.at("data").at("label_fraction") != 1) {
+      errors.push_back({"/data/label_fraction", "must be 1: a stream has no labels to withhold"});
+    }
+    check_component(doc.at("data").at("stream"), "/data/stream", "stream", lookup, known_plugins, doc.at("artifacts"),
+                    explain_unknown, errors);
+  } else {
+    if (doc.at("modalities").empty()) {
+      errors.push_back({"/modalities", "declares no modality; a pipeline needs at least one, or a /data/stream that "
+                                       "yields whole batches"});
+    }
+    if (!doc.contains("fusion")) {
+      errors.push_back({"", "missing required field \"fusion\" (a pipeline with modalities needs a fusion operator, "
+                            "e.g. {\"plugin\": \"concat\"})"});
+    }
+  }
   for (auto& [modality, component] : doc.at("modalities").items()) {
     check_component(component, append_pointer("/modalities", modality), "modality", lookup, known_plugins,
                     doc.at("artifacts"), explain_unknown, errors);
   }
-  check_component(doc.at("fusion"), "/fusion", "fusion", lookup, known_plugins, doc.at("artifacts"), explain_unknown, errors);
+  if (doc.contains("fusion")) {
+    check_component(doc.at("fusion"), "/fusion", "fusion", lookup, known_plugins, doc.at("artifacts"), explain_unknown, errors);
+  }
   check_component(doc.at("transfer"), "/transfer", "transfer", lookup, known_plugins, doc.at("artifacts"), explain_unknown, errors);
 
   for (const auto& [task, spec] : doc.at("tasks").items()) {

@@ -97,6 +97,51 @@ void SplitSource::for_each(const std::string& split, const std::vector<std::stri
   }
 }
 
+void open_stream_split(BatchStream& stream, Dataset& dataset, const std::string& field, const std::string& split) {
+  const auto& samples = dataset.samples(split);
+  std::vector<FieldRef> values;
+  values.reserve(samples.size());
+  for (const auto& s : samples) {
+    const auto it = s.fields.find(field);
+    if (it == s.fields.end()) throw DataError(s.origin, "no field \"" + field + "\" (read by the stream, /data/stream/field)");
+    values.push_back(FieldRef{*it, dataset.base_dir(), s.origin});
+  }
+  guard(stream.plugin_name(), [&] { stream.open(split, values); });
+}
+
+void StreamSource::for_each(const std::string& split, const std::vector<std::string>& /*modalities*/,
+                            const std::function<void(const Batch&)>& fn) {
+  const int64_t n = guard(stream_.plugin_name(), [&] { return stream_.batches(split, batch_size_); });
+  for (int64_t i = 0; i < n; ++i) {
+    fn(guard(stream_.plugin_name(), [&] { return stream_.batch(split, /*epoch=*/0, i, batch_size_); }).to(device_));
+  }
+}
+
+nlohmann::json loss_on(TransferStrategy& model, BatchSource& data, const std::string& split,
+                       const std::vector<std::string>& modalities) {
+  torch::NoGradGuard no_grad;
+  const bool was_training = model.is_training();
+  model.eval();
+  std::map<std::string, double> sums;
+  double total = 0;
+  int64_t count = 0;
+  data.for_each(split, modalities, [&](const Batch& batch) {
+    const LossTerms terms = guard(model.plugin_name(), [&] { return model.loss(batch); });
+    const auto n = static_cast<double>(batch.size());
+    for (const auto& [name, t] : terms) {
+      const double v = t.item<double>();
+      sums[name] += v * n;  // terms are means over the batch; weight by its size
+      total += v * n;
+    }
+    count += batch.size();
+  });
+  model.train(was_training);
+  if (count == 0) throw Error("split \"" + split + "\" has no batches to compute a loss on");
+  nlohmann::json terms = nlohmann::json::object();
+  for (const auto& [name, sum] : sums) terms[name] = sum / static_cast<double>(count);
+  return {{"split", split}, {"samples", count}, {"loss", total / static_cast<double>(count)}, {"loss_terms", terms}};
+}
+
 nlohmann::json HeldOutProtocol::evaluate(TransferStrategy& model, BatchSource& data, const std::string& split,
                                          const std::vector<std::string>& modalities) {
   torch::NoGradGuard no_grad;
@@ -181,7 +226,7 @@ void load_weights(torch::nn::Module& model, const fs::path& path) {
   }
 }
 
-bool higher_is_better(const std::string& metric) { return metric != "mae"; }
+bool higher_is_better(const std::string& metric) { return metric != "mae" && metric != "loss"; }
 
 std::vector<int64_t> label_subset(int64_t n, double fraction, uint64_t seed) {
   std::vector<int64_t> rows(static_cast<size_t>(n));
@@ -245,7 +290,8 @@ nlohmann::json plugin_versions(const PluginRegistry& registry, const nlohmann::j
                  {"abi", std::to_string(lp.descriptor->abi_major) + "." + std::to_string(lp.descriptor->abi_minor)}};
   };
   for (const auto& [m, spec] : doc.at("modalities").items()) add(spec.at("plugin"));
-  add(doc.at("fusion").at("plugin"));
+  if (doc.contains("fusion")) add(doc.at("fusion").at("plugin"));
+  if (doc.at("data").contains("stream")) add(doc.at("data").at("stream").at("plugin"));
   add(doc.at("transfer").at("plugin"));
   return out;
 }
@@ -308,12 +354,13 @@ void check_against_dataset(const ResolvedPipeline& pipeline, const Dataset& data
                                           std::to_string(fields.at(target).at("labels").size())});
     }
   }
-  for (const auto& [name, m] : doc.at("modalities").items()) {
-    const std::string at = schema::append_pointer("/modalities", name);
+  // A modality or the stream at `at` reads field `m/field`: it must exist and have a type its
+  // plugin's manifest says it reads.
+  auto check_field = [&](const std::string& at, const nlohmann::json& m) {
     const std::string field = m.at("field");
     if (!fields.contains(field)) {
       errors.push_back({at + "/field", "no field \"" + field + "\"" + where + " (fields: " + schema::join_keys(fields) + ")"});
-      continue;
+      return;
     }
     const std::string field_type = fields.at(field).at("type");
     const schema::Manifest* manifest = registry.find(m.at("plugin"));
@@ -324,7 +371,9 @@ void check_against_dataset(const ResolvedPipeline& pipeline, const Dataset& data
                                            ", plugin \"" + manifest->name + "\" reads " +
                                            schema::join_names(manifest->field_types)});
     }
-  }
+  };
+  for (const auto& [name, m] : doc.at("modalities").items()) check_field(schema::append_pointer("/modalities", name), m);
+  if (doc.at("data").contains("stream")) check_field("/data/stream", doc.at("data").at("stream"));
   for (const auto& [role, split] : doc.at("data").at("splits").items()) {
     if (!dataset.has_split(split)) {
       errors.push_back({"/data/splits/" + role, "no split \"" + split.get<std::string>() + "\"" + where +
@@ -372,7 +421,9 @@ CreateArgs create_args(const nlohmann::json& doc, HostContext& context, const st
 void check_pipeline_artifacts(const ResolvedPipeline& pipeline, const PluginRegistry& registry) {
   const nlohmann::json& doc = pipeline.doc;
   const auto paths = pipeline_artifacts(pipeline);
-  std::vector<const nlohmann::json*> components{&doc.at("fusion"), &doc.at("transfer")};
+  std::vector<const nlohmann::json*> components{&doc.at("transfer")};
+  if (doc.contains("fusion")) components.push_back(&doc.at("fusion"));
+  if (doc.at("data").contains("stream")) components.push_back(&doc.at("data").at("stream"));
   for (const auto& [m, spec] : doc.at("modalities").items()) components.push_back(&spec);
   for (const auto* spec : components) {
     const auto* manifest = registry.find(spec->at("plugin").get<std::string>());
@@ -396,6 +447,12 @@ BuiltModel create_modalities(const ResolvedPipeline& pipeline, PluginRegistry& r
                                                 create_args(doc, context, "/modalities/" + m, spec, m), pin_of(spec));
     context.add_component(m, made);
     model.modalities.push_back(ModalityBinding{m, spec.at("field"), made});
+  }
+  if (doc.at("data").contains("stream")) {
+    const nlohmann::json& spec = doc.at("data").at("stream");
+    model.stream = registry.create<BatchStream>(spec.at("plugin"), MODALKIT_KIND_STREAM,
+                                                create_args(doc, context, "/data/stream", spec, "stream"), pin_of(spec));
+    context.add_component("stream", model.stream);
   }
   return model;
 }
@@ -425,15 +482,17 @@ void build_networks(const ResolvedPipeline& pipeline, PluginRegistry& registry, 
     widths[m.name] = d_model;
     names.push_back(m.name);
   }
-  const auto& fusion_spec = doc.at("fusion");
-  CreateArgs fusion_args = create_args(doc, context, "/fusion", fusion_spec, "fusion");
-  fusion_args.input_widths = widths;
-  model.fusion = registry.create<FusionOperator>(fusion_spec.at("plugin"), MODALKIT_KIND_FUSION, fusion_args,
-                                                 pin_of(fusion_spec));
-  context.add_component("fusion", model.fusion);
-  parts.fusion = FusionRef(model.fusion, fusion_spec.at("plugin"));
-  const int64_t fused_width = guard(model.fusion->plugin_name(), [&] { return model.fusion->output_width(); });
-  for (const auto& [name, spec] : model.tasks) parts.heads.emplace(name, make_task_head(spec, fused_width));
+  if (doc.contains("fusion")) {  // validate requires it with modalities; a stream pipeline has none
+    const auto& fusion_spec = doc.at("fusion");
+    CreateArgs fusion_args = create_args(doc, context, "/fusion", fusion_spec, "fusion");
+    fusion_args.input_widths = widths;
+    model.fusion = registry.create<FusionOperator>(fusion_spec.at("plugin"), MODALKIT_KIND_FUSION, fusion_args,
+                                                   pin_of(fusion_spec));
+    context.add_component("fusion", model.fusion);
+    parts.fusion = FusionRef(model.fusion, fusion_spec.at("plugin"));
+    const int64_t fused_width = guard(model.fusion->plugin_name(), [&] { return model.fusion->output_width(); });
+    for (const auto& [name, spec] : model.tasks) parts.heads.emplace(name, make_task_head(spec, fused_width));
+  }
 
   const auto& transfer = doc.at("transfer");
   model.strategy = registry.create<TransferStrategy>(transfer.at("plugin"), MODALKIT_KIND_TRANSFER,
@@ -494,6 +553,10 @@ OpenedRun open_run(const ResolvedPipeline& pipeline, PluginRegistry& registry, c
   if (fitted.is_discarded()) throw Error((run_dir / "fitted_state.json").string() + ": missing or not JSON");
   for (const auto& m : out.model.modalities) {
     if (fitted.contains(m.name)) guard(m.plugin->plugin_name(), [&] { m.plugin->load_fitted_state(fitted.at(m.name)); });
+  }
+  if (out.model.stream) {
+    if (!fitted.contains("stream")) throw Error((run_dir / "fitted_state.json").string() + ": holds no \"stream\" state");
+    guard(out.model.stream->plugin_name(), [&] { out.model.stream->load_fitted_state(fitted.at("stream")); });
   }
   build_networks(pipeline, registry, *out.context, out.model);
   load_weights(*out.model.strategy, run_dir / "model.pt");
@@ -591,6 +654,9 @@ nlohmann::json robustness_sweep(const ResolvedPipeline& pipeline, OpenedRun& r, 
 nlohmann::json evaluate(const ResolvedPipeline& pipeline, PluginRegistry& registry, const EvalOptions& options) {
   const nlohmann::json& doc = pipeline.doc;
   OpenedRun r = open_run(pipeline, registry, options.run);
+  if (options.robustness && r.model.tasks.empty()) {
+    throw UsageError("--robustness scores a task; " + pipeline.file.string() + " has none");
+  }
   std::vector<std::string> modalities = options.modalities.empty() ? r.model.test_modalities : options.modalities;
   for (const auto& m : modalities) {
     bool known = false;
@@ -599,12 +665,21 @@ nlohmann::json evaluate(const ResolvedPipeline& pipeline, PluginRegistry& regist
   }
   const auto& splits = doc.at("data").at("splits");
   const std::string split = splits.at(options.split.empty() ? doc.at("evaluate").at("split").get<std::string>() : options.split);
+  if (r.model.stream) {  // a task-less pretraining run: its figure is the loss
+    open_stream_split(*r.model.stream, *r.dataset, doc.at("data").at("stream").at("field"), split);
+    StreamSource source(*r.model.stream, doc.at("train").at("batch_size"), r.device);
+    nlohmann::json result = loss_on(*r.model.strategy, source, split, {});
+    result["tasks"] = nlohmann::json::object();
+    if (!r.same_pipeline) result["warning"] = "the pipeline differs from the one the run was trained with";
+    return result;
+  }
   SplitFeatures f = SplitFeatures::build(*r.dataset, split, bindings_for(r.model, modalities), r.model.tasks,
                                          {doc.at("train").at("loader_threads"), false, options.skip_bad, {}});
   const int64_t skipped = report_skipped(split, f);
   SplitSource source({{split, &f}}, doc.at("train").at("batch_size"), modalities, r.device);
   HeldOutProtocol protocol(r.model.tasks);
   nlohmann::json result = protocol.evaluate(*r.model.strategy, source, split, modalities);
+  if (r.model.tasks.empty()) result.update(loss_on(*r.model.strategy, source, split, modalities));
   result["skipped"] = {{split, skipped}};
   if (!r.same_pipeline) result["warning"] = "the pipeline differs from the one the run was trained with";
   if (options.robustness) {
@@ -617,6 +692,10 @@ nlohmann::json evaluate(const ResolvedPipeline& pipeline, PluginRegistry& regist
 int64_t predict(const ResolvedPipeline& pipeline, PluginRegistry& registry, const fs::path& run_dir,
                 const fs::path& input, std::ostream& out) {
   const nlohmann::json& doc = pipeline.doc;
+  if (doc.at("tasks").empty()) {
+    throw UsageError(pipeline.file.string() + " has no tasks, so its runs predict nothing (a pretraining run's "
+                     "output is its artifacts and weights)");
+  }
   OpenedRun r = open_run(pipeline, registry, run_dir);
   const std::vector<std::string>& modalities = r.model.test_modalities;
   Dataset samples = r.dataset->for_samples(input, "input");

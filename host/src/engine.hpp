@@ -16,6 +16,7 @@
 #include "modalkit/evaluation.hpp"
 #include "modalkit/fusion.hpp"
 #include "modalkit/strategy.hpp"
+#include "modalkit/stream.hpp"
 #include "pipeline.hpp"
 #include "registry.hpp"
 
@@ -59,7 +60,8 @@ std::map<std::string, std::filesystem::path> pipeline_artifacts(const ResolvedPi
 /// Everything built from a pipeline: plugins, the strategy (the whole trainable model), tasks.
 struct BuiltModel {
   std::vector<ModalityBinding> modalities;          ///< in pipeline order
-  std::shared_ptr<FusionOperator> fusion;           ///< the fusion operator
+  std::shared_ptr<FusionOperator> fusion;           ///< the fusion operator (none in a stream pipeline)
+  std::shared_ptr<BatchStream> stream;              ///< `/data/stream`, when the pipeline has one
   std::shared_ptr<TransferStrategy> strategy;       ///< the model
   std::map<std::string, TaskSpec> tasks;            ///< by task name
   std::vector<std::string> train_modalities;        ///< strategy->modalities_at_train()
@@ -91,6 +93,31 @@ BuiltModel create_modalities(const ResolvedPipeline& pipeline, PluginRegistry& r
 /// strategy, moved to the context's device.
 void build_networks(const ResolvedPipeline& pipeline, PluginRegistry& registry, HostContext& context,
                     BuiltModel& model);
+
+/// Opens `split` of `dataset` in the stream (each sample's value of `field`); a sample without
+/// the field is a DataError naming its line.
+void open_stream_split(BatchStream& stream, Dataset& dataset, const std::string& field, const std::string& split);
+
+/// The stream's batches of a split in their fixed evaluation order (epoch 0), for validation
+/// loss, the prepare and finalize stages and evaluation.
+class StreamSource : public BatchSource {
+ public:
+  /// Batches of `batch_size` from `stream` (its splits opened), moved to `device`.
+  StreamSource(const BatchStream& stream, int64_t batch_size, c10::Device device)
+      : stream_(stream), batch_size_(batch_size), device_(device) {}
+  void for_each(const std::string& split, const std::vector<std::string>& modalities,
+                const std::function<void(const Batch&)>& fn) override;
+
+ private:
+  const BatchStream& stream_;
+  int64_t batch_size_;
+  c10::Device device_;
+};
+
+/// The model's mean loss per example on `split` (each term and their sum), in eval mode without
+/// gradients: `{"split", "samples", "loss", "loss_terms"}`. What task-less runs select and report on.
+nlohmann::json loss_on(TransferStrategy& model, BatchSource& data, const std::string& split,
+                       const std::vector<std::string>& modalities);
 
 /// Batches of the splits a run holds in memory, in a fixed order (for prepare/finalize stages
 /// and evaluation).

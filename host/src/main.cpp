@@ -177,6 +177,18 @@ int cmd_validate(const std::vector<std::string>& argv, modalkit::host::PluginReg
 }
 
 void print_result(const json& result, const std::string& what) {
+  if (result["tasks"].empty() && result.contains("loss")) {  // a task-less (pretraining) run
+    std::printf("%s loss = %.4f (%s split, %lld examples)\n", what.c_str(), result["loss"].get<double>(),
+                result["split"].get<std::string>().c_str(), static_cast<long long>(result["samples"].get<int64_t>()));
+    for (const auto& [term, value] : result["loss_terms"].items()) {
+      if (result["loss_terms"].size() > 1) std::printf("  %s = %.4f\n", term.c_str(), value.get<double>());
+    }
+  }
+  const json artifacts = result.value("artifacts", json::object());
+  for (const auto& [name, artifact] : artifacts.items()) {
+    std::printf("artifact %s (%s): %s\n", name.c_str(), artifact["type"].get<std::string>().c_str(),
+                artifact["file"].get<std::string>().c_str());
+  }
   for (const auto& [task, metrics] : result["tasks"].items()) {
     for (const auto& [metric, value] : metrics.items()) {
       std::printf("%s %s: %s = %.4f (%s split, %lld samples, modalities %s)\n", what.c_str(), task.c_str(),

@@ -33,12 +33,13 @@ const char* kind_name(int32_t kind) {
     case MODALKIT_KIND_TRANSFER: return "transfer";
     case MODALKIT_KIND_EVALUATION: return "evaluation";
     case MODALKIT_KIND_LANGUAGE_MODEL: return "language_model";
+    case MODALKIT_KIND_STREAM: return "stream";
     default: return "unknown";
   }
 }
 
 int32_t kind_value(const std::string& name) {
-  for (int32_t k = MODALKIT_KIND_MODALITY; k <= MODALKIT_KIND_LANGUAGE_MODEL; ++k) {
+  for (int32_t k = MODALKIT_KIND_MODALITY; k <= MODALKIT_KIND_STREAM; ++k) {
     if (name == kind_name(k)) return k;
   }
   return 0;

@@ -21,7 +21,9 @@
 #include <torch/serialize/input-archive.h>
 #include <torch/serialize/output-archive.h>
 
+#include "artifacts.hpp"
 #include "engine.hpp"
+#include "hashing.hpp"
 #include "interrupt.hpp"
 #include "modalkit/errors.hpp"
 
@@ -278,10 +280,14 @@ void truncate_metrics(const fs::path& path, int finished_epochs) {
   write_text_atomically(path, text);
 }
 
-/// `/train/select/metric` as (task, metric), defaulting to the first task's first metric.
+/// `/train/select/metric` as (task, metric), defaulting to the first task's first metric; the
+/// validation loss is ("", "loss"), the default without tasks.
 std::pair<std::string, std::string> selection_metric(const nlohmann::json& tr, const std::map<std::string, TaskSpec>& tasks) {
   const auto& sel = tr.at("select");
-  if (!sel.contains("metric")) return {tasks.begin()->first, tasks.begin()->second.metrics.at(0)};
+  if (!sel.contains("metric") || sel.at("metric") == "loss") {
+    if (tasks.empty() || sel.contains("metric")) return {"", "loss"};
+    return {tasks.begin()->first, tasks.begin()->second.metrics.at(0)};
+  }
   const std::string s = sel.at("metric");
   const auto slash = s.find('/');
   const std::string task = s.substr(0, slash), metric = s.substr(slash + 1);
@@ -421,6 +427,91 @@ std::vector<ParameterGroup> apply_parameter_groups(const nlohmann::json& entries
   return groups;
 }
 
+/// What the loop trains on, batch by batch. An epoch's batches are a pure function of the epoch
+/// and of the shuffling generator as the epoch began, so a resumed epoch replays them exactly.
+class TrainFeed {
+ public:
+  virtual ~TrainFeed() = default;
+  /// Batches per epoch.
+  virtual int64_t steps_per_epoch() const = 0;
+  /// Training examples per epoch.
+  virtual int64_t examples() const = 0;
+  /// Starts `epoch` (1-based), drawing its order from `rng`.
+  virtual void start_epoch(int epoch, std::mt19937_64& rng) = 0;
+  /// The epoch's batch `step` (0-based), on the CPU.
+  virtual Batch batch(int64_t step) const = 0;
+};
+
+/// The in-memory train split, its rows shuffled each epoch.
+class SplitFeed : public TrainFeed {
+ public:
+  SplitFeed(const SplitFeatures& f, int64_t batch_size, std::vector<std::string> modalities)
+      : f_(f), batch_size_(batch_size), modalities_(std::move(modalities)) {}
+  int64_t steps_per_epoch() const override { return (f_.size() + batch_size_ - 1) / batch_size_; }
+  int64_t examples() const override { return f_.size(); }
+  void start_epoch(int /*epoch*/, std::mt19937_64& rng) override {
+    order_.resize(static_cast<size_t>(f_.size()));
+    std::iota(order_.begin(), order_.end(), 0);
+    std::shuffle(order_.begin(), order_.end(), rng);
+  }
+  Batch batch(int64_t step) const override {
+    const auto start = static_cast<size_t>(step * batch_size_);
+    const std::vector<int64_t> rows(order_.begin() + static_cast<long>(start),
+                                    order_.begin() + static_cast<long>(std::min(order_.size(), start + batch_size_)));
+    return f_.batch(rows, modalities_);
+  }
+
+ private:
+  const SplitFeatures& f_;
+  int64_t batch_size_;
+  std::vector<std::string> modalities_;
+  std::vector<int64_t> order_;
+};
+
+/// A stream's train split: the stream orders each epoch itself, from the seed and the epoch.
+class StreamFeed : public TrainFeed {
+ public:
+  StreamFeed(const BatchStream& stream, std::string split, int64_t batch_size)
+      : stream_(stream), split_(std::move(split)), batch_size_(batch_size),
+        steps_(guard(stream.plugin_name(), [&] { return stream.batches(split_, batch_size); })) {}
+  int64_t steps_per_epoch() const override { return steps_; }
+  int64_t examples() const override { return steps_ * batch_size_; }
+  void start_epoch(int epoch, std::mt19937_64& /*rng*/) override { epoch_ = epoch; }
+  Batch batch(int64_t step) const override {
+    return guard(stream_.plugin_name(), [&] { return stream_.batch(split_, epoch_, step, batch_size_); });
+  }
+
+ private:
+  const BatchStream& stream_;
+  std::string split_;
+  int64_t batch_size_;
+  int64_t steps_;
+  int epoch_ = 1;
+};
+
+/// Writes the sidecar (type, sha256) of each artifact the run's plugins declare in `produces`;
+/// returns them by name. A declared file the plugin did not write is an error naming both.
+nlohmann::json publish_artifacts(const ResolvedPipeline& pipeline, const PluginRegistry& registry, const fs::path& run_dir) {
+  nlohmann::json out = nlohmann::json::object();
+  const std::string by = "pipeline " + pipeline.doc.at("name").get<std::string>() + " (hash " + pipeline.hash.substr(0, 12) +
+                         "), run " + fs::absolute(run_dir).lexically_normal().string();
+  const nlohmann::json plugins = plugin_versions(registry, pipeline.doc);
+  for (const auto& [name, info] : plugins.items()) {
+    const schema::Manifest* manifest = registry.find(name);
+    if (manifest == nullptr) continue;
+    for (const auto& a : manifest->produces) {
+      const fs::path file = run_dir / a.at("file").get<std::string>();
+      if (!fs::exists(file)) {
+        throw PluginError(name, "its manifest says it produces " + a.at("name").get<std::string>() + " (" +
+                                    file.string() + "), but it did not write that file");
+      }
+      write_artifact_sidecar(file, a.at("type"), by);
+      out[a.at("name").get<std::string>()] = {{"file", file.string()}, {"type", a.at("type")}, {"sha256", sha256_file(file)}};
+    }
+  }
+  return out;
+}
+
 }  // namespace
 
 nlohmann::json train(const ResolvedPipeline& pipeline, PluginRegistry& registry, const TrainOptions& options) {
@@ -464,43 +555,77 @@ nlohmann::json train(const ResolvedPipeline& pipeline, PluginRegistry& registry,
   // columns and vocabularies), so networks are built after it. Every declared modality is
   // fitted; a resumed run reads back what the first sitting fitted.
   const auto t0 = std::chrono::steady_clock::now();
-  const auto train_rows = label_subset(static_cast<int64_t>(dataset.samples(train_split).size()),
-                                       doc.at("data").at("label_fraction"), seed);
+  nlohmann::json fitted_before;
   if (options.resume) {
     std::ifstream fin(options.out / "fitted_state.json");
-    const nlohmann::json fitted = nlohmann::json::parse(fin, nullptr, false);
-    if (fitted.is_discarded()) throw Error((options.out / "fitted_state.json").string() + ": missing or not JSON");
+    fitted_before = nlohmann::json::parse(fin, nullptr, false);
+    if (fitted_before.is_discarded()) throw Error((options.out / "fitted_state.json").string() + ": missing or not JSON");
     for (const auto& m : model.modalities) {
-      if (fitted.contains(m.name)) guard(m.plugin->plugin_name(), [&] { m.plugin->load_fitted_state(fitted.at(m.name)); });
+      if (fitted_before.contains(m.name)) guard(m.plugin->plugin_name(), [&] { m.plugin->load_fitted_state(fitted_before.at(m.name)); });
     }
   }
-  SplitFeatures train_f = SplitFeatures::build(dataset, train_split, model.modalities, model.tasks,
-                                               {loader_threads, /*fit=*/!options.resume, options.skip_bad, train_rows});
-  build_networks(pipeline, registry, context, model);
+  // The data: a stream cuts its own batches; otherwise the splits are decoded into memory.
+  std::optional<SplitFeatures> train_f, val_f, eval_f;
+  std::unique_ptr<TrainFeed> feed;
+  std::unique_ptr<BatchSource> source;
+  nlohmann::json skipped = nlohmann::json::object();
+  if (model.stream) {
+    BatchStream& stream = *model.stream;
+    const std::string field = doc.at("data").at("stream").at("field");
+    if (options.resume) {
+      guard(stream.plugin_name(), [&] { stream.load_fitted_state(fitted_before.at("stream")); });
+    } else {
+      const auto& samples = dataset.samples(train_split);
+      std::vector<FieldRef> values;
+      for (const auto& sample : samples) {
+        const auto it = sample.fields.find(field);
+        if (it == sample.fields.end()) throw DataError(sample.origin, "no field \"" + field + "\" (read by the stream, /data/stream/field)");
+        values.push_back(FieldRef{*it, dataset.base_dir(), sample.origin});
+      }
+      guard(stream.plugin_name(), [&] { stream.fit(values); });
+    }
+    for (const auto& split : {train_split, val_split, eval_split}) open_stream_split(stream, dataset, field, split);
+    build_networks(pipeline, registry, context, model);
+    feed = std::make_unique<StreamFeed>(stream, train_split, batch_size);
+    source = std::make_unique<StreamSource>(stream, batch_size, device);
+    log->info("stream {}: {} batches of {} per epoch ({:.1f} s to open)", stream.plugin_name(), feed->steps_per_epoch(),
+              batch_size, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+  } else {
+    const auto train_rows = label_subset(static_cast<int64_t>(dataset.samples(train_split).size()),
+                                         doc.at("data").at("label_fraction"), seed);
+    train_f = SplitFeatures::build(dataset, train_split, model.modalities, model.tasks,
+                                   {loader_threads, /*fit=*/!options.resume, options.skip_bad, train_rows});
+    build_networks(pipeline, registry, context, model);
+    const std::vector<std::string> needed = needed_modalities(model, doc);
+    const auto bindings = bindings_for(model, needed);
+    const LoadOptions held_out{loader_threads, false, options.skip_bad, {}};
+    val_f = SplitFeatures::build(dataset, val_split, bindings, model.tasks, held_out);
+    if (eval_split == val_split) {
+      eval_f = val_f;
+    } else {
+      eval_f = SplitFeatures::build(dataset, eval_split, bindings, model.tasks, held_out);
+    }
+    for (const auto& [name, f] : {std::pair<std::string, const SplitFeatures*>{train_split, &*train_f},
+                                  {val_split, &*val_f}, {eval_split, &*eval_f}}) {
+      skipped[name] = report_skipped(name, *f);
+    }
+    log->info("loaded {} train / {} {} / {} {} samples in {:.1f} s", train_f->size(), val_f->size(), val_split,
+              eval_f->size(), eval_split,
+              std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+    feed = std::make_unique<SplitFeed>(*train_f, batch_size, model.train_modalities);
+    source = std::make_unique<SplitSource>(
+        std::map<std::string, const SplitFeatures*>{{train_split, &*train_f}, {val_split, &*val_f}, {eval_split, &*eval_f}},
+        batch_size, needed, device);
+  }
+  if (feed->steps_per_epoch() == 0) throw Error("split \"" + train_split + "\" has no samples to train on");
   TransferStrategy& strategy = *model.strategy;
   const std::string sp = strategy.plugin_name();
-  const std::vector<std::string> needed = needed_modalities(model, doc);
-  const auto bindings = bindings_for(model, needed);
-  const LoadOptions held_out{loader_threads, false, options.skip_bad, {}};
-  SplitFeatures val_f = SplitFeatures::build(dataset, val_split, bindings, model.tasks, held_out);
-  SplitFeatures eval_f =
-      eval_split == val_split ? val_f : SplitFeatures::build(dataset, eval_split, bindings, model.tasks, held_out);
-  nlohmann::json skipped = nlohmann::json::object();
-  for (const auto& [name, f] : {std::pair<std::string, const SplitFeatures*>{train_split, &train_f},
-                                {val_split, &val_f}, {eval_split, &eval_f}}) {
-    skipped[name] = report_skipped(name, *f);
-  }
-  log->info("loaded {} train / {} {} / {} {} samples in {:.1f} s", train_f.size(), val_f.size(), val_split,
-            eval_f.size(), eval_split,
-            std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
-  if (train_f.size() == 0) throw Error("split \"" + train_split + "\" has no samples to train on");
 
-  SplitSource source({{train_split, &train_f}, {val_split, &val_f}, {eval_split, &eval_f}}, batch_size, needed, device);
   // Another run's weights come first (a prepare stage may use them: vokenization clusters a
   // pretrained encoder's features); then prepare, whose results live in the strategy's buffers,
   // which the checkpoint restores.
   if (!options.resume && doc.contains("init_from")) init_from(pipeline, strategy);
-  if (!options.resume) guard(sp, [&] { strategy.prepare(source); });
+  if (!options.resume) guard(sp, [&] { strategy.prepare(*source); });
 
   auto groups = apply_parameter_groups(tr.at("parameter_groups"), guard(sp, [&] { return strategy.parameter_groups(); }),
                                        strategy);
@@ -517,7 +642,7 @@ nlohmann::json train(const ResolvedPipeline& pipeline, PluginRegistry& registry,
   const double min_delta = tr.at("early_stopping").at("min_delta");
   const int64_t checkpoint_every = tr.at("checkpoint_every");
   const int epochs = tr.at("epochs");
-  const int64_t steps_per_epoch = (train_f.size() + batch_size - 1) / batch_size;
+  const int64_t steps_per_epoch = feed->steps_per_epoch();
   const int64_t max_steps = tr.at("max_steps");
   const int64_t total_steps = max_steps > 0 ? std::min<int64_t>(max_steps, epochs * steps_per_epoch) : epochs * steps_per_epoch;
 
@@ -545,6 +670,7 @@ nlohmann::json train(const ResolvedPipeline& pipeline, PluginRegistry& registry,
     for (const auto& m : model.modalities) {
       fitted[m.name] = guard(m.plugin->plugin_name(), [&] { return m.plugin->fitted_state(); });
     }
+    if (model.stream) fitted["stream"] = guard(model.stream->plugin_name(), [&] { return model.stream->fitted_state(); });
     write_text_atomically(options.out / "fitted_state.json", fitted.dump(2) + "\n");
     write_text_atomically(options.out / "metrics.jsonl", "");
   }
@@ -562,19 +688,14 @@ nlohmann::json train(const ResolvedPipeline& pipeline, PluginRegistry& registry,
     // The epoch's order comes from the generator as it was when the epoch began, so a resumed
     // epoch replays the same order and skips the steps already taken.
     std::mt19937_64 shuffle_rng = rng_from_string(state.epoch_rng);
-    std::vector<int64_t> order(static_cast<size_t>(train_f.size()));
-    std::iota(order.begin(), order.end(), 0);
-    std::shuffle(order.begin(), order.end(), shuffle_rng);
+    feed->start_epoch(epoch, shuffle_rng);
     // Already spent when a checkpoint was written on the budget's last step (SIGINT there).
     bool budget_spent = max_steps > 0 && state.global_step >= max_steps;
     double loader_wait = 0;  // seconds this sitting spent cutting batches (bench: loader wait / step time)
-    for (size_t start = static_cast<size_t>(state.step_in_epoch * batch_size); !budget_spent && start < order.size();
-         start += static_cast<size_t>(batch_size)) {
-      std::vector<int64_t> rows(order.begin() + static_cast<long>(start),
-                                order.begin() + static_cast<long>(std::min(order.size(), start + batch_size)));
+    while (!budget_spent && state.step_in_epoch < steps_per_epoch) {
       // Loader wait: cutting the batch only; the copy to a GPU would also wait for its kernels.
       const auto b0 = std::chrono::steady_clock::now();
-      Batch cpu_batch = train_f.batch(rows, model.train_modalities);
+      Batch cpu_batch = feed->batch(state.step_in_epoch);
       loader_wait += std::chrono::duration<double>(std::chrono::steady_clock::now() - b0).count();
       Batch batch = cpu_batch.to(device);
       const double factor = lr_factor(tr.at("schedule"), state.global_step, total_steps, steps_per_epoch);
@@ -607,7 +728,7 @@ nlohmann::json train(const ResolvedPipeline& pipeline, PluginRegistry& registry,
       bar.update(epoch, epochs, state.step_in_epoch, steps_per_epoch, state.loss_sum / static_cast<double>(state.step_in_epoch),
                  rate, static_cast<double>(total_steps - state.global_step) * batch_size / std::max(rate, 1e-9));
       budget_spent = max_steps > 0 && state.global_step >= max_steps;
-      const bool epoch_done = start + batch_size >= order.size();
+      const bool epoch_done = state.step_in_epoch >= steps_per_epoch;
       if (interrupt_requested()) {
         bar.clear();
         state.seconds = seconds_before + elapsed;
@@ -626,8 +747,11 @@ nlohmann::json train(const ResolvedPipeline& pipeline, PluginRegistry& registry,
     bar.clear();
     const double seconds =
         seconds_before + std::chrono::duration<double>(std::chrono::steady_clock::now() - e0).count();
-    nlohmann::json val = protocol.evaluate(strategy, source, val_split, model.test_modalities);
-    const double score = val["tasks"][select_task][select_metric];
+    nlohmann::json val = {{"tasks", nlohmann::json::object()}};
+    if (!model.tasks.empty()) val = protocol.evaluate(strategy, *source, val_split, model.test_modalities);
+    nlohmann::json val_loss;
+    if (select_metric == "loss") val_loss = loss_on(strategy, *source, val_split, model.train_modalities);
+    const double score = select_metric == "loss" ? val_loss.at("loss").get<double>() : val["tasks"][select_task][select_metric].get<double>();
     // A metric that is undefined on this validation split (AUROC without both classes) never
     // counts as an improvement, and never blocks one.
     const double gain = higher_is_better(select_metric) ? score - state.best : state.best - score;
@@ -648,6 +772,7 @@ nlohmann::json train(const ResolvedPipeline& pipeline, PluginRegistry& registry,
                            {"seconds", seconds}, {"samples_per_s", static_cast<double>(state.step_in_epoch * batch_size) / seconds},
                            {"loader_wait_fraction", loader_wait / std::max(1e-9, seconds - seconds_before)}};
     for (const auto& [name, sum] : state.term_sums) line["loss_terms"][name] = sum / static_cast<double>(steps);
+    if (!val_loss.is_null()) line["val_loss"] = val_loss.at("loss");
     metrics << line.dump() << "\n" << std::flush;
     log->info("epoch {}/{}  loss {:.4f}  val {} {:.4f}{}  {:.1f} s", epoch, epochs, line["train_loss"].get<double>(),
               select_metric, score, improved ? " *" : "", seconds);
@@ -671,20 +796,24 @@ nlohmann::json train(const ResolvedPipeline& pipeline, PluginRegistry& registry,
   }
 
   load_weights(strategy, options.out / "model.pt");
-  guard(sp, [&] { strategy.finalize(source); });
+  guard(sp, [&] { strategy.finalize(*source); });
   save_weights(strategy, options.out / "model.pt");  // finalize state (buffers) goes with the weights
   std::vector<std::string> eval_modalities = model.test_modalities;
   if (doc.at("evaluate").contains("modalities")) {
     eval_modalities = doc.at("evaluate").at("modalities").get<std::vector<std::string>>();
   }
-  nlohmann::json result = protocol.evaluate(strategy, source, eval_split, eval_modalities);
+  // A task-less run's figure is its loss on the evaluation split.
+  nlohmann::json result = model.tasks.empty() ? loss_on(strategy, *source, eval_split, model.train_modalities)
+                                              : protocol.evaluate(strategy, *source, eval_split, eval_modalities);
+  if (model.tasks.empty()) result["tasks"] = nlohmann::json::object();
   result["best_epoch"] = state.best_epoch;
   result["kept"] = keep_best ? "best" : "last";
   result["selected_on"] = {{"split", val_split}, {"task", select_task}, {"metric", select_metric}, {"value", state.best}};
   result["steps"] = state.global_step;
   result["label_fraction"] = doc.at("data").at("label_fraction");
-  result["train_samples"] = train_f.size();
+  result["train_samples"] = feed->examples();
   result["skipped"] = skipped;
+  result["artifacts"] = publish_artifacts(pipeline, registry, options.out);
   write_text_atomically(options.out / "results.json", result.dump(2) + "\n");
   return result;
 }

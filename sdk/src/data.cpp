@@ -4,6 +4,7 @@
 #include "modalkit/batch.hpp"
 #include "modalkit/errors.hpp"
 #include "modalkit/modality.hpp"
+#include "modalkit/stream.hpp"
 
 namespace modalkit {
 
@@ -85,5 +86,9 @@ ModalityInput collate_padded(const std::vector<at::Tensor>& features, double pad
   }
   return input;
 }
+
+BatchStream::~BatchStream() = default;
+
+nlohmann::json BatchStream::info() const { return nlohmann::json::object(); }
 
 }  // namespace modalkit

@@ -403,18 +403,14 @@ TEST(Cli, SigintStopsTrainingWithExit130AndResumeFinishesTheRun) {
   fs::remove(err);
 }
 
-TEST(Cli, KilledMidEpochAndResumedEndsBitIdentical) {
-  // Deterministic mode, 2 loader threads, shuffling and dropout on; checkpoints every 3 steps.
-  auto file = pipeline_variant("kill", [](json& d) {
-    d["train"]["epochs"] = 3;
-    d["train"]["loader_threads"] = 2;
-    d["train"]["checkpoint_every"] = 3;
-    d["train"]["select"] = {{"checkpoint", "last"}};
-    d["modalities"]["image"]["config"]["dropout"] = 0.2;
-  });
-  const fs::path a = fs::current_path() / ("run-kill-a-" + std::to_string(::getpid()));
-  const fs::path b = fs::current_path() / ("run-kill-b-" + std::to_string(::getpid()));
-  const fs::path err = fs::current_path() / ("kill-stderr-" + std::to_string(::getpid()));
+namespace {
+
+/// Trains `file` (3 epochs, checkpoints every few steps) once uninterrupted and once killed with
+/// SIGKILL at a random moment inside epoch 2 and resumed; the two must end with the same bits.
+void expect_killed_and_resumed_run_bit_identical(const fs::path& file, const std::string& tag) {
+  const fs::path a = fs::current_path() / ("run-" + tag + "-a-" + std::to_string(::getpid()));
+  const fs::path b = fs::current_path() / ("run-" + tag + "-b-" + std::to_string(::getpid()));
+  const fs::path err = fs::current_path() / (tag + "-stderr-" + std::to_string(::getpid()));
   fs::remove_all(a);
   fs::remove_all(b);
   auto r = modalkit("train '" + file.string() + "' --out '" + a.string() + "'");
@@ -444,7 +440,7 @@ TEST(Cli, KilledMidEpochAndResumedEndsBitIdentical) {
   std::smatch where;
   const std::string resumed_err = resumed.err;
   ASSERT_TRUE(std::regex_search(resumed_err, where, std::regex("resuming .* at epoch (\\d+), step (\\d+)"))) << resumed.err;
-  std::cout << "killed " << wait_s << " s into epoch 2; resumed at epoch " << where[1] << ", step " << where[2] << "\n";
+  std::cout << tag << ": killed " << wait_s << " s into epoch 2; resumed at epoch " << where[1] << ", step " << where[2] << "\n";
 
   for (const auto& run : {a, b}) {
     auto e = modalkit("export --run '" + run.string() + "'");
@@ -453,7 +449,9 @@ TEST(Cli, KilledMidEpochAndResumedEndsBitIdentical) {
   const std::string wa = read_all(a / "model.safetensors"), wb = read_all(b / "model.safetensors");
   EXPECT_GT(wa.size(), 10000u);
   EXPECT_TRUE(wa == wb) << "weights differ after kill and resume";
-  EXPECT_EQ(json::parse(read_all(a / "results.json"))["tasks"], json::parse(read_all(b / "results.json"))["tasks"]);
+  const json ra = json::parse(read_all(a / "results.json")), rb = json::parse(read_all(b / "results.json"));
+  EXPECT_EQ(ra["tasks"], rb["tasks"]);
+  EXPECT_EQ(ra.value("loss", -1.0), rb.value("loss", -1.0));
   std::ifstream in(b / "metrics.jsonl");
   size_t k = 0;
   for (std::string line; std::getline(in, line); ++k) {
@@ -464,7 +462,136 @@ TEST(Cli, KilledMidEpochAndResumedEndsBitIdentical) {
   fs::remove_all(a);
   fs::remove_all(b);
   fs::remove(err);
+}
+
+/// The word-vectors example on the embedded corpus, with `edit` applied (absolute data set path).
+fs::path word_vectors_variant(const std::string& name, const std::function<void(json&)>& edit) {
+  json doc = json::parse(read_all(source("examples/pipelines/word-vectors.json")));
+  doc["data"]["dataset"] = source("data/embedded/text-corpus/dataset.json").string();
+  edit(doc);
+  const fs::path file = fs::current_path() / ("pipeline-" + name + "-" + std::to_string(::getpid()) + ".json");
+  std::ofstream(file) << doc.dump(2);
+  return file;
+}
+
+}  // namespace
+
+TEST(Cli, KilledMidEpochAndResumedEndsBitIdentical) {
+  // Deterministic mode, 2 loader threads, shuffling and dropout on; checkpoints every 3 steps.
+  auto file = pipeline_variant("kill", [](json& d) {
+    d["train"]["epochs"] = 3;
+    d["train"]["loader_threads"] = 2;
+    d["train"]["checkpoint_every"] = 3;
+    d["train"]["select"] = {{"checkpoint", "last"}};
+    d["modalities"]["image"]["config"]["dropout"] = 0.2;
+  });
+  expect_killed_and_resumed_run_bit_identical(file, "kill");
   fs::remove(file);
+}
+
+TEST(Cli, AStreamRunKilledMidEpochAndResumedEndsBitIdentical) {
+  // The stream draws each epoch's pairs and each batch's negatives from the seed, the epoch and
+  // the batch index: a resumed epoch must get the very batches it had reached.
+  auto file = word_vectors_variant("kill-stream", [](json& d) {
+    d["train"]["epochs"] = 3;
+    d["train"]["batch_size"] = 1024;
+    d["train"]["checkpoint_every"] = 10;
+    d["train"]["select"] = {{"checkpoint", "last"}};
+    d["data"]["stream"]["config"]["window"] = 2;  // fewer pairs: a shorter test
+    d["transfer"]["config"]["dim"] = 16;
+  });
+  expect_killed_and_resumed_run_bit_identical(file, "kill-stream");
+  fs::remove(file);
+}
+
+TEST(Cli, WordVectorsPretrainOnAStreamAndPublishATypedArtifact) {
+  auto file = word_vectors_variant("wv", [](json& d) {
+    d["train"]["epochs"] = 3;
+    d["train"]["batch_size"] = 1024;
+    d["transfer"]["config"]["dim"] = 16;
+    d["transfer"]["config"]["probe_words"] = {"dress", "qqqq"};
+  });
+  const fs::path run = fs::current_path() / ("run-wv-" + std::to_string(::getpid()));
+  fs::remove_all(run);
+  auto r = modalkit("train '" + file.string() + "' --out '" + run.string() + "'");
+  ASSERT_EQ(r.rc, 0) << r.err;
+  const json results = json::parse(read_all(run / "results.json"));
+  EXPECT_EQ(results["tasks"], json::object());
+  EXPECT_EQ(results["selected_on"]["metric"], "loss");
+  EXPECT_EQ(results["split"], "test");
+  // Each epoch logs its training and validation loss; selection kept the lowest validation loss.
+  std::vector<json> lines;
+  std::ifstream metrics(run / "metrics.jsonl");
+  for (std::string line; std::getline(metrics, line);) lines.push_back(json::parse(line));
+  ASSERT_EQ(lines.size(), 3u);
+  double best = 1e9;
+  for (const auto& l : lines) best = std::min(best, l["val_loss"].get<double>());
+  EXPECT_EQ(results["selected_on"]["value"].get<double>(), best);
+  EXPECT_LT(lines[2]["train_loss"].get<double>(), lines[0]["train_loss"].get<double>());
+  // A random model scores log 2 per pair and per negative (6 log 2 = 4.16); training must beat it.
+  EXPECT_LT(results["loss"].get<double>(), 6 * std::log(2.0) - 0.5);
+
+  // The artifact: word2vec text format over the stream's vocabulary, with a sidecar whose type and
+  // sha256 are what other pipelines' /artifacts are checked against.
+  const json sidecar = json::parse(read_all(run / "word_vectors.txt.artifact.json"));
+  EXPECT_EQ(sidecar["type"], "word_vectors");
+  const std::string sha = capture("sha256sum '" + (run / "word_vectors.txt").string() + "'").substr(0, 64);
+  EXPECT_EQ(sidecar["sha256"], sha);
+  EXPECT_EQ(results["artifacts"]["word_vectors"]["sha256"], sha);
+  const auto words = json::parse(read_all(run / "fitted_state.json"))["stream"]["words"].get<std::vector<std::string>>();
+  std::ifstream vectors(run / "word_vectors.txt");
+  size_t v = 0, d = 0;
+  vectors >> v >> d;
+  EXPECT_EQ(v, words.size());
+  EXPECT_EQ(d, 16u);
+  std::string line;
+  std::getline(vectors, line);
+  for (size_t i = 0; i < words.size() && std::getline(vectors, line); ++i) {
+    std::istringstream fields(line);
+    std::string word;
+    fields >> word;
+    ASSERT_EQ(word, words[i]) << "line " << i + 2;
+    size_t values = 0;
+    for (double x; fields >> x; ++values) ASSERT_TRUE(std::isfinite(x));
+    ASSERT_EQ(values, 16u) << word;
+  }
+  const json neighbours = json::parse(read_all(run / "neighbours.json"));
+  EXPECT_EQ(neighbours["dress"].size(), 8u);
+  EXPECT_TRUE(neighbours["qqqq"].is_null());  // not in the vocabulary, and said so
+  EXPECT_TRUE(has(r.err, "probe word \"qqqq\" is not in the vocabulary")) << r.err;
+
+  // eval recomputes the test loss from the saved run; predict and robustness have nothing to do.
+  EXPECT_TRUE(has(r.out, "held-out loss = ")) << r.out;
+  EXPECT_TRUE(has(r.out, "artifact word_vectors (word_vectors): ")) << r.out;
+  auto e = modalkit("eval '" + file.string() + "' --run '" + run.string() + "' --json");
+  ASSERT_EQ(e.rc, 0) << e.err;
+  EXPECT_NEAR(json::parse(e.out)["loss"].get<double>(), results["loss"].get<double>(), 1e-9);
+  auto p = modalkit("predict '" + file.string() + "' --run '" + run.string() + "' --input /dev/null");
+  EXPECT_EQ(p.rc, 2);
+  EXPECT_TRUE(has(p.err, "has no tasks, so its runs predict nothing")) << p.err;
+  auto rob = modalkit("eval '" + file.string() + "' --run '" + run.string() + "' --robustness");
+  EXPECT_EQ(rob.rc, 2);
+  EXPECT_TRUE(has(rob.err, "--robustness scores a task")) << rob.err;
+  fs::remove_all(run);
+  fs::remove(file);
+}
+
+TEST(Cli, StreamPipelineMistakesAreNamedBeforeTraining) {
+  auto file = word_vectors_variant("wv-bad", [](json& d) {
+    d["data"]["stream"]["field"] = "body";
+    d["data"]["stream"]["config"]["window"] = 0;
+    d["modalities"] = {{"text", {{"plugin", "text"}, {"field", "text"}}}};
+  });
+  auto r = modalkit("validate '" + file.string() + "'");
+  EXPECT_EQ(r.rc, 2);
+  EXPECT_TRUE(has(r.err, "/modalities: must be empty (a pipeline with /data/stream")) << r.err;
+  EXPECT_TRUE(has(r.err, "/data/stream/config/window: must be >= 1 (got 0)")) << r.err;
+  auto field = word_vectors_variant("wv-field", [](json& d) { d["data"]["stream"]["field"] = "body"; });
+  r = modalkit("validate '" + field.string() + "'");
+  EXPECT_EQ(r.rc, 2);
+  EXPECT_TRUE(has(r.err, "/data/stream/field: no field \"body\"")) << r.err;
+  fs::remove(file);
+  fs::remove(field);
 }
 
 TEST(Cli, ThrowingPluginsAreContainedAndNamed) {

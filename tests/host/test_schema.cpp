@@ -101,6 +101,7 @@ class FakePlugins {
       "properties": {"n_mels": {"type": "integer", "minimum": 1, "default": 40}}})")));
     add(manifest_json("concat", "fusion", json{{"type", "object"}}));
     add(manifest_json("supervised", "transfer", json{{"type", "object"}}));
+    add(manifest_json("skipgram", "stream", json{{"type", "object"}}));
   }
   ManifestLookup lookup() const {
     return [this](const std::string& name) -> const Manifest* {
@@ -289,25 +290,25 @@ TEST(Validation, UnknownKeyListsTheAllowedOnes) {
 
 TEST(Validation, MissingRequiredFieldAtTheRoot) {
   json doc = minimal_pipeline();
-  doc.erase("fusion");
+  doc.erase("transfer");
   const auto errors = pipeline_errors(doc);
   ASSERT_EQ(errors.size(), 1u);
   EXPECT_EQ(errors[0].pointer, "");
-  EXPECT_EQ(errors[0].message, "missing required field \"fusion\"");
-  EXPECT_EQ(format_errors(errors, "p.json"), "p.json: /: missing required field \"fusion\"\n");
-  EXPECT_EQ(format_errors(errors, ""), "/: missing required field \"fusion\"\n");
+  EXPECT_EQ(errors[0].message, "missing required field \"transfer\"");
+  EXPECT_EQ(format_errors(errors, "p.json"), "p.json: /: missing required field \"transfer\"\n");
+  EXPECT_EQ(format_errors(errors, ""), "/: missing required field \"transfer\"\n");
 }
 
 TEST(Validation, ReportsEveryErrorAtOnce) {
   json doc = minimal_pipeline();
-  doc.erase("tasks");                                     // 1
+  doc.erase("transfer");                                  // 1
   doc["d_model"] = 0;                                     // 2
   doc["modalities"]["image"]["plugin"] = 7;               // 3
   doc["train"] = {{"batch_size", -1}, {"shuffle", true}};  // 4, 5
   doc["evaluate"] = {{"split", "train"}};                 // 6
   const auto errors = pipeline_errors(doc);
   EXPECT_EQ(lines(errors), (std::vector<std::string>{
-                               "/: missing required field \"tasks\"",
+                               "/: missing required field \"transfer\"",
                                "/d_model: must be >= 1 (got 0)",
                                "/evaluate/split: must be one of \"val\", \"test\" (got \"train\")",
                                "/modalities/image/plugin: must be a string (got 7)",
@@ -557,7 +558,7 @@ TEST(Manifest, BadNameIsRefusedWithEveryError) {
     EXPECT_EQ(lines(e.errors()),
               (std::vector<std::string>{"/abi: missing required field \"minor\"",
                                         "/kind: must be one of \"modality\", \"fusion\", \"transfer\", \"evaluation\", "
-                                        "\"language_model\" (got \"encoder\")",
+                                        "\"language_model\", \"stream\" (got \"encoder\")",
                                         "/name: must match the pattern ^[a-z][a-z0-9_]*$ (got \"Image\")"}));
     EXPECT_EQ(std::string(e.what()).rfind("Image.plugin.json: /abi: missing required field \"minor\"\n", 0), 0u);
   }
@@ -633,10 +634,46 @@ TEST(Pipeline, UnknownPluginWrongKindAndBadConfigAllAtOnce) {
             (std::vector<std::string>{
                 "/modalities/image/config/channels: must be one of 1, 3 (got 2)",
                 "/modalities/image/config/d_model: must be >= 1 (got 0)",
-                "/modalities/sound/plugin: unknown plugin \"audioo\" (known: audio, concat, image, supervised)",
+                "/modalities/sound/plugin: unknown plugin \"audioo\" (known: audio, concat, image, skipgram, supervised)",
                 "/fusion/plugin: plugin \"image\" is a modality plugin, expected a fusion plugin",
                 "/evaluate/modalities/1: unknown modality \"text\" (declared: image, sound)"}));
   EXPECT_EQ(doc, before);  // untouched when invalid
+}
+
+TEST(Pipeline, ModalitiesOrAStreamNeverBoth) {
+  FakePlugins plugins;
+  // Without a stream: at least one modality, and a fusion operator for them.
+  json doc = minimal_pipeline();
+  doc["modalities"] = json::object();
+  doc.erase("fusion");
+  EXPECT_EQ(lines(validate_pipeline(doc, plugins.lookup(), plugins.names())),
+            (std::vector<std::string>{
+                "/modalities: declares no modality; a pipeline needs at least one, or a /data/stream that yields whole batches",
+                "/: missing required field \"fusion\" (a pipeline with modalities needs a fusion operator, e.g. "
+                "{\"plugin\": \"concat\"})"}));
+  // With one: no modalities, fusion or tasks, no label fraction, and a stream plugin.
+  doc = minimal_pipeline();
+  doc["data"]["stream"] = {{"plugin", "supervised"}, {"field", "text"}};
+  doc["data"]["label_fraction"] = 0.5;
+  EXPECT_EQ(lines(validate_pipeline(doc, plugins.lookup(), plugins.names())),
+            (std::vector<std::string>{
+                "/modalities: must be empty (a pipeline with /data/stream takes whole batches from the stream; it has no "
+                "modalities, fusion or tasks)",
+                "/fusion: must be absent (a pipeline with /data/stream takes whole batches from the stream; it has no "
+                "modalities, fusion or tasks)",
+                "/tasks: must be empty (a pipeline with /data/stream takes whole batches from the stream; it has no "
+                "modalities, fusion or tasks)",
+                "/data/label_fraction: must be 1: a stream has no labels to withhold",
+                "/data/stream/plugin: plugin \"supervised\" is a transfer plugin, expected a stream plugin"}));
+  // A task-less stream pipeline is valid, selected on validation loss; tasks default to none.
+  doc = json{{"name", "pretrain"},
+             {"data", {{"dataset", "d.json"}, {"stream", {{"plugin", "skipgram"}, {"field", "text"}}}}},
+             {"transfer", {{"plugin", "supervised"}}},
+             {"train", {{"select", {{"metric", "loss"}}}}}};
+  EXPECT_TRUE(validate_pipeline(doc, plugins.lookup(), plugins.names()).empty());
+  EXPECT_EQ(doc.at("tasks"), json::object());
+  EXPECT_EQ(doc.at("modalities"), json::object());
+  EXPECT_EQ(doc.at(json::json_pointer("/data/stream/config")), json::object());
 }
 
 TEST(Pipeline, ConfigTypeErrorIsReanchored) {

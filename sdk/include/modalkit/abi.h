@@ -13,7 +13,7 @@
 #define MODALKIT_SDK_ABI_MAJOR 1
 /// SDK ABI minor: bumped on additions a built plugin cannot notice (new free functions, new
 /// classes, new factory kinds). The host loads plugins whose minor is <= its own.
-#define MODALKIT_SDK_ABI_MINOR 1
+#define MODALKIT_SDK_ABI_MINOR 2
 /// The SDK release, as in `modalkit --version` and `modalkit-sdk.pc`.
 #define MODALKIT_SDK_VERSION "0.1.0"
 /// The name of the one exported entry (a Boost.DLL alias) every plugin library carries.
@@ -30,6 +30,7 @@ enum modalkit_kind {
   MODALKIT_KIND_TRANSFER = 3,        ///< modalkit::TransferStrategy
   MODALKIT_KIND_EVALUATION = 4,      ///< modalkit::EvaluationProtocol
   MODALKIT_KIND_LANGUAGE_MODEL = 5,  ///< reserved for the language-model interface
+  MODALKIT_KIND_STREAM = 6,          ///< modalkit::BatchStream (since ABI 1.2)
 };
 
 /// What a library was compiled with; every field is compared by the handshake policy

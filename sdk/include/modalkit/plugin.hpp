@@ -58,6 +58,10 @@ int32_t create(const void* args, void* out, char* error, size_t error_size) noex
 #define MODALKIT_EVALUATION(NAME, CLASS) \
   modalkit_factory { NAME, MODALKIT_KIND_EVALUATION, &::modalkit::detail::create<CLASS> }
 
+/// A factory-table entry for a streaming data set class (a modalkit::BatchStream). Since ABI 1.2.
+#define MODALKIT_STREAM(NAME, CLASS) \
+  modalkit_factory { NAME, MODALKIT_KIND_STREAM, &::modalkit::detail::create<CLASS> }
+
 /// Defines the library's single entry point: plugin NAME and VERSION (must match the manifest),
 /// MANIFEST (the manifest text, embedded from the same file by modalkit-embed) and one or more
 /// factory entries. Exported as a Boost.DLL alias; everything else stays hidden.

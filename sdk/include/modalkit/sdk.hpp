@@ -15,4 +15,5 @@
 #include "modalkit/modality.hpp"
 #include "modalkit/plugin.hpp"
 #include "modalkit/strategy.hpp"
+#include "modalkit/stream.hpp"
 #include "modalkit/task.hpp"
