@@ -175,6 +175,9 @@ fs::path write_report(const fs::path& run_dir) {
          "--resume</code>).</p>\n";
   } else {
     h << "<table><tr><th>task</th><th>metric</th><th>value</th></tr>\n";
+    if (results.at("tasks").empty() && results.contains("loss")) {  // a task-less (pretraining) run
+      h << "<tr><td>(none)</td><td>loss</td><td>" << num(results.at("loss").get<double>()) << "</td></tr>\n";
+    }
     for (const auto& [task, metrics] : results.at("tasks").items()) {
       for (const auto& [metric, v] : metrics.items()) {
         h << "<tr><td>" << escape(task) << "</td><td>" << escape(metric) << "</td><td>"
@@ -185,17 +188,27 @@ fs::path write_report(const fs::path& run_dir) {
       << " samples, modalities " << escape(results.value("modalities", json::array()).dump()) << "; kept epoch "
       << results.value("best_epoch", 0) << " (" << escape(results.value("kept", std::string("best")))
       << " on validation), " << results.value("steps", 0) << " steps.</p>\n";
+    const json artifacts = results.value("artifacts", json::object());
+    for (const auto& [artifact, a] : artifacts.items()) {
+      h << "<p>Artifact <code>" << escape(artifact) << "</code> (" << escape(a.value("type", std::string())) << "): <code>"
+        << escape(a.value("file", std::string())) << "</code>, sha256 <code>"
+        << escape(a.value("sha256", std::string()).substr(0, 16)) << "…</code></p>\n";
+    }
   }
 
   if (!epochs.empty()) {
     h << "<h2>Training</h2>\n<div class='charts'>\n";
-    Series loss{"train loss", {}, {}};
+    Series loss{"train loss", {}, {}}, val_loss{"val loss", {}, {}};
     std::map<std::string, Series> val;
     std::map<std::string, Series> terms;
     for (const auto& e : epochs) {
       const double ep = e.value("epoch", 0);
       loss.x.push_back(ep);
       loss.y.push_back(e.value("train_loss", NAN));
+      if (e.contains("val_loss")) {  // selection on validation loss (task-less runs)
+        val_loss.x.push_back(ep);
+        val_loss.y.push_back(e.at("val_loss").is_number() ? e.at("val_loss").get<double>() : NAN);
+      }
       const json loss_terms = e.value("loss_terms", json::object());  // named: items() would outlive a temporary
       for (const auto& [name2, v] : loss_terms.items()) {
         terms[name2].name = name2;
@@ -213,6 +226,7 @@ fs::path write_report(const fs::path& run_dir) {
       }
     }
     std::vector<Series> loss_series{loss};
+    if (!val_loss.x.empty()) loss_series.push_back(val_loss);
     if (terms.size() > 1) {
       for (auto& [n2, s] : terms) loss_series.push_back(s);
     }

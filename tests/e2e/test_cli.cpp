@@ -115,7 +115,7 @@ TEST(Cli, VersionNamesLibTorchThreadsAndBlas) {
   EXPECT_TRUE(has(r.out, "LibTorch: 1.13")) << r.out;
   EXPECT_TRUE(has(r.out, "threads: ")) << r.out;
   EXPECT_TRUE(has(r.out, "BLAS: ")) << r.out;
-  EXPECT_TRUE(has(r.out, "(ABI 1.1)")) << r.out;
+  EXPECT_TRUE(has(r.out, "(ABI 1.2)")) << r.out;
 }
 
 TEST(Cli, PluginsListJsonHasKindVersionAbi) {
@@ -572,6 +572,13 @@ TEST(Cli, WordVectorsPretrainOnAStreamAndPublishATypedArtifact) {
   auto rob = modalkit("eval '" + file.string() + "' --run '" + run.string() + "' --robustness");
   EXPECT_EQ(rob.rc, 2);
   EXPECT_TRUE(has(rob.err, "--robustness scores a task")) << rob.err;
+  // The report shows the loss, both loss curves and the artifact.
+  auto rep = modalkit("report '" + run.string() + "'");
+  ASSERT_EQ(rep.rc, 0) << rep.err;
+  const std::string html = read_all(run / "report.html");
+  for (const char* part : {"<td>loss</td>", "val loss", "Artifact <code>word_vectors</code> (word_vectors)"}) {
+    EXPECT_TRUE(has(html, part)) << part;
+  }
   fs::remove_all(run);
   fs::remove(file);
 }
