@@ -280,6 +280,23 @@ nlohmann::json run_bench(PluginRegistry& registry, const BenchOptions& options) 
     BuiltModel model = create_modalities(pipeline, registry, dataset, context);
     const std::string split = doc.at("data").at("splits").at("train");
     const int64_t batch_size = doc.at("train").at("batch_size");
+    if (model.stream) {  // no per-sample decoding: time a whole epoch of the stream's batches
+      BatchStream& stream = *model.stream;
+      const std::string field = doc.at("data").at("stream").at("field");
+      const std::vector<FieldRef> values = stream_values(dataset, field, split);
+      guard(stream.plugin_name(), [&] { stream.fit(values); });
+      open_stream_split(stream, dataset, field, split);
+      const int64_t batches = stream.batches(split, batch_size);
+      int64_t epoch = 0;  // a new epoch each time: its pairs are drawn anew, as in training
+      const double s = time_per_run(options.min_seconds, [&] {
+        ++epoch;
+        for (int64_t i = 0; i < batches; ++i) stream.batch(split, epoch, i, batch_size);
+      });
+      out["loader"].push_back({{"pipeline", doc.at("name")}, {"split", split}, {"stream", stream.plugin_name()},
+                               {"batches", batches}, {"epoch_seconds", s},
+                               {"examples_per_s", static_cast<double>(batches * batch_size) / s}});
+      continue;
+    }
     // Fit once (also warms file caches and plugin-side caches such as decompressed IDX files).
     SplitFeatures all = SplitFeatures::build(dataset, split, model.modalities, model.tasks, {2, true, false, {}});
     std::vector<std::string> names;

@@ -97,7 +97,7 @@ void SplitSource::for_each(const std::string& split, const std::vector<std::stri
   }
 }
 
-void open_stream_split(BatchStream& stream, Dataset& dataset, const std::string& field, const std::string& split) {
+std::vector<FieldRef> stream_values(Dataset& dataset, const std::string& field, const std::string& split) {
   const auto& samples = dataset.samples(split);
   std::vector<FieldRef> values;
   values.reserve(samples.size());
@@ -106,6 +106,11 @@ void open_stream_split(BatchStream& stream, Dataset& dataset, const std::string&
     if (it == s.fields.end()) throw DataError(s.origin, "no field \"" + field + "\" (read by the stream, /data/stream/field)");
     values.push_back(FieldRef{*it, dataset.base_dir(), s.origin});
   }
+  return values;
+}
+
+void open_stream_split(BatchStream& stream, Dataset& dataset, const std::string& field, const std::string& split) {
+  const std::vector<FieldRef> values = stream_values(dataset, field, split);
   guard(stream.plugin_name(), [&] { stream.open(split, values); });
 }
 

@@ -94,6 +94,10 @@ BuiltModel create_modalities(const ResolvedPipeline& pipeline, PluginRegistry& r
 void build_networks(const ResolvedPipeline& pipeline, PluginRegistry& registry, HostContext& context,
                     BuiltModel& model);
 
+/// Each sample's value of `field` in `split`, referring into `dataset` (which must outlive
+/// them); a sample without the field is a DataError naming its line.
+std::vector<FieldRef> stream_values(Dataset& dataset, const std::string& field, const std::string& split);
+
 /// Opens `split` of `dataset` in the stream (each sample's value of `field`); a sample without
 /// the field is a DataError naming its line.
 void open_stream_split(BatchStream& stream, Dataset& dataset, const std::string& field, const std::string& split);

@@ -362,6 +362,7 @@ int cmd_bench(const std::vector<std::string>& argv, modalkit::host::PluginRegist
   std::printf("%-28s %-9s %8s %9s %12s %12s %8s\n", "pipeline", "modality", "samples", "distinct", "1 thread",
               "2 threads", "ratio");
   for (const auto& e : r["loader"]) {
+    if (e.contains("stream")) continue;  // printed below
     for (const auto& [name, m] : e["modalities"].items()) {
       std::printf("%-28s %-9s %8lld %9lld %12.0f %12.0f %7.2fx\n", e["pipeline"].get<std::string>().c_str(), name.c_str(),
                   static_cast<long long>(e["samples"].get<int64_t>()),
@@ -373,9 +374,17 @@ int cmd_bench(const std::vector<std::string>& argv, modalkit::host::PluginRegist
   std::printf("\ncached epoch: batching in-memory features vs an epoch that decodes (baseline: decoding epoch)\n");
   std::printf("%-28s %14s %14s %10s\n", "pipeline", "decoding (s)", "cached (s)", "speed-up");
   for (const auto& e : r["loader"]) {
+    if (e.contains("stream")) continue;
     std::printf("%-28s %14.4f %14.4f %9.1fx\n", e["pipeline"].get<std::string>().c_str(),
                 e["epoch_seconds"]["decoding"].get<double>(), e["epoch_seconds"]["cached"].get<double>(),
                 e["cached_epoch_speedup"].get<double>());
+  }
+  for (const auto& e : r["loader"]) {
+    if (!e.contains("stream")) continue;
+    std::printf("\nstream %s (%s): an epoch of %lld batches made in %.3f s (%.0f examples/s)\n",
+                e["stream"].get<std::string>().c_str(), e["pipeline"].get<std::string>().c_str(),
+                static_cast<long long>(e["batches"].get<int64_t>()), e["epoch_seconds"].get<double>(),
+                e["examples_per_s"].get<double>());
   }
   const json& rt = r["runtime"];
   std::printf("\nruntime\n");

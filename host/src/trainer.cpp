@@ -575,13 +575,7 @@ nlohmann::json train(const ResolvedPipeline& pipeline, PluginRegistry& registry,
     if (options.resume) {
       guard(stream.plugin_name(), [&] { stream.load_fitted_state(fitted_before.at("stream")); });
     } else {
-      const auto& samples = dataset.samples(train_split);
-      std::vector<FieldRef> values;
-      for (const auto& sample : samples) {
-        const auto it = sample.fields.find(field);
-        if (it == sample.fields.end()) throw DataError(sample.origin, "no field \"" + field + "\" (read by the stream, /data/stream/field)");
-        values.push_back(FieldRef{*it, dataset.base_dir(), sample.origin});
-      }
+      const std::vector<FieldRef> values = stream_values(dataset, field, train_split);
       guard(stream.plugin_name(), [&] { stream.fit(values); });
     }
     for (const auto& split : {train_split, val_split, eval_split}) open_stream_split(stream, dataset, field, split);

@@ -1232,10 +1232,17 @@ TEST(Cli, SkipBadLeavesOutBadSamplesAndCountsThem) {
 
 TEST(Cli, BenchReportsLoaderThroughputAndTheCachedEpoch) {
   auto r = modalkit("bench '" + source("examples/pipelines/wine-tabular.json").string() + "' '" +
-                    source("examples/pipelines/fashion-mnist-image.json").string() + "' --json --min-seconds 0.05");
+                    source("examples/pipelines/fashion-mnist-image.json").string() + "' '" +
+                    source("examples/pipelines/word-vectors.json").string() + "' --json --min-seconds 0.05");
   ASSERT_EQ(r.rc, 0) << r.err;
   const json b = json::parse(r.out);
-  ASSERT_EQ(b["loader"].size(), 2u);
+  ASSERT_EQ(b["loader"].size(), 3u);
+  // A stream makes whole batches: timed as an epoch of them (a new epoch's pairs each time).
+  const json& st = b["loader"][2];
+  EXPECT_EQ(st["stream"], "skipgram");
+  EXPECT_GT(st["batches"].get<int64_t>(), 0);
+  EXPECT_NEAR(st["examples_per_s"].get<double>(),
+              st["batches"].get<double>() * 4096 / st["epoch_seconds"].get<double>(), 1e-6 * st["examples_per_s"].get<double>());
   const json& e = b["loader"][0];
   EXPECT_EQ(e["pipeline"], "wine-tabular");
   EXPECT_EQ(e["samples"], 107);
