@@ -286,15 +286,18 @@ nlohmann::json run_bench(PluginRegistry& registry, const BenchOptions& options) 
       const std::vector<FieldRef> values = stream_values(dataset, field, split);
       guard(stream.plugin_name(), [&] { stream.fit(values); });
       open_stream_split(stream, dataset, field, split);
-      const int64_t batches = stream.batches(split, batch_size);
-      int64_t epoch = 0;  // a new epoch each time: its pairs are drawn anew, as in training
+      const int64_t batches = guard(stream.plugin_name(), [&] { return stream.batches(split, batch_size); });
+      int64_t epoch = 0, examples = 0;  // a new epoch each time: its pairs are drawn anew, as in training
       const double s = time_per_run(options.min_seconds, [&] {
         ++epoch;
-        for (int64_t i = 0; i < batches; ++i) stream.batch(split, epoch, i, batch_size);
+        examples = 0;
+        for (int64_t i = 0; i < batches; ++i) {
+          examples += guard(stream.plugin_name(), [&] { return stream.batch(split, epoch, i, batch_size); }).size();
+        }
       });
       out["loader"].push_back({{"pipeline", doc.at("name")}, {"split", split}, {"stream", stream.plugin_name()},
-                               {"batches", batches}, {"epoch_seconds", s},
-                               {"examples_per_s", static_cast<double>(batches * batch_size) / s}});
+                               {"batches", batches}, {"examples", examples}, {"epoch_seconds", s},
+                               {"examples_per_s", static_cast<double>(examples) / s}});
       continue;
     }
     // Fit once (also warms file caches and plugin-side caches such as decompressed IDX files).

@@ -670,6 +670,8 @@ nlohmann::json evaluate(const ResolvedPipeline& pipeline, PluginRegistry& regist
   }
   const auto& splits = doc.at("data").at("splits");
   const std::string split = splits.at(options.split.empty() ? doc.at("evaluate").at("split").get<std::string>() : options.split);
+  // A task-less run's figure is its loss, computed as training did: on what the strategy trains with.
+  if (r.model.tasks.empty() && options.modalities.empty()) modalities = r.model.train_modalities;
   if (r.model.stream) {  // a task-less pretraining run: its figure is the loss
     open_stream_split(*r.model.stream, *r.dataset, doc.at("data").at("stream").at("field"), split);
     StreamSource source(*r.model.stream, doc.at("train").at("batch_size"), r.device);
@@ -683,8 +685,9 @@ nlohmann::json evaluate(const ResolvedPipeline& pipeline, PluginRegistry& regist
   const int64_t skipped = report_skipped(split, f);
   SplitSource source({{split, &f}}, doc.at("train").at("batch_size"), modalities, r.device);
   HeldOutProtocol protocol(r.model.tasks);
-  nlohmann::json result = protocol.evaluate(*r.model.strategy, source, split, modalities);
-  if (r.model.tasks.empty()) result.update(loss_on(*r.model.strategy, source, split, modalities));
+  nlohmann::json result = r.model.tasks.empty() ? loss_on(*r.model.strategy, source, split, modalities)
+                                                : protocol.evaluate(*r.model.strategy, source, split, modalities);
+  if (r.model.tasks.empty()) result["tasks"] = nlohmann::json::object();
   result["skipped"] = {{split, skipped}};
   if (!r.same_pipeline) result["warning"] = "the pipeline differs from the one the run was trained with";
   if (options.robustness) {

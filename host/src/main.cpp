@@ -172,7 +172,10 @@ int cmd_validate(const std::vector<std::string>& argv, modalkit::host::PluginReg
   auto dataset = modalkit::host::Dataset::open(pipeline.dataset);
   modalkit::host::check_against_dataset(pipeline, dataset, registry);
   std::cout << file.string() << ": valid (pipeline \"" << pipeline.doc["name"].get<std::string>() << "\", "
-            << pipeline.doc["modalities"].size() << " modalities, data set " << pipeline.dataset.string() << ")\n";
+            << (pipeline.doc["data"].contains("stream")
+                    ? "stream " + pipeline.doc["data"]["stream"]["plugin"].get<std::string>()
+                    : std::to_string(pipeline.doc["modalities"].size()) + " modalities")
+            << ", data set " << pipeline.dataset.string() << ")\n";
   return kOk;
 }
 

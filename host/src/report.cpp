@@ -176,7 +176,8 @@ fs::path write_report(const fs::path& run_dir) {
   } else {
     h << "<table><tr><th>task</th><th>metric</th><th>value</th></tr>\n";
     if (results.at("tasks").empty() && results.contains("loss")) {  // a task-less (pretraining) run
-      h << "<tr><td>(none)</td><td>loss</td><td>" << num(results.at("loss").get<double>()) << "</td></tr>\n";
+      const json& loss = results.at("loss");  // NaN is stored as null
+      h << "<tr><td>(none)</td><td>loss</td><td>" << (loss.is_number() ? num(loss.get<double>()) : "n/a") << "</td></tr>\n";
     }
     for (const auto& [task, metrics] : results.at("tasks").items()) {
       for (const auto& [metric, v] : metrics.items()) {

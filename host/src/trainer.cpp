@@ -9,6 +9,7 @@
 #include <fstream>
 #include <numeric>
 #include <random>
+#include <set>
 #include <sstream>
 #include <algorithm>
 
@@ -475,7 +476,12 @@ class StreamFeed : public TrainFeed {
       : stream_(stream), split_(std::move(split)), batch_size_(batch_size),
         steps_(guard(stream.plugin_name(), [&] { return stream.batches(split_, batch_size); })) {}
   int64_t steps_per_epoch() const override { return steps_; }
-  int64_t examples() const override { return steps_ * batch_size_; }
+  int64_t examples() const override {  // every batch is full but perhaps the last
+    if (steps_ == 0) return 0;
+    // The epoch last trained is still made; the last batch's size is the same in every epoch.
+    const Batch last = guard(stream_.plugin_name(), [&] { return stream_.batch(split_, epoch_, steps_ - 1, batch_size_); });
+    return (steps_ - 1) * batch_size_ + last.size();
+  }
   void start_epoch(int epoch, std::mt19937_64& /*rng*/) override { epoch_ = epoch; }
   Batch batch(int64_t step) const override {
     return guard(stream_.plugin_name(), [&] { return stream_.batch(split_, epoch_, step, batch_size_); });
@@ -573,12 +579,17 @@ nlohmann::json train(const ResolvedPipeline& pipeline, PluginRegistry& registry,
     BatchStream& stream = *model.stream;
     const std::string field = doc.at("data").at("stream").at("field");
     if (options.resume) {
+      if (!fitted_before.contains("stream")) {
+        throw Error((options.out / "fitted_state.json").string() + ": holds no \"stream\" state");
+      }
       guard(stream.plugin_name(), [&] { stream.load_fitted_state(fitted_before.at("stream")); });
     } else {
       const std::vector<FieldRef> values = stream_values(dataset, field, train_split);
       guard(stream.plugin_name(), [&] { stream.fit(values); });
     }
-    for (const auto& split : {train_split, val_split, eval_split}) open_stream_split(stream, dataset, field, split);
+    for (const auto& split : std::set<std::string>{train_split, val_split, eval_split}) {
+      open_stream_split(stream, dataset, field, split);
+    }
     build_networks(pipeline, registry, context, model);
     feed = std::make_unique<StreamFeed>(stream, train_split, batch_size);
     source = std::make_unique<StreamSource>(stream, batch_size, device);

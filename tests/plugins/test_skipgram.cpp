@@ -3,6 +3,7 @@
 // batches (the property resume relies on), the noise distribution, subsampling, errors, and the
 // loss against a direct computation.
 #include <cmath>
+#include <fstream>
 #include <list>
 #include <set>
 
@@ -94,6 +95,23 @@ TEST_F(SkipGram, VocabularyIsTheFrequentWordsByCountThenSpelling) {
   EXPECT_NE(std::find(words.begin(), words.end(), "x"), words.end());  // a trailing '-' separates
 }
 
+TEST_F(SkipGram, SourceFileReadsTheTextFromFiles) {
+  const std::string name = "skipgram-text-" + std::to_string(::getpid()) + ".txt";
+  std::ofstream(name) << "alpha beta alpha gamma";
+  auto s = stream({{"min_count", 1}, {"subsample", 0}, {"source", "file"}}, {name});
+  EXPECT_EQ(s->info().at("vocabulary"), json({"alpha", "beta", "gamma"}));
+  std::filesystem::remove(name);
+  auto inline_text = registry->create<modalkit::BatchStream>("skipgram", MODALKIT_KIND_STREAM,
+                                                             args("skipgram", {{"source", "file"}}, "/data/stream/config"));
+  try {
+    inline_text->fit(refs({"no such file.txt"}));
+    ADD_FAILURE() << "a missing file was read";
+  } catch (const modalkit::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("samples.jsonl:1: cannot read ./no such file.txt (config source is \"file\")"),
+              std::string::npos) << e.what();
+  }
+}
+
 TEST_F(SkipGram, AWindowOfOnePairsNeighboursWithinADocumentOnly) {
   auto s = stream({{"min_count", 1}, {"window", 1}, {"subsample", 0}}, {"a b c", "d e"});
   EXPECT_EQ(s->batches("train", 4), 2);  // 6 pairs
@@ -121,8 +139,9 @@ TEST_F(SkipGram, BatchesAreAPureFunctionOfSeedSplitEpochAndIndex) {
   const json config = {{"min_count", 1}, {"subsample", 0.01}};
   auto one = stream(config, text), two = stream(config, text);
   const modalkit::Batch a = one->batch("train", 2, 1, 8), b = two->batch("train", 2, 1, 8);
-  const modalkit::Batch again = one->batch("train", 2, 1, 8);  // after another epoch was made in between
+  const modalkit::Batch again = one->batch("train", 2, 1, 8);  // from the cache
   one->batch("train", 3, 0, 8);
+  one->batch("train", 4, 0, 8);  // the cache keeps two epochs: epoch 2 is made again below
   const modalkit::Batch later = one->batch("train", 2, 1, 8);
   for (const char* k : {"center", "context", "negatives"}) {
     EXPECT_TRUE(a.inputs.at(k).data.equal(b.inputs.at(k).data)) << k;
@@ -136,6 +155,27 @@ TEST_F(SkipGram, BatchesAreAPureFunctionOfSeedSplitEpochAndIndex) {
     differs = differs || !one->batch("train", 1, i, 8).inputs.at("center").data.equal(one->batch("train", 2, i, 8).inputs.at("center").data);
   }
   EXPECT_TRUE(differs);
+}
+
+TEST_F(SkipGram, EveryEpochHasEpochZerosLengthWrappingOrCutting) {
+  // Subsampling and windows are redrawn each epoch, so epochs draw different numbers of pairs;
+  // each is served as exactly batches() batches, the last one partial, wrapping when short.
+  std::string text;
+  for (int i = 0; i < 60; ++i) text += "w" + std::to_string(i % 7) + " ";
+  auto s = stream({{"min_count", 1}, {"subsample", 0.05}, {"window", 3}}, {text});
+  const int64_t n = s->batches("train", 16);
+  const int64_t last = s->batch("train", 0, n - 1, 16).size();
+  ASSERT_GE(last, 1);
+  for (int64_t epoch = 1; epoch <= 6; ++epoch) {
+    for (int64_t i = 0; i < n - 1; ++i) ASSERT_EQ(s->batch("train", epoch, i, 16).size(), 16) << epoch << " " << i;
+    EXPECT_EQ(s->batch("train", epoch, n - 1, 16).size(), last) << "epoch " << epoch;
+  }
+  try {
+    s->batch("train", 1, n, 16);
+    ADD_FAILURE() << "a batch past the end was served";
+  } catch (const modalkit::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("out of range"), std::string::npos) << e.what();
+  }
 }
 
 TEST_F(SkipGram, NegativesFollowTheUnigramDistributionToTheThreeQuarters) {
@@ -210,12 +250,16 @@ TEST_F(SkipGram, BadInputIsNamed) {
 
 TEST_F(SkipGram, FittedStateRestoresTheSameBatches) {
   const std::vector<json> text{"red green blue red green", "blue blue red"};
-  const json config = {{"min_count", 1}, {"subsample", 0}};
+  const json config = {{"min_count", 1}, {"subsample", 0.1}};  // the counts drive subsampling and negatives
   auto a = stream(config, text);
   auto b = registry->create<modalkit::BatchStream>("skipgram", MODALKIT_KIND_STREAM, args("skipgram", config, "/data/stream/config"));
   b->load_fitted_state(json::parse(a->fitted_state().dump()));
   b->open("train", refs(text));
-  EXPECT_TRUE(a->batch("train", 1, 0, 4).inputs.at("negatives").data.equal(b->batch("train", 1, 0, 4).inputs.at("negatives").data));
+  ASSERT_EQ(a->batches("train", 4), b->batches("train", 4));
+  for (int64_t i = 0; i < a->batches("train", 4); ++i) {
+    const modalkit::Batch x = a->batch("train", 1, i, 4), y = b->batch("train", 1, i, 4);
+    for (const char* k : {"center", "context", "negatives"}) EXPECT_TRUE(x.inputs.at(k).data.equal(y.inputs.at(k).data)) << k;
+  }
 }
 
 TEST_F(SkipGram, TheLossIsSkipGramWithNegativeSampling) {

@@ -8,10 +8,13 @@
 #include <algorithm>
 #include <cctype>
 #include <cmath>
+#include <filesystem>
+#include <fstream>
 #include <memory>
 #include <mutex>
 #include <numeric>
 #include <random>
+#include <sstream>
 #include <unordered_map>
 
 #include <ATen/ATen.h>
@@ -80,7 +83,8 @@ class SkipGramStream : public modalkit::BatchStream {
         max_vocab_(args.config.get<int64_t>("max_vocab")),
         window_(args.config.get<int64_t>("window")),
         negatives_(args.config.get<int64_t>("negatives")),
-        subsample_(args.config.get<double>("subsample")) {}
+        subsample_(args.config.get<double>("subsample")),
+        from_file_(args.config.get<std::string>("source") == "file") {}
 
   void fit(const std::vector<modalkit::FieldRef>& train) override {
     std::unordered_map<std::string, int64_t> counts;
@@ -137,20 +141,24 @@ class SkipGramStream : public modalkit::BatchStream {
                                                 "on a small corpus subsampling drops most words: lower config subsample)");
     }
     std::lock_guard<std::mutex> lock(mutex_);
-    splits_[split] = std::make_shared<SplitText>(std::move(text));
+    splits_[split] = std::make_shared<const SplitText>(std::move(text));
     cache_.erase(split);
   }
 
   int64_t batches(const std::string& split, int64_t batch_size) const override {
-    return (text(split).epoch_pairs + batch_size - 1) / batch_size;
+    return (text(split)->epoch_pairs + batch_size - 1) / batch_size;
   }
 
   modalkit::Batch batch(const std::string& split, int64_t epoch, int64_t index, int64_t batch_size) const override {
-    const SplitText& t = text(split);
-    const auto pairs = pairs_of(split, epoch);
-    const int64_t first = index * batch_size, last = std::min(t.epoch_pairs, first + batch_size);
+    const auto t = text(split);  // one snapshot: a concurrent open() of the split cannot mix two
+    const auto pairs = pairs_of(split, *t, epoch);
+    const int64_t first = index * batch_size, last = std::min(t->epoch_pairs, first + batch_size);
     if (index < 0 || first >= last) throw modalkit::Error("skipgram: batch " + std::to_string(index) + " out of range");
     const int64_t b = last - first, have = static_cast<int64_t>(pairs->center.size());
+    if (have == 0) {  // subsampling and windows are redrawn each epoch; a tiny split can draw nothing
+      throw modalkit::DataError("skipgram", "epoch " + std::to_string(epoch) + " of split \"" + split +
+                                                "\" drew no pairs; lower config subsample or use more text");
+    }
     auto center = at::empty({b}, at::kLong), context = at::empty({b}, at::kLong), order = at::empty({b}, at::kLong);
     auto* c = center.data_ptr<int64_t>();
     auto* o = context.data_ptr<int64_t>();
@@ -183,9 +191,15 @@ class SkipGramStream : public modalkit::BatchStream {
   nlohmann::json info() const override { return {{"vocabulary", words_}, {"counts", counts_}}; }
 
  private:
-  static std::string text_of(const modalkit::FieldRef& f) {
+  std::string text_of(const modalkit::FieldRef& f) const {
     if (!f.value.is_string()) throw modalkit::DataError(f.origin, "skipgram reads text, found " + std::string(f.value.type_name()));
-    return f.value.get<std::string>();
+    if (!from_file_) return f.value.get<std::string>();
+    const std::filesystem::path file = f.base_dir / f.value.get<std::string>();
+    std::ifstream in(file, std::ios::binary);
+    if (!in) throw modalkit::DataError(f.origin, "cannot read " + file.string() + " (config source is \"file\")");
+    std::ostringstream text;
+    text << in.rdbuf();
+    return text.str();
   }
 
   void index_vocabulary() {
@@ -196,25 +210,29 @@ class SkipGramStream : public modalkit::BatchStream {
     noise_cdf_.resize(counts_.size());
     double acc = 0;
     for (size_t i = 0; i < counts_.size(); ++i) noise_cdf_[i] = acc += std::pow(static_cast<double>(counts_[i]), 0.75);
+    // Opened splits hold ids of the old vocabulary: they must be opened again.
     std::lock_guard<std::mutex> lock(mutex_);
+    splits_.clear();
     cache_.clear();
   }
 
-  const SplitText& text(const std::string& split) const {
+  std::shared_ptr<const SplitText> text(const std::string& split) const {
     std::lock_guard<std::mutex> lock(mutex_);
     const auto it = splits_.find(split);
     if (it == splits_.end()) throw modalkit::Error("skipgram: split \"" + split + "\" was not opened");
-    return *it->second;
+    return it->second;
   }
 
-  /// The pairs of `epoch`, made once and kept for the two most recent epochs of each split.
-  std::shared_ptr<const EpochPairs> pairs_of(const std::string& split, int64_t epoch) const {
+  /// The pairs of `epoch` of `t` (split `split`), made once and kept for two epochs of each
+  /// split; the lowest epoch number goes first (results do not depend on what is cached).
+  std::shared_ptr<const EpochPairs> pairs_of(const std::string& split, const SplitText& t, int64_t epoch) const {
     std::lock_guard<std::mutex> lock(mutex_);
     auto& per_split = cache_[split];
-    if (const auto it = per_split.find(epoch); it != per_split.end()) return it->second;
-    auto made = std::make_shared<const EpochPairs>(make_pairs(split, *splits_.at(split), epoch));
-    while (per_split.size() >= 2) per_split.erase(per_split.begin());  // oldest epoch first
-    per_split[epoch] = made;
+    if (const auto it = per_split.find(epoch); it != per_split.end() && it->second.first == &t) return it->second.second;
+    auto made = std::make_shared<const EpochPairs>(make_pairs(split, t, epoch));
+    per_split.erase(epoch);
+    while (per_split.size() >= 2) per_split.erase(per_split.begin());
+    per_split[epoch] = {&t, made};
     return made;
   }
 
@@ -268,8 +286,10 @@ class SkipGramStream : public modalkit::BatchStream {
   int64_t total_ = 0;
   std::vector<double> noise_cdf_;
   mutable std::mutex mutex_;
-  std::map<std::string, std::shared_ptr<SplitText>> splits_;
-  mutable std::map<std::string, std::map<int64_t, std::shared_ptr<const EpochPairs>>> cache_;
+  bool from_file_;
+  std::map<std::string, std::shared_ptr<const SplitText>> splits_;
+  // Per split and epoch: the SplitText the pairs were made from (a reopened split makes new ones).
+  mutable std::map<std::string, std::map<int64_t, std::pair<const SplitText*, std::shared_ptr<const EpochPairs>>>> cache_;
 };
 
 }  // namespace

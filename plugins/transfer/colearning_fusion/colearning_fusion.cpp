@@ -49,6 +49,7 @@ class CoLearningFusion : public modalkit::TransferStrategy {
     for (const auto& m : modalities_) encoders_.emplace(m, parts.encoders.at(m));
     fusion_ = parts.fusion;
     heads_ = parts.heads;
+    TORCH_CHECK(!parts.heads.empty(), "colearning_fusion trains task heads, and the pipeline has no /tasks");
   }
 
   modalkit::LossTerms loss(const modalkit::Batch& batch) override {

@@ -21,6 +21,7 @@ class SupervisedStrategy : public modalkit::TransferStrategy {
     for (const auto& m : modalities_) refs_.emplace(m, parts.encoders.at(m));
     fusion_ = parts.fusion;
     head_refs_ = parts.heads;
+    TORCH_CHECK(!parts.heads.empty(), "supervised trains task heads, and the pipeline has no /tasks");
   }
 
   modalkit::LossTerms loss(const modalkit::Batch& batch) override {

@@ -19,7 +19,7 @@ namespace modalkit {
 /// A data set split into batches by its plugin (pipeline `/data/stream`). The host calls fit
 /// (or load_fitted_state) once, then open for each split it uses, then batches and batch.
 ///
-/// batch() must be a pure function of (the pipeline's seed, split, epoch, index): the host may
+/// batch() must be a pure function of (the pipeline's seed, split, epoch, index, batch size): the host may
 /// ask for batches in any order, from several threads, and a resumed run asks again for the
 /// batches it had reached and must get the same bits. Keep per-epoch randomness seeded from
 /// Context::seed() and the epoch; never from a generator that advances between calls.
