@@ -13,6 +13,7 @@
 #include "modality_fixture.hpp"
 #include "modalkit/strategy.hpp"
 #include "modalkit/stream.hpp"
+#include "modalkit/word_vectors.hpp"
 
 namespace {
 
@@ -22,6 +23,8 @@ using nlohmann::json;
 class StreamContext : public TestContext {
  public:
   std::shared_ptr<modalkit::Component> stream;
+  std::filesystem::path run;
+  std::filesystem::path run_dir() const override { return run; }
   std::shared_ptr<modalkit::Component> find_component(const std::string& name) const override {
     return name == "stream" ? stream : nullptr;
   }
@@ -294,6 +297,29 @@ TEST_F(SkipGram, TheLossIsSkipGramWithNegativeSampling) {
   }
   EXPECT_NEAR(loss, sum / static_cast<double>(b.size()), 1e-5);
   EXPECT_TRUE(model->predict(b).empty());
+}
+
+TEST_F(SkipGram, TheWrittenVectorsReadBackThroughTheSdk) {
+  // finalize writes word2vec text; the SDK reader other plugins use gets the center vectors back.
+  auto s = stream({{"min_count", 1}, {"subsample", 0}}, {"red green blue red", "green blue yellow"});
+  context.stream = s;
+  context.run = std::filesystem::current_path() / ("wv-run-" + std::to_string(::getpid()));
+  std::filesystem::create_directories(context.run);
+  auto model = registry->create<modalkit::TransferStrategy>("word_vectors", MODALKIT_KIND_TRANSFER,
+                                                            args("word_vectors", {{"dim", 5}}, "/transfer/config"));
+  model->build(modalkit::ModelParts{});
+  struct NoData : modalkit::BatchSource {
+    void for_each(const std::string&, const std::vector<std::string>&, const std::function<void(const modalkit::Batch&)>&) override {}
+  } none;
+  model->finalize(none);
+  const modalkit::WordVectors wv = modalkit::read_word_vectors(context.run / "word_vectors.txt");
+  EXPECT_EQ(json(wv.words), s->info().at("vocabulary"));
+  at::Tensor center;
+  for (auto& p : model->named_parameters()) {
+    if (p.key() == "center") center = p.value().detach();
+  }
+  EXPECT_TRUE(at::allclose(wv.vectors, center, /*rtol=*/1e-5, /*atol=*/1e-9));
+  std::filesystem::remove_all(context.run);
 }
 
 }  // namespace

@@ -1,4 +1,8 @@
 // The SDK's own behaviour: config access, batches, pooling and presence, task heads, guards.
+#include <unistd.h>
+
+#include <fstream>
+
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
@@ -204,4 +208,54 @@ TEST(TemporalConv, TrainingRepeatsBitForBitAtSmallBatches) {
   const double first = train();
   EXPECT_TRUE(std::isfinite(first));
   for (int i = 0; i < 3; ++i) EXPECT_EQ(train(), first);
+}
+
+namespace {
+
+/// Writes `text` to a scratch file named after the test and returns its path.
+std::filesystem::path scratch_file(const std::string& name, const std::string& text) {
+  const auto path = std::filesystem::current_path() / ("wv-" + name + "-" + std::to_string(::getpid()) + ".txt");
+  std::ofstream(path) << text;
+  return path;
+}
+
+}  // namespace
+
+TEST(WordVectors, ReadsWord2vecTextFormat) {
+  const auto file = scratch_file("ok", "3 2\nshirt 0.5 -1\nt-shirt 2 3e-1\n\nboot -0.25 4\n");
+  const modalkit::WordVectors wv = modalkit::read_word_vectors(file);
+  EXPECT_EQ(wv.words, (std::vector<std::string>{"shirt", "t-shirt", "boot"}));
+  EXPECT_TRUE(wv.vectors.equal(torch::tensor({0.5f, -1.f, 2.f, 0.3f, -0.25f, 4.f}).view({3, 2})));
+  EXPECT_EQ(wv.find("t-shirt"), 1);
+  EXPECT_EQ(wv.find("sandal"), -1);
+  EXPECT_TRUE(wv.at("boot").equal(torch::tensor({-0.25f, 4.f})));
+  EXPECT_NE(error_of([&] { wv.at("sandal"); }).find("no vector for \"sandal\" (3 words)"), std::string::npos);
+  std::filesystem::remove(file);
+}
+
+TEST(WordVectors, MalformedFilesAreNamedWithTheirLine) {
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {"header", "two 2\na 1 2\n"},
+      {"values", "2 2\na 1 2\nb 1\n"},
+      {"nan", "1 2\na 1 nan\n"},
+      {"repeat", "2 1\na 1\na 2\n"},
+      {"short", "3 1\na 1\nb 2\n"},
+      {"long", "1 1\na 1\nb 2\n"},
+  };
+  const std::vector<std::string> expected = {
+      ":1: expected the word2vec header \"WORDS DIMENSIONS\", found \"two 2\"",
+      ":3: \"b\" has 1 values, the header says 2",
+      ":2: value 2 is not a finite number",
+      ":3: the word \"a\" appears twice",
+      ": 2 words, the header says 3",
+      ":3: more words than the header's 1",
+  };
+  for (size_t i = 0; i < cases.size(); ++i) {
+    const auto file = scratch_file(cases[i].first, cases[i].second);
+    const std::string message = error_of([&] { modalkit::read_word_vectors(file); });
+    EXPECT_EQ(message, file.string() + expected[i]) << cases[i].first;
+    std::filesystem::remove(file);
+  }
+  EXPECT_NE(error_of([] { modalkit::read_word_vectors("/nonexistent/wv.txt"); }).find("cannot read"),
+            std::string::npos);
 }

@@ -17,3 +17,4 @@
 #include "modalkit/strategy.hpp"
 #include "modalkit/stream.hpp"
 #include "modalkit/task.hpp"
+#include "modalkit/word_vectors.hpp"
