@@ -646,6 +646,23 @@ TEST(Cli, ThrowingPluginsAreContainedAndNamed) {
   }
 }
 
+TEST(Cli, AnArtifactAPluginDeclaresButDoesNotWriteIsNamed) {
+  auto file = pipeline_variant("faulty-produces", [&](json& d) {
+    d["fusion"] = {{"plugin", "faulty"}, {"config", {{"fail", "none"}}}};
+    d["train"]["epochs"] = 1;
+    d["data"]["label_fraction"] = 0.1;
+  });
+  const fs::path run = fs::current_path() / ("run-faulty-produces-" + std::to_string(::getpid()));
+  fs::remove_all(run);
+  auto r = modalkit("train '" + file.string() + "' --out '" + run.string() + "'");
+  EXPECT_EQ(r.rc, 1);
+  EXPECT_TRUE(has(r.err, "plugin faulty: its manifest says it produces notes (" + (run / "faulty-notes.txt").string() +
+                             "), but it did not write that file")) << r.err;
+  EXPECT_FALSE(fs::exists(run / "results.json"));  // a run whose outputs are incomplete is not finished
+  fs::remove(file);
+  fs::remove_all(run);
+}
+
 TEST(Cli, MismatchedPluginIsRefusedWithBothVersions) {
   auto file = pipeline_variant("badabi", [](json& d) { d["fusion"] = {{"plugin", "badabi"}}; });
   auto r = modalkit("train '" + file.string() + "' --out '" + (fs::current_path() / "run-badabi").string() + "'");

@@ -1,5 +1,6 @@
 // A fusion plugin that fails on purpose, as its config says: in its constructor
-// ("construct") or in forward ("forward"). The host must contain both and name the plugin.
+// ("construct") or in forward ("forward"). The host must contain both and name the plugin. Its
+// manifest also declares an artifact it never writes, which the host must report after training.
 #include "faulty_manifest.hpp"
 #include "modalkit/fusion.hpp"
 #include "modalkit/plugin.hpp"
