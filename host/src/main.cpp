@@ -158,6 +158,14 @@ int cmd_plugins(const std::vector<std::string>& argv, modalkit::host::PluginRegi
                 << m->library_path().string() << "\n\nconfig schema:\n"
                 << m->config_schema.dump(2) << "\n\nconfig defaults:\n"
                 << defaults.dump(2) << "\n";
+      for (const auto& a : m->artifacts) {
+        std::cout << "needs artifact " << a.at("name").get<std::string>() << " (type " << a.at("type").get<std::string>()
+                  << (a.value("required", true) ? "" : ", optional") << ")\n";
+      }
+      for (const auto& a : m->produces) {
+        std::cout << "produces artifact " << a.at("name").get<std::string>() << " (type " << a.at("type").get<std::string>()
+                  << "): RUN/" << a.at("file").get<std::string>() << "\n";
+      }
     }
     return kOk;
   }

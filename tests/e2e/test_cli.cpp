@@ -141,6 +141,11 @@ TEST(Cli, DescribeShowsDefaults) {
   json d = json::parse(r.out);
   EXPECT_EQ(d["config_defaults"]["height"], 28);
   EXPECT_EQ(d["config_defaults"]["perturbation"], "noise");
+  // What a plugin needs and what it writes for other pipelines.
+  auto text = modalkit("plugins describe text");
+  EXPECT_TRUE(has(text.out, "needs artifact tokenizer (type sentencepiece)")) << text.out;
+  auto wv = modalkit("plugins describe word_vectors");
+  EXPECT_TRUE(has(wv.out, "produces artifact word_vectors (type word_vectors): RUN/word_vectors.txt")) << wv.out;
   auto unknown = modalkit("plugins describe nosuch");
   EXPECT_EQ(unknown.rc, 2);
   EXPECT_TRUE(has(unknown.err, "unknown plugin \"nosuch\" (known: ")) << unknown.err;
