@@ -17,8 +17,8 @@ fs::path sidecar_of(const fs::path& file) {
 }
 }  // namespace
 
-void write_artifact_sidecar(const fs::path& file, const std::string& type, const std::string& produced_by,
-                            const nlohmann::json& extra) {
+nlohmann::json write_artifact_sidecar(const fs::path& file, const std::string& type, const std::string& produced_by,
+                                      const nlohmann::json& extra) {
   nlohmann::json doc = extra;
   doc["type"] = type;
   doc["sha256"] = sha256_file(file);
@@ -27,6 +27,7 @@ void write_artifact_sidecar(const fs::path& file, const std::string& type, const
   std::ofstream out(sidecar_of(file));
   out << doc.dump(2) << '\n';
   if (!out) throw Error("cannot write " + sidecar_of(file).string());
+  return doc;
 }
 
 nlohmann::json check_artifact(const std::string& name, const fs::path& file, const std::string& type) {

@@ -10,8 +10,9 @@
 
 namespace modalkit::host {
 
-/// Writes `file`.artifact.json: `{"type", "sha256", "file", "produced_by"}` plus `extra`.
-void write_artifact_sidecar(const std::filesystem::path& file, const std::string& type,
+/// Writes `file`.artifact.json: `{"type", "sha256", "file", "produced_by"}` plus `extra`, and
+/// returns that document.
+nlohmann::json write_artifact_sidecar(const std::filesystem::path& file, const std::string& type,
                             const std::string& produced_by, const nlohmann::json& extra = nlohmann::json::object());
 
 /// Checks artifact `name` at `file` against the `type` a plugin declared: the file and its

@@ -10,6 +10,7 @@
 #include <chrono>
 #include <fstream>
 #include <numeric>
+#include <optional>
 #include <random>
 #include <set>
 
@@ -529,6 +530,28 @@ int64_t report_skipped(const std::string& split, const SplitFeatures& f) {
 }
 
 
+void restore_fitted_state(const BuiltModel& model, const fs::path& run_dir) {
+  const fs::path file = run_dir / "fitted_state.json";
+  std::ifstream fin(file);
+  const nlohmann::json fitted = nlohmann::json::parse(fin, nullptr, false);
+  if (fitted.is_discarded()) throw Error(file.string() + ": missing or not JSON");
+  for (const auto& m : model.modalities) {
+    if (fitted.contains(m.name)) guard(m.plugin->plugin_name(), [&] { m.plugin->load_fitted_state(fitted.at(m.name)); });
+  }
+  if (model.stream) {
+    if (!fitted.contains("stream")) throw Error(file.string() + ": holds no \"stream\" state");
+    guard(model.stream->plugin_name(), [&] { model.stream->load_fitted_state(fitted.at("stream")); });
+  }
+}
+
+nlohmann::json held_out_figures(TransferStrategy& model, const std::map<std::string, TaskSpec>& tasks, BatchSource& data,
+                                const std::string& split, const std::vector<std::string>& modalities) {
+  if (!tasks.empty()) return HeldOutProtocol(tasks).evaluate(model, data, split, modalities);
+  nlohmann::json result = loss_on(model, data, split, modalities);
+  result["tasks"] = nlohmann::json::object();
+  return result;
+}
+
 OpenedRun open_run(const ResolvedPipeline& pipeline, PluginRegistry& registry, const fs::path& run_dir) {
   const nlohmann::json& doc = pipeline.doc;
   const fs::path run_file = run_dir / "run.json";
@@ -553,16 +576,7 @@ OpenedRun open_run(const ResolvedPipeline& pipeline, PluginRegistry& registry, c
   out.context = std::make_unique<HostContext>(spdlog::default_logger(), doc.at("seed").get<uint64_t>(), out.device,
                                               run_dir, pipeline_artifacts(pipeline));
   out.model = create_modalities(pipeline, registry, *out.dataset, *out.context);
-  std::ifstream fin(run_dir / "fitted_state.json");
-  const nlohmann::json fitted = nlohmann::json::parse(fin, nullptr, false);
-  if (fitted.is_discarded()) throw Error((run_dir / "fitted_state.json").string() + ": missing or not JSON");
-  for (const auto& m : out.model.modalities) {
-    if (fitted.contains(m.name)) guard(m.plugin->plugin_name(), [&] { m.plugin->load_fitted_state(fitted.at(m.name)); });
-  }
-  if (out.model.stream) {
-    if (!fitted.contains("stream")) throw Error((run_dir / "fitted_state.json").string() + ": holds no \"stream\" state");
-    guard(out.model.stream->plugin_name(), [&] { out.model.stream->load_fitted_state(fitted.at("stream")); });
-  }
+  restore_fitted_state(out.model, run_dir);
   build_networks(pipeline, registry, *out.context, out.model);
   load_weights(*out.model.strategy, run_dir / "model.pt");
   out.same_pipeline = out.run.value("pipeline_hash", "") == pipeline.hash;
@@ -672,23 +686,22 @@ nlohmann::json evaluate(const ResolvedPipeline& pipeline, PluginRegistry& regist
   const std::string split = splits.at(options.split.empty() ? doc.at("evaluate").at("split").get<std::string>() : options.split);
   // A task-less run's figure is its loss, computed as training did: on what the strategy trains with.
   if (r.model.tasks.empty() && options.modalities.empty()) modalities = r.model.train_modalities;
-  if (r.model.stream) {  // a task-less pretraining run: its figure is the loss
+  // The batches: the stream's (a pretraining run), or the split decoded into memory.
+  std::optional<SplitFeatures> f;
+  std::unique_ptr<BatchSource> source;
+  nlohmann::json skipped = nlohmann::json::object();
+  if (r.model.stream) {
     open_stream_split(*r.model.stream, *r.dataset, doc.at("data").at("stream").at("field"), split);
-    StreamSource source(*r.model.stream, doc.at("train").at("batch_size"), r.device);
-    nlohmann::json result = loss_on(*r.model.strategy, source, split, {});
-    result["tasks"] = nlohmann::json::object();
-    if (!r.same_pipeline) result["warning"] = "the pipeline differs from the one the run was trained with";
-    return result;
+    source = std::make_unique<StreamSource>(*r.model.stream, doc.at("train").at("batch_size"), r.device);
+  } else {
+    f = SplitFeatures::build(*r.dataset, split, bindings_for(r.model, modalities), r.model.tasks,
+                             {doc.at("train").at("loader_threads"), false, options.skip_bad, {}});
+    skipped[split] = report_skipped(split, *f);
+    source = std::make_unique<SplitSource>(std::map<std::string, const SplitFeatures*>{{split, &*f}},
+                                           doc.at("train").at("batch_size"), modalities, r.device);
   }
-  SplitFeatures f = SplitFeatures::build(*r.dataset, split, bindings_for(r.model, modalities), r.model.tasks,
-                                         {doc.at("train").at("loader_threads"), false, options.skip_bad, {}});
-  const int64_t skipped = report_skipped(split, f);
-  SplitSource source({{split, &f}}, doc.at("train").at("batch_size"), modalities, r.device);
-  HeldOutProtocol protocol(r.model.tasks);
-  nlohmann::json result = r.model.tasks.empty() ? loss_on(*r.model.strategy, source, split, modalities)
-                                                : protocol.evaluate(*r.model.strategy, source, split, modalities);
-  if (r.model.tasks.empty()) result["tasks"] = nlohmann::json::object();
-  result["skipped"] = {{split, skipped}};
+  nlohmann::json result = held_out_figures(*r.model.strategy, r.model.tasks, *source, split, modalities);
+  if (!r.model.stream) result["skipped"] = skipped;
   if (!r.same_pipeline) result["warning"] = "the pipeline differs from the one the run was trained with";
   if (options.robustness) {
     result["robustness"] = robustness_sweep(pipeline, r, split, modalities, options);

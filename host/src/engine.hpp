@@ -141,6 +141,11 @@ class SplitSource : public BatchSource {
   c10::Device device_;
 };
 
+/// What a run reports on a held-out split: the tasks' metrics (HeldOutProtocol), or, for a
+/// task-less run, its loss (loss_on) with `tasks: {}`. `modalities`: those present.
+nlohmann::json held_out_figures(TransferStrategy& model, const std::map<std::string, TaskSpec>& tasks, BatchSource& data,
+                                const std::string& split, const std::vector<std::string>& modalities);
+
 /// The built-in protocol: predictions on every sample of a held-out split, then the task's
 /// metrics. Other protocols (zero-shot, captioning, few-shot) come as plugins.
 class HeldOutProtocol : public EvaluationProtocol {
@@ -220,6 +225,10 @@ struct OpenedRun {
   c10::Device device{c10::kCPU};
   bool same_pipeline = true;                ///< the pipeline's hash equals the run's
 };
+
+/// Restores what fit learned in the run in `run_dir` (its fitted_state.json) into the model's
+/// modality plugins and stream; errors name the file.
+void restore_fitted_state(const BuiltModel& model, const std::filesystem::path& run_dir);
 
 /// Opens the run in `run_dir` under `pipeline`.
 OpenedRun open_run(const ResolvedPipeline& pipeline, PluginRegistry& registry, const std::filesystem::path& run_dir);

@@ -24,7 +24,6 @@
 
 #include "artifacts.hpp"
 #include "engine.hpp"
-#include "hashing.hpp"
 #include "interrupt.hpp"
 #include "modalkit/errors.hpp"
 
@@ -511,8 +510,8 @@ nlohmann::json publish_artifacts(const ResolvedPipeline& pipeline, const PluginR
         throw PluginError(name, "its manifest says it produces " + a.at("name").get<std::string>() + " (" +
                                     file.string() + "), but it did not write that file");
       }
-      write_artifact_sidecar(file, a.at("type"), by);
-      out[a.at("name").get<std::string>()] = {{"file", file.string()}, {"type", a.at("type")}, {"sha256", sha256_file(file)}};
+      const nlohmann::json sidecar = write_artifact_sidecar(file, a.at("type"), by);  // hashes the file once
+      out[a.at("name").get<std::string>()] = {{"file", file.string()}, {"type", a.at("type")}, {"sha256", sidecar.at("sha256")}};
     }
   }
   return out;
@@ -561,15 +560,7 @@ nlohmann::json train(const ResolvedPipeline& pipeline, PluginRegistry& registry,
   // columns and vocabularies), so networks are built after it. Every declared modality is
   // fitted; a resumed run reads back what the first sitting fitted.
   const auto t0 = std::chrono::steady_clock::now();
-  nlohmann::json fitted_before;
-  if (options.resume) {
-    std::ifstream fin(options.out / "fitted_state.json");
-    fitted_before = nlohmann::json::parse(fin, nullptr, false);
-    if (fitted_before.is_discarded()) throw Error((options.out / "fitted_state.json").string() + ": missing or not JSON");
-    for (const auto& m : model.modalities) {
-      if (fitted_before.contains(m.name)) guard(m.plugin->plugin_name(), [&] { m.plugin->load_fitted_state(fitted_before.at(m.name)); });
-    }
-  }
+  if (options.resume) restore_fitted_state(model, options.out);
   // The data: a stream cuts its own batches; otherwise the splits are decoded into memory.
   std::optional<SplitFeatures> train_f, val_f, eval_f;
   std::unique_ptr<TrainFeed> feed;
@@ -578,12 +569,7 @@ nlohmann::json train(const ResolvedPipeline& pipeline, PluginRegistry& registry,
   if (model.stream) {
     BatchStream& stream = *model.stream;
     const std::string field = doc.at("data").at("stream").at("field");
-    if (options.resume) {
-      if (!fitted_before.contains("stream")) {
-        throw Error((options.out / "fitted_state.json").string() + ": holds no \"stream\" state");
-      }
-      guard(stream.plugin_name(), [&] { stream.load_fitted_state(fitted_before.at("stream")); });
-    } else {
+    if (!options.resume) {  // a resumed run restored the fitted state above
       const std::vector<FieldRef> values = stream_values(dataset, field, train_split);
       guard(stream.plugin_name(), [&] { stream.fit(values); });
     }
@@ -807,10 +793,9 @@ nlohmann::json train(const ResolvedPipeline& pipeline, PluginRegistry& registry,
   if (doc.at("evaluate").contains("modalities")) {
     eval_modalities = doc.at("evaluate").at("modalities").get<std::vector<std::string>>();
   }
-  // A task-less run's figure is its loss on the evaluation split.
-  nlohmann::json result = model.tasks.empty() ? loss_on(strategy, *source, eval_split, model.train_modalities)
-                                              : protocol.evaluate(strategy, *source, eval_split, eval_modalities);
-  if (model.tasks.empty()) result["tasks"] = nlohmann::json::object();
+  // A task-less run's figure is its loss, on what the strategy trains with.
+  nlohmann::json result = held_out_figures(strategy, model.tasks, *source, eval_split,
+                                           model.tasks.empty() ? model.train_modalities : eval_modalities);
   result["best_epoch"] = state.best_epoch;
   result["kept"] = keep_best ? "best" : "last";
   result["selected_on"] = {{"split", val_split}, {"task", select_task}, {"metric", select_metric}, {"value", state.best}};

@@ -63,14 +63,21 @@ Result modalkit(const std::string& args) {
 
 fs::path source(const std::string& rel) { return fs::path(env("MODALKIT_SOURCE_ROOT")) / rel; }
 
-/// Writes a variant of the slice pipeline (in the build tree, with an absolute dataset path).
-fs::path pipeline_variant(const std::string& name, const std::function<void(json&)>& edit) {
-  json doc = json::parse(read_all(source("examples/pipelines/fashion-mnist-image.json")));
-  doc["data"]["dataset"] = source("data/embedded/fashion-mnist/dataset.json").string();
+/// Writes a variant `name` of example pipeline `example` on embedded data set `data` (in the
+/// build tree, with an absolute data set path), with `edit` applied.
+fs::path example_variant(const std::string& example, const std::string& data, const std::string& name,
+                         const std::function<void(json&)>& edit) {
+  json doc = json::parse(read_all(source("examples/pipelines/" + example + ".json")));
+  doc["data"]["dataset"] = source("data/embedded/" + data + "/dataset.json").string();
   edit(doc);
   const fs::path file = fs::current_path() / ("pipeline-" + name + "-" + std::to_string(::getpid()) + ".json");
   std::ofstream(file) << doc.dump(2);
   return file;
+}
+
+/// A variant of the slice pipeline (fashion-mnist-image).
+fs::path pipeline_variant(const std::string& name, const std::function<void(json&)>& edit) {
+  return example_variant("fashion-mnist-image", "fashion-mnist", name, edit);
 }
 
 bool has(const std::string& text, const std::string& part) { return text.find(part) != std::string::npos; }
@@ -469,14 +476,9 @@ void expect_killed_and_resumed_run_bit_identical(const fs::path& file, const std
   fs::remove(err);
 }
 
-/// The word-vectors example on the embedded corpus, with `edit` applied (absolute data set path).
+/// A variant of the word-vectors example on the embedded corpus.
 fs::path word_vectors_variant(const std::string& name, const std::function<void(json&)>& edit) {
-  json doc = json::parse(read_all(source("examples/pipelines/word-vectors.json")));
-  doc["data"]["dataset"] = source("data/embedded/text-corpus/dataset.json").string();
-  edit(doc);
-  const fs::path file = fs::current_path() / ("pipeline-" + name + "-" + std::to_string(::getpid()) + ".json");
-  std::ofstream(file) << doc.dump(2);
-  return file;
+  return example_variant("word-vectors", "text-corpus", name, edit);
 }
 
 }  // namespace
