@@ -187,6 +187,16 @@ nlohmann::json HeldOutProtocol::evaluate(TransferStrategy& model, BatchSource& d
       const int64_t* t = truth.data_ptr<int64_t>();
       for (int64_t i = 0; i < truth.size(0); ++i) ++m.at(static_cast<size_t>(t[i])).at(static_cast<size_t>(p[i]));
       out["confusion"][task] = {{"labels", spec.labels}, {"matrix", m}};
+      const auto g = groups_.find(task);
+      for (const auto& [group, classes] : g == groups_.end() ? std::map<std::string, std::vector<int64_t>>{} : g->second) {
+        int64_t right = 0, all = 0;
+        for (int64_t c : classes) {
+          right += m.at(static_cast<size_t>(c)).at(static_cast<size_t>(c));
+          for (int64_t n : m.at(static_cast<size_t>(c))) all += n;
+        }
+        // No sample of the group in this split: no figure (null), not a made-up 0.
+        out["tasks"][task][group + "_accuracy"] = all > 0 ? nlohmann::json(static_cast<double>(right) / static_cast<double>(all)) : nlohmann::json();
+      }
     }
   }
   return out;
@@ -349,6 +359,19 @@ void check_against_dataset(const ResolvedPipeline& pipeline, const Dataset& data
     if (classification && field_type != "label") {
       errors.push_back({at + "/target", "field \"" + target + "\"" + where + " is of type " + field_type + ", a " +
                                             type + " task needs a label field"});
+    } else if (t.contains("class_groups") && !classification) {
+      errors.push_back({at + "/class_groups", "class groups are for multiclass and binary tasks, not " + type});
+    } else if (t.contains("class_groups")) {
+      const auto& labels = fields.at(target).at("labels");
+      for (const auto& [group, members] : t.at("class_groups").items()) {
+        for (size_t i = 0; i < members.size(); ++i) {
+          if (std::find(labels.begin(), labels.end(), members[i]) == labels.end()) {
+            errors.push_back({at + "/class_groups/" + group + "/" + std::to_string(i),
+                              members[i].dump() + " is not a label of field \"" + target + "\"" + where + " (labels: " +
+                                  labels.dump() + ")"});
+          }
+        }
+      }
     } else if (type == "multilabel" && field_type != "label_set") {
       errors.push_back({at + "/target", "field \"" + target + "\"" + where + " is of type " + field_type +
                                             ", a multilabel task needs a label_set field"});
@@ -408,6 +431,21 @@ std::map<std::string, TaskSpec> resolve_tasks(const nlohmann::json& pipeline, co
   return tasks;
 }
 
+ClassGroups resolve_class_groups(const nlohmann::json& pipeline, const std::map<std::string, TaskSpec>& tasks) {
+  ClassGroups out;
+  for (const auto& [name, t] : pipeline.at("tasks").items()) {
+    if (!t.contains("class_groups")) continue;
+    const auto& labels = tasks.at(name).labels;
+    for (const auto& [group, members] : t.at("class_groups").items()) {
+      auto& classes = out[name][group];
+      for (const auto& label : members) {
+        classes.push_back(std::find(labels.begin(), labels.end(), label.get<std::string>()) - labels.begin());
+      }
+    }
+  }
+  return out;
+}
+
 namespace {
 
 /// What the host gives a component of `doc` at `pointer` (instance name `instance`).
@@ -448,6 +486,7 @@ BuiltModel create_modalities(const ResolvedPipeline& pipeline, PluginRegistry& r
   check_against_dataset(pipeline, dataset, registry);
   check_pipeline_artifacts(pipeline, registry);
   model.tasks = resolve_tasks(doc, dataset);
+  model.class_groups = resolve_class_groups(doc, model.tasks);
   for (const auto& [m, spec] : doc.at("modalities").items()) {
     auto made = registry.create<ModalityPlugin>(spec.at("plugin"), MODALKIT_KIND_MODALITY,
                                                 create_args(doc, context, "/modalities/" + m, spec, m), pin_of(spec));
@@ -544,9 +583,10 @@ void restore_fitted_state(const BuiltModel& model, const fs::path& run_dir) {
   }
 }
 
-nlohmann::json held_out_figures(TransferStrategy& model, const std::map<std::string, TaskSpec>& tasks, BatchSource& data,
-                                const std::string& split, const std::vector<std::string>& modalities) {
-  if (!tasks.empty()) return HeldOutProtocol(tasks).evaluate(model, data, split, modalities);
+nlohmann::json held_out_figures(TransferStrategy& model, const std::map<std::string, TaskSpec>& tasks,
+                                const ClassGroups& groups, BatchSource& data, const std::string& split,
+                                const std::vector<std::string>& modalities) {
+  if (!tasks.empty()) return HeldOutProtocol(tasks, groups).evaluate(model, data, split, modalities);
   nlohmann::json result = loss_on(model, data, split, modalities);
   result["tasks"] = nlohmann::json::object();
   return result;
@@ -700,7 +740,7 @@ nlohmann::json evaluate(const ResolvedPipeline& pipeline, PluginRegistry& regist
     source = std::make_unique<SplitSource>(std::map<std::string, const SplitFeatures*>{{split, &*f}},
                                            doc.at("train").at("batch_size"), modalities, r.device);
   }
-  nlohmann::json result = held_out_figures(*r.model.strategy, r.model.tasks, *source, split, modalities);
+  nlohmann::json result = held_out_figures(*r.model.strategy, r.model.tasks, r.model.class_groups, *source, split, modalities);
   if (!r.model.stream) result["skipped"] = skipped;
   if (!r.same_pipeline) result["warning"] = "the pipeline differs from the one the run was trained with";
   if (options.robustness) {

@@ -58,12 +58,16 @@ class HostContext : public Context {
 std::map<std::string, std::filesystem::path> pipeline_artifacts(const ResolvedPipeline& pipeline);
 
 /// Everything built from a pipeline: plugins, the strategy (the whole trainable model), tasks.
+/// `/tasks/<task>/class_groups` as class indices: task → group name → its classes' indices.
+using ClassGroups = std::map<std::string, std::map<std::string, std::vector<int64_t>>>;
+
 struct BuiltModel {
   std::vector<ModalityBinding> modalities;          ///< in pipeline order
   std::shared_ptr<FusionOperator> fusion;           ///< the fusion operator (none in a stream pipeline)
   std::shared_ptr<BatchStream> stream;              ///< `/data/stream`, when the pipeline has one
   std::shared_ptr<TransferStrategy> strategy;       ///< the model
   std::map<std::string, TaskSpec> tasks;            ///< by task name
+  ClassGroups class_groups;                         ///< groups of classes reported on their own
   std::vector<std::string> train_modalities;        ///< strategy->modalities_at_train()
   std::vector<std::string> test_modalities;         ///< strategy->modalities_at_test()
 };
@@ -83,6 +87,10 @@ void check_pipeline_artifacts(const ResolvedPipeline& pipeline, const PluginRegi
 /// Task specs from the pipeline, resolved against the data set's fields (label names). Call
 /// check_against_dataset first.
 std::map<std::string, TaskSpec> resolve_tasks(const nlohmann::json& pipeline, const Dataset& dataset);
+
+/// `/tasks/*/class_groups` resolved against `tasks`' label names (checked by
+/// check_against_dataset).
+ClassGroups resolve_class_groups(const nlohmann::json& pipeline, const std::map<std::string, TaskSpec>& tasks);
 
 /// First half of building `pipeline`'s model: checks it against the data set, resolves the tasks
 /// and creates the modality plugins (no networks yet: fit or load_fitted_state comes next).
@@ -143,19 +151,24 @@ class SplitSource : public BatchSource {
 
 /// What a run reports on a held-out split: the tasks' metrics (HeldOutProtocol), or, for a
 /// task-less run, its loss (loss_on) with `tasks: {}`. `modalities`: those present.
-nlohmann::json held_out_figures(TransferStrategy& model, const std::map<std::string, TaskSpec>& tasks, BatchSource& data,
-                                const std::string& split, const std::vector<std::string>& modalities);
+nlohmann::json held_out_figures(TransferStrategy& model, const std::map<std::string, TaskSpec>& tasks,
+                                const ClassGroups& groups, BatchSource& data, const std::string& split,
+                                const std::vector<std::string>& modalities);
 
 /// The built-in protocol: predictions on every sample of a held-out split, then the task's
 /// metrics. Other protocols (zero-shot, captioning, few-shot) come as plugins.
 class HeldOutProtocol : public EvaluationProtocol {
  public:
-  explicit HeldOutProtocol(std::map<std::string, TaskSpec> tasks) : tasks_(std::move(tasks)) {}
+  /// `groups`: classes whose accuracy is also reported on its own, as `<group>_accuracy` (the
+  /// share of the group's samples classified correctly, among all classes).
+  explicit HeldOutProtocol(std::map<std::string, TaskSpec> tasks, ClassGroups groups = {})
+      : tasks_(std::move(tasks)), groups_(std::move(groups)) {}
   nlohmann::json evaluate(TransferStrategy& model, BatchSource& data, const std::string& split,
                           const std::vector<std::string>& modalities) override;
 
  private:
   std::map<std::string, TaskSpec> tasks_;
+  ClassGroups groups_;
 };
 
 // Pieces shared by train, eval and the commands built on them.

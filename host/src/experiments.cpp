@@ -236,9 +236,13 @@ std::string run_experiment(const fs::path& file, PluginRegistry& registry, const
   for (const auto& run : runs) {
     resolved.push_back(load_pipeline(run.pipeline_file, run.sets, registry));
     const json& tasks = resolved.back().doc.at("tasks");
-    if (!tasks.contains(task) || !tasks.at(task).contains("metrics") ||
-        std::find(tasks.at(task).at("metrics").begin(), tasks.at(task).at("metrics").end(), metric) ==
-            tasks.at(task).at("metrics").end()) {
+    // A metric of the task's list, or <group>_accuracy of one of its class groups.
+    const bool group_metric = tasks.contains(task) && tasks.at(task).contains("class_groups") &&
+                              metric.size() > 9 && metric.substr(metric.size() - 9) == "_accuracy" &&
+                              tasks.at(task).at("class_groups").contains(metric.substr(0, metric.size() - 9));
+    if (!group_metric && (!tasks.contains(task) || !tasks.at(task).contains("metrics") ||
+                          std::find(tasks.at(task).at("metrics").begin(), tasks.at(task).at("metrics").end(), metric) ==
+                              tasks.at(task).at("metrics").end())) {
       throw schema::ValidationFailed(file.string(), {{"/metric", "row \"" + exp["rows"][run.row]["name"].get<std::string>() +
                                                                      "\" (" + run.pipeline_file.string() + ") does not compute " +
                                                                      metric_path + " (see its /tasks)"}});

@@ -666,7 +666,7 @@ nlohmann::json train(const ResolvedPipeline& pipeline, PluginRegistry& registry,
     write_text_atomically(options.out / "metrics.jsonl", "");
   }
 
-  HeldOutProtocol protocol(model.tasks);
+  HeldOutProtocol protocol(model.tasks, model.class_groups);
   std::ofstream metrics(options.out / "metrics.jsonl", std::ios::app);
   ProgressBar bar(tr.at("progress"));
   auto checkpoint = [&] { save_checkpoint(ckpt_path, strategy, *optimizer, state, identity, device); };
@@ -794,7 +794,7 @@ nlohmann::json train(const ResolvedPipeline& pipeline, PluginRegistry& registry,
     eval_modalities = doc.at("evaluate").at("modalities").get<std::vector<std::string>>();
   }
   // A task-less run's figure is its loss, on what the strategy trains with.
-  nlohmann::json result = held_out_figures(strategy, model.tasks, *source, eval_split,
+  nlohmann::json result = held_out_figures(strategy, model.tasks, model.class_groups, *source, eval_split,
                                            model.tasks.empty() ? model.train_modalities : eval_modalities);
   result["best_epoch"] = state.best_epoch;
   result["kept"] = keep_best ? "best" : "last";
