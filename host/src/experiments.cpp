@@ -161,6 +161,32 @@ std::string run_experiment(const fs::path& file, PluginRegistry& registry, const
   exp_schema.fill_defaults(exp);
   const fs::path base = file.parent_path();
   const std::string name = exp.at("name");
+  if (exp.contains("experiments")) {
+    // A suite: each part runs as if named on the command line, into its own directory.
+    for (const char* own : {"dataset", "metric", "rows"}) {
+      if (exp.contains(own)) {
+        throw schema::ValidationFailed(file.string(), {{"/" + std::string(own), "a suite (/experiments) has no " + std::string(own) +
+                                                                                   " of its own; its parts do"}});
+      }
+    }
+    std::string tables;
+    for (size_t i = 0; i < exp.at("experiments").size(); ++i) {
+      const fs::path part = base / exp["experiments"][i].get<std::string>();
+      if (!fs::exists(part)) {
+        throw schema::ValidationFailed(file.string(), {{"/experiments/" + std::to_string(i), part.string() + " does not exist"}});
+      }
+      ExperimentOptions o = options;
+      if (!options.out.empty()) o.out = options.out / part.stem();
+      tables += (tables.empty() ? "" : "\n") + run_experiment(part, registry, o);
+    }
+    return tables;
+  }
+  for (const char* needed : {"dataset", "metric", "rows"}) {
+    if (!exp.contains(needed)) {
+      throw schema::ValidationFailed(file.string(), {{"", "an experiment needs /" + std::string(needed) +
+                                                              " (or /experiments, for a suite of experiment files)"}});
+    }
+  }
   int baselines = 0;
   size_t baseline = 0;
   for (size_t r = 0; r < exp.at("rows").size(); ++r) {
@@ -182,9 +208,11 @@ std::string run_experiment(const fs::path& file, PluginRegistry& registry, const
   const std::vector<uint64_t> seeds =
       (options.quick && quick.contains("seeds") ? quick.at("seeds") : exp.at("seeds")).get<std::vector<uint64_t>>();
   const fs::path out = options.out.empty() ? fs::path("runs/experiments") / (name + (options.quick ? "-quick" : "")) : options.out;
-  const std::string metric_path = exp.at("metric");
-  const std::string task = metric_path.substr(0, metric_path.find('/'));
-  const std::string metric = metric_path.substr(metric_path.find('/') + 1);
+  // TASK/METRIC paths the table reports, one column per setting and metric.
+  const std::vector<std::string> metric_paths =
+      exp.at("metric").is_string() ? std::vector<std::string>{exp.at("metric")} : exp.at("metric").get<std::vector<std::string>>();
+  auto task_of = [](const std::string& path) { return path.substr(0, path.find('/')); };
+  auto metric_of = [](const std::string& path) { return path.substr(path.find('/') + 1); };
   // Names become directories: two rows (or settings) must not share one.
   for (const char* list : {"rows", "settings"}) {
     std::map<std::string, std::string> seen;
@@ -236,16 +264,19 @@ std::string run_experiment(const fs::path& file, PluginRegistry& registry, const
   for (const auto& run : runs) {
     resolved.push_back(load_pipeline(run.pipeline_file, run.sets, registry));
     const json& tasks = resolved.back().doc.at("tasks");
-    // A metric of the task's list, or <group>_accuracy of one of its class groups.
-    const bool group_metric = tasks.contains(task) && tasks.at(task).contains("class_groups") &&
-                              metric.size() > 9 && metric.substr(metric.size() - 9) == "_accuracy" &&
-                              tasks.at(task).at("class_groups").contains(metric.substr(0, metric.size() - 9));
-    if (!group_metric && (!tasks.contains(task) || !tasks.at(task).contains("metrics") ||
-                          std::find(tasks.at(task).at("metrics").begin(), tasks.at(task).at("metrics").end(), metric) ==
-                              tasks.at(task).at("metrics").end())) {
-      throw schema::ValidationFailed(file.string(), {{"/metric", "row \"" + exp["rows"][run.row]["name"].get<std::string>() +
-                                                                     "\" (" + run.pipeline_file.string() + ") does not compute " +
-                                                                     metric_path + " (see its /tasks)"}});
+    for (const auto& metric_path : metric_paths) {
+      const std::string task = task_of(metric_path), metric = metric_of(metric_path);
+      // A metric of the task's list, or <group>_accuracy of one of its class groups.
+      const bool group_metric = tasks.contains(task) && tasks.at(task).contains("class_groups") &&
+                                metric.size() > 9 && metric.substr(metric.size() - 9) == "_accuracy" &&
+                                tasks.at(task).at("class_groups").contains(metric.substr(0, metric.size() - 9));
+      if (!group_metric && (!tasks.contains(task) || !tasks.at(task).contains("metrics") ||
+                            std::find(tasks.at(task).at("metrics").begin(), tasks.at(task).at("metrics").end(), metric) ==
+                                tasks.at(task).at("metrics").end())) {
+        throw schema::ValidationFailed(file.string(), {{"/metric", "row \"" + exp["rows"][run.row]["name"].get<std::string>() +
+                                                                       "\" (" + run.pipeline_file.string() + ") does not compute " +
+                                                                       metric_path + " (see its /tasks)"}});
+      }
     }
     const json info = read_json_or_null(run.dir / "run.json");
     const json results = read_json_or_null(run.dir / "results.json");
@@ -326,8 +357,10 @@ std::string run_experiment(const fs::path& file, PluginRegistry& registry, const
     }
   }
 
-  // The table: rows x settings, mean ± std over seeds, paired difference against the baseline.
-  auto value_of = [&](const PlannedRun& run) {
+  // The table: rows x (settings x metrics), mean ± std over seeds, paired difference against
+  // the baseline.
+  auto value_of = [&](const PlannedRun& run, const std::string& metric_path) {
+    const std::string task = task_of(metric_path), metric = metric_of(metric_path);
     const json res = read_json_or_null(run.dir / "results.json");
     if (res.is_null() || !res.contains("tasks") || !res.at("tasks").contains(task) ||
         !res.at("tasks").at(task).contains(metric) || !res.at("tasks").at(task).at(metric).is_number()) {
@@ -336,46 +369,61 @@ std::string run_experiment(const fs::path& file, PluginRegistry& registry, const
     return std::pair<double, json>{res.at("tasks").at(task).at(metric).get<double>(), res};
   };
   // Differences in percentage points for rates; in the metric's own units otherwise.
-  const bool rate = metric != "mae" && metric != "pearson_r";  // every other metric is a fraction in [0, 1]
-  const double scale = rate ? 100.0 : 1.0;
+  auto scale_of = [&](const std::string& metric_path) {
+    const std::string metric = metric_of(metric_path);
+    return metric != "mae" && metric != "pearson_r" ? 100.0 : 1.0;  // every other metric is a fraction in [0, 1]
+  };
+  const bool several = metric_paths.size() > 1;
   std::ostringstream t;
   t << "### " << name << (options.quick ? " (--quick: embedded data, not a result)" : "") << "\n\n";
   if (exp.contains("description")) t << exp["description"].get<std::string>() << "\n\n";
   t << "| row |";
-  for (const auto& s : exp.at("settings")) t << " " << s.at("name").get<std::string>() << " |";
+  for (const auto& s : exp.at("settings")) {
+    for (const auto& m : metric_paths) t << " " << s.at("name").get<std::string>() << (several ? ": " + metric_of(m) : "") << " |";
+  }
   t << "\n|---|";
-  for (size_t s = 0; s < exp.at("settings").size(); ++s) t << "---|";
+  for (size_t c = 0; c < exp.at("settings").size() * metric_paths.size(); ++c) t << "---|";
   t << "\n";
   std::map<size_t, std::set<int64_t>> steps_per_setting;
   for (size_t r = 0; r < exp.at("rows").size(); ++r) {
     t << "| " << exp["rows"][r]["name"].get<std::string>() << (r == baseline ? " (baseline)" : "") << " |";
     for (size_t s = 0; s < exp.at("settings").size(); ++s) {
-      std::vector<double> v, d;
-      for (uint64_t seed : seeds) {
-        const PlannedRun* mine = nullptr;
-        const PlannedRun* base_run = nullptr;
-        for (const auto& run : runs) {
-          if (run.setting != s || run.seed != seed) continue;
-          if (run.row == r) mine = &run;
-          if (run.row == baseline) base_run = &run;
+      for (const auto& metric_path : metric_paths) {
+        std::vector<double> v, d;
+        for (uint64_t seed : seeds) {
+          const PlannedRun* mine = nullptr;
+          const PlannedRun* base_run = nullptr;
+          for (const auto& run : runs) {
+            if (run.setting != s || run.seed != seed) continue;
+            if (run.row == r) mine = &run;
+            if (run.row == baseline) base_run = &run;
+          }
+          const auto [x, res] = value_of(*mine, metric_path);
+          steps_per_setting[s].insert(res.value("steps", int64_t{-1}));
+          v.push_back(x);
+          d.push_back((x - value_of(*base_run, metric_path).first) * scale_of(metric_path));
         }
-        const auto [x, res] = value_of(*mine);
-        steps_per_setting[s].insert(res.value("steps", int64_t{-1}));
-        v.push_back(x);
-        d.push_back((x - value_of(*base_run).first) * scale);
+        t << " " << fmt("%.3f ± %.3f", mean_of(v), std_of(v));
+        if (r != baseline) {
+          const double p = paired_t_p(d);
+          t << " (" << fmt("%+.1f", mean_of(d)) << (std::isnan(p) ? "" : fmt(", p=%.2f", p)) << ")";
+        }
+        t << " |";
       }
-      t << " " << fmt("%.3f ± %.3f", mean_of(v), std_of(v));
-      if (r != baseline) {
-        const double p = paired_t_p(d);
-        t << " (" << fmt("%+.1f", mean_of(d)) << (std::isnan(p) ? "" : fmt(", p=%.2f", p)) << ")";
-      }
-      t << " |";
     }
     t << "\n";
   }
-  t << "\n" << metric << " of task " << task << " on the test split (mean ± std over seeds " << json(seeds).dump()
-    << "); in brackets the mean paired difference to the baseline in " << (scale == 100 ? "points" : "units")
-    << " and the two-sided paired t-test p-value (n = " << seeds.size() << "). Checkpoints selected on validation only. "
+  std::string what;
+  bool all_rates = true, no_rates = true;
+  for (size_t k = 0; k < metric_paths.size(); ++k) {
+    what += (k == 0 ? "" : k + 1 == metric_paths.size() ? " and " : ", ") + metric_of(metric_paths[k]) + " of task " +
+            task_of(metric_paths[k]);
+    (scale_of(metric_paths[k]) == 100 ? no_rates : all_rates) = false;
+  }
+  t << "\n" << what << " on the test split (mean ± std over seeds " << json(seeds).dump()
+    << "); in brackets the mean paired difference to the baseline in "
+    << (all_rates ? "points" : no_rates ? "units" : "points (rates) or units") << " and the two-sided paired t-test p-value (n = "
+    << seeds.size() << "). Checkpoints selected on validation only. "
     << "Optimiser steps per run:";
   for (const auto& [s, st] : steps_per_setting) {
     t << " " << exp["settings"][s]["name"].get<std::string>() << " ";
@@ -392,7 +440,7 @@ std::string run_experiment(const fs::path& file, PluginRegistry& registry, const
     // Only full-data tables go into the results document; --quick never does.
     write_section((base / exp.at("results").get<std::string>()).lexically_normal(), name, table);
   }
-  return table;
+  return table + "\nruns and this table: " + out.string() + "/\n";
 }
 
 }  // namespace modalkit::host

@@ -294,11 +294,6 @@ int cmd_experiments(const std::vector<std::string>& argv, modalkit::host::Plugin
   options.dry_run = vm.count("dry-run") > 0;
   if (vm.count("out")) options.out = vm["out"].as<std::string>();
   std::cout << modalkit::host::run_experiment(file, registry, options);
-  if (!options.dry_run) {
-    const fs::path out = options.out.empty() ? fs::path("runs/experiments") / (file.stem().string() + (options.quick ? "-quick" : ""))
-                                             : options.out;
-    std::cout << "\nruns and this table: " << out.string() << "/\n";
-  }
   return kOk;
 }
 
