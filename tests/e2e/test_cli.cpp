@@ -1449,3 +1449,119 @@ TEST(Cli, AvFashionRecipeIsDeterministicAndValidates) {
   EXPECT_TRUE(has(doc["provenance"]["synthetic"].get<std::string>(), "white noise at -15.0 dB")) << doc["provenance"];
   fs::remove_all(root);
 }
+
+TEST(Cli, CoLearningStrategiesTrainFromJsonAndTestOnThePrimaryAlone) {
+  // translation, cyclic_translation and vokenization on real paired sensor windows: each trains
+  // from JSON, logs its own loss terms, needs temperature alone at test, and its saved run (with
+  // the layers and buffers sized in prepare) reproduces its result in eval.
+  const std::map<std::string, std::pair<json, std::vector<std::string>>> cases = {
+      {"translation", {{{"source", "temperature"}, {"target", "humidity"}}, {"translation"}}},
+      {"cyclic_translation", {{{"source", "temperature"}, {"target", "humidity"}}, {"translation", "cycle"}}},
+      {"vokenization", {{{"primary", "temperature"}, {"secondary", "humidity"}, {"features", "raw"}, {"vokens", 6}}, {"voken"}}}};
+  for (const auto& [plugin, c] : cases) {
+    const json& config = c.first;
+    const auto& terms = c.second;
+    auto file = example_variant("sensor-network-fusion", "sensor-network", "colearn-" + plugin, [&](json& d) {
+      d["transfer"] = {{"plugin", plugin}, {"config", config}};
+      d["train"]["epochs"] = 2;
+    });
+    const fs::path run = fs::current_path() / ("run-colearn-" + plugin + "-" + std::to_string(::getpid()));
+    fs::remove_all(run);
+    auto r = modalkit("train '" + file.string() + "' --out '" + run.string() + "'");
+    ASSERT_EQ(r.rc, 0) << plugin << r.err;
+    const json results = json::parse(read_all(run / "results.json"));
+    EXPECT_EQ(results["modalities"], json({"temperature"})) << plugin;
+    std::ifstream metrics(run / "metrics.jsonl");
+    std::string line;
+    std::getline(metrics, line);
+    for (const auto& term : terms) {
+      EXPECT_TRUE(json::parse(line)["loss_terms"].contains(term)) << plugin << " " << term << " " << line;
+    }
+    auto e = modalkit("eval --run '" + run.string() + "' --json");
+    ASSERT_EQ(e.rc, 0) << plugin << e.err;
+    EXPECT_EQ(json::parse(e.out)["tasks"], results["tasks"]) << plugin;
+    if (plugin == "vokenization") {
+      const json vokens = json::parse(read_all(run / "vokens.json"));
+      EXPECT_EQ(vokens["vokens"], 6);
+      EXPECT_GE(vokens["nmi"].get<double>(), 0.0);
+      EXPECT_LE(vokens["nmi"].get<double>(), 1.0);
+      EXPECT_TRUE(has(r.err, "NMI")) << r.err;
+    }
+    fs::remove_all(run);
+    fs::remove(file);
+  }
+}
+
+TEST(Cli, ZeroShotReportsSeenAndUnseenAccuracyFromItsConfusionMatrix) {
+  auto file = example_variant("fashion-mnist-zero-shot", "fashion-mnist", "zero-shot", [](json& d) {
+    d["train"]["epochs"] = 2;
+    d["artifacts"]["word_vectors"] = source("data/artifacts/fashion-class-words.txt").string();
+  });
+  const fs::path run = fs::current_path() / ("run-zero-shot-" + std::to_string(::getpid()));
+  fs::remove_all(run);
+  auto r = modalkit("train '" + file.string() + "' --out '" + run.string() + "'");
+  ASSERT_EQ(r.rc, 0) << r.err;
+  EXPECT_TRUE(has(r.err, "novelty threshold")) << r.err;
+  const json results = json::parse(read_all(run / "results.json"));
+  const json& label = results["tasks"]["label"];
+  // The group figures, recomputed here from the confusion matrix (rows: true class).
+  const auto labels = results["confusion"]["label"]["labels"].get<std::vector<std::string>>();
+  const auto matrix = results["confusion"]["label"]["matrix"].get<std::vector<std::vector<int64_t>>>();
+  auto group_accuracy = [&](const std::set<std::string>& group) {
+    double right = 0, all = 0;
+    for (size_t i = 0; i < labels.size(); ++i) {
+      if (!group.count(labels[i])) continue;
+      right += static_cast<double>(matrix[i][i]);
+      for (int64_t n : matrix[i]) all += static_cast<double>(n);
+    }
+    return right / all;
+  };
+  EXPECT_NEAR(label["unseen_accuracy"].get<double>(), group_accuracy({"sandal", "pullover"}), 1e-12);
+  EXPECT_NEAR(label["seen_accuracy"].get<double>(),
+              group_accuracy({"t-shirt/top", "trouser", "dress", "coat", "shirt", "sneaker", "bag", "ankle boot"}), 1e-12);
+  // Zero-shot is not chance: an unseen image named right more often than 1 in 10.
+  EXPECT_GT(label["unseen_accuracy"].get<double>(), 0.1) << label;
+  auto e = modalkit("eval --run '" + run.string() + "' --json");
+  ASSERT_EQ(e.rc, 0) << e.err;
+  EXPECT_EQ(json::parse(e.out)["tasks"], results["tasks"]);
+
+  // A class group naming no label of the task is refused at validate, with its pointer.
+  auto bad = example_variant("fashion-mnist-zero-shot", "fashion-mnist", "zero-shot-typo", [](json& d) {
+    d["tasks"]["label"]["class_groups"]["unseen"] = {"sandal", "pulover"};
+    d["artifacts"]["word_vectors"] = source("data/artifacts/fashion-class-words.txt").string();
+  });
+  auto v = modalkit("validate '" + bad.string() + "'");
+  EXPECT_EQ(v.rc, 2);
+  EXPECT_TRUE(has(v.err, "/tasks/label/class_groups/unseen/1: \"pulover\" is not a label of field \"label\"")) << v.err;
+  fs::remove_all(run);
+  fs::remove(file);
+  fs::remove(bad);
+}
+
+TEST(Cli, AnExperimentSuiteRunsItsPartsAndATableMayShowSeveralMetrics) {
+  const fs::path dir = fs::current_path() / ("suite-" + std::to_string(::getpid()));
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  json part = {{"name", "part"},
+               {"dataset", source("data/embedded/fashion-mnist/dataset.json").string()},
+               {"metric", {"label/accuracy", "label/macro_f1"}},
+               {"seeds", {1}},
+               {"set", {{"train.max_steps", 2}, {"train.epochs", 1}}},
+               {"rows", {{{"name", "image"}, {"pipeline", source("examples/pipelines/fashion-mnist-image.json").string()},
+                          {"baseline", true}}}},
+               {"results", (dir / "results.md").string()}};
+  std::ofstream(dir / "part.json") << part.dump(2);
+  std::ofstream(dir / "suite.json") << json({{"name", "suite"}, {"experiments", {"part.json"}}}).dump(2);
+  auto r = modalkit("experiments run '" + (dir / "suite.json").string() + "' --out '" + (dir / "runs").string() + "'");
+  ASSERT_EQ(r.rc, 0) << r.err;
+  EXPECT_TRUE(has(r.out, "| row | default: accuracy | default: macro_f1 |")) << r.out;
+  EXPECT_TRUE(has(r.out, "accuracy of task label and macro_f1 of task label on the test split")) << r.out;
+  EXPECT_TRUE(fs::exists(dir / "runs/part/image/default/seed-1/results.json"));
+  EXPECT_TRUE(has(read_all(dir / "results.md"), "<!-- experiment:part")) << read_all(dir / "results.md");
+  // A suite has no rows of its own.
+  std::ofstream(dir / "suite.json") << json({{"name", "suite"}, {"experiments", {"part.json"}}, {"metric", "label/accuracy"}}).dump(2);
+  auto bad = modalkit("experiments run '" + (dir / "suite.json").string() + "' --dry-run");
+  EXPECT_EQ(bad.rc, 2);
+  EXPECT_TRUE(has(bad.err, "/metric: a suite (/experiments) has no metric of its own")) << bad.err;
+  fs::remove_all(dir);
+}
