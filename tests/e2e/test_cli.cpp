@@ -478,7 +478,10 @@ void expect_killed_and_resumed_run_bit_identical(const fs::path& file, const std
 
 /// A variant of the word-vectors example on the embedded corpus.
 fs::path word_vectors_variant(const std::string& name, const std::function<void(json&)>& edit) {
-  return example_variant("word-vectors", "text-corpus", name, edit);
+  return example_variant("word-vectors", "text-corpus", name, [&](json& d) {
+    d["artifacts"]["similarity_pairs"] = source("data/embedded/text-corpus/synonym-pairs.txt").string();
+    edit(d);
+  });
 }
 
 }  // namespace
@@ -561,6 +564,42 @@ TEST(Cli, WordVectorsPretrainOnAStreamAndPublishATypedArtifact) {
     size_t values = 0;
     for (double x; fields >> x; ++values) ASSERT_TRUE(std::isfinite(x));
     ASSERT_EQ(values, 16u) << word;
+  }
+  // The similarity check: the synonym pairs found in the vocabulary and their mean cosine,
+  // recomputed here from the written vectors and the pairs file.
+  {
+    std::map<std::string, std::vector<double>> unit;
+    std::ifstream again(run / "word_vectors.txt");
+    std::getline(again, line);
+    while (std::getline(again, line)) {
+      std::istringstream fields(line);
+      std::string word;
+      fields >> word;
+      std::vector<double> x;
+      double norm = 0;
+      for (double value; fields >> value;) {
+        x.push_back(value);
+        norm += value * value;
+      }
+      for (double& value : x) value /= std::sqrt(norm);
+      unit[word] = x;
+    }
+    std::ifstream pairs(source("data/embedded/text-corpus/synonym-pairs.txt"));
+    double sum = 0;
+    size_t found = 0;
+    for (std::string a, b; pairs >> a >> b;) {
+      if (!unit.count(a) || !unit.count(b)) continue;
+      double dot = 0;
+      for (size_t k = 0; k < unit[a].size(); ++k) dot += unit[a][k] * unit[b][k];
+      sum += dot;
+      ++found;
+    }
+    const json similarity = json::parse(read_all(run / "similarity.json"));
+    EXPECT_EQ(similarity["pairs_in_vocabulary"], found);
+    ASSERT_GE(found, 2u);
+    EXPECT_NEAR(similarity["mean_cosine_related"].get<double>(), sum / static_cast<double>(found), 1e-4);
+    EXPECT_GE(similarity["auroc"].get<double>(), 0.0);
+    EXPECT_LE(similarity["auroc"].get<double>(), 1.0);
   }
   const json neighbours = json::parse(read_all(run / "neighbours.json"));
   EXPECT_EQ(neighbours["dress"].size(), 8u);

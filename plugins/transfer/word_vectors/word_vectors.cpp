@@ -5,6 +5,8 @@
 // The center vectors are the word vectors other pipelines use (artifact word_vectors).
 #include <fstream>
 #include <iomanip>
+#include <random>
+#include <unordered_map>
 
 #include <ATen/ATen.h>
 #include <spdlog/spdlog.h>
@@ -93,9 +95,62 @@ class WordVectors : public modalkit::TransferStrategy {
       context_->logger().info("neighbours of {}: {}", word, line);
     }
     std::ofstream(dir / "neighbours.json") << report.dump(2) << '\n';
+    similarity_check(unit, dir);
   }
 
  private:
+  /// When the pipeline names a `similarity_pairs` artifact (related word pairs, one "a b" per
+  /// line: the text-corpus recipe writes WordNet noun synonyms): the cosine of each pair whose
+  /// words are both in the vocabulary against that of the same first word with a word drawn
+  /// uniformly from the vocabulary (seeded). Writes similarity.json: the two means and the AUROC
+  /// of related over random pairs (0.5 = the vectors know nothing of the relation).
+  void similarity_check(const at::Tensor& unit, const std::filesystem::path& dir) const {
+    std::filesystem::path file;
+    try {
+      file = context_->artifact_path("similarity_pairs");
+    } catch (const modalkit::Error&) {
+      return;  // not declared by the pipeline: no check
+    }
+    std::unordered_map<std::string, int64_t> index;
+    for (size_t i = 0; i < words_.size(); ++i) index.emplace(words_[i], static_cast<int64_t>(i));
+    std::ifstream in(file);
+    if (!in) throw modalkit::Error("word_vectors: cannot read the similarity pairs " + file.string());
+    std::vector<int64_t> first, second;
+    int64_t listed = 0;
+    for (std::string a, b; in >> a >> b; ++listed) {
+      const auto i = index.find(a), j = index.find(b);
+      if (i != index.end() && j != index.end()) {
+        first.push_back(i->second);
+        second.push_back(j->second);
+      }
+    }
+    nlohmann::json out = {{"pairs_file", file.string()}, {"pairs_listed", listed}, {"pairs_in_vocabulary", first.size()}};
+    if (first.size() >= 2) {
+      std::mt19937_64 rng(context_->seed() ^ 0x73696d696cULL);  // "simil"
+      std::uniform_int_distribution<int64_t> any(0, static_cast<int64_t>(words_.size()) - 1);
+      std::vector<int64_t> random;
+      for (size_t k = 0; k < first.size(); ++k) random.push_back(any(rng));
+      const at::Tensor a = unit.index_select(0, at::tensor(first, at::kLong));
+      const at::Tensor related = (a * unit.index_select(0, at::tensor(second, at::kLong))).sum(1).to(at::kDouble);
+      const at::Tensor control = (a * unit.index_select(0, at::tensor(random, at::kLong))).sum(1).to(at::kDouble);
+      // AUROC = P(related > random) over all pairs of the two sets, ties counting one half
+      // (Mann-Whitney U), by binary search in the sorted random scores.
+      const at::Tensor sorted = std::get<0>(control.sort());
+      const at::Tensor below = at::searchsorted(sorted, related, /*out_int32=*/false, /*right=*/false).to(at::kDouble);
+      const at::Tensor not_above = at::searchsorted(sorted, related, /*out_int32=*/false, /*right=*/true).to(at::kDouble);
+      const double auroc = ((below + not_above) / 2).sum().item<double>() / static_cast<double>(related.numel() * control.numel());
+      out["mean_cosine_related"] = related.mean().item<double>();
+      out["mean_cosine_random"] = control.mean().item<double>();
+      out["auroc"] = auroc;
+      context_->logger().info("word_vectors: {} synonym pairs in the vocabulary: mean cosine {:.3f} vs {:.3f} for random pairs, AUROC {:.3f}",
+                              first.size(), out["mean_cosine_related"].get<double>(), out["mean_cosine_random"].get<double>(), auroc);
+    } else {
+      context_->logger().warn("word_vectors: fewer than 2 pairs of {} have both words in the vocabulary; no similarity check",
+                              file.string());
+    }
+    std::ofstream(dir / "similarity.json") << out.dump(2) << '\n';
+  }
+
   modalkit::Context* context_;
   int64_t dim_;
   std::vector<std::string> probes_;
