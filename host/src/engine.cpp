@@ -195,7 +195,7 @@ nlohmann::json HeldOutProtocol::evaluate(TransferStrategy& model, BatchSource& d
           for (int64_t n : m.at(static_cast<size_t>(c))) all += n;
         }
         // No sample of the group in this split: no figure (null), not a made-up 0.
-        out["tasks"][task][group + "_accuracy"] = all > 0 ? nlohmann::json(static_cast<double>(right) / static_cast<double>(all)) : nlohmann::json();
+        out["tasks"][task][group_accuracy_metric(group)] = all > 0 ? nlohmann::json(static_cast<double>(right) / static_cast<double>(all)) : nlohmann::json();
       }
     }
   }
@@ -359,9 +359,19 @@ void check_against_dataset(const ResolvedPipeline& pipeline, const Dataset& data
     if (classification && field_type != "label") {
       errors.push_back({at + "/target", "field \"" + target + "\"" + where + " is of type " + field_type + ", a " +
                                             type + " task needs a label field"});
-    } else if (t.contains("class_groups") && !classification) {
+    } else if (type == "multilabel" && field_type != "label_set") {
+      errors.push_back({at + "/target", "field \"" + target + "\"" + where + " is of type " + field_type +
+                                            ", a multilabel task needs a label_set field"});
+    } else if (type == "regression" && field_type != "number") {
+      errors.push_back({at + "/target", "field \"" + target + "\"" + where + " is of type " + field_type +
+                                            ", a regression task needs a number field"});
+    } else if (type == "binary" && fields.at(target).at("labels").size() != 2) {
+      errors.push_back({at + "/type", "binary needs exactly 2 labels, field \"" + target + "\"" + where + " has " +
+                                          std::to_string(fields.at(target).at("labels").size())});
+    }
+    if (t.contains("class_groups") && !classification) {
       errors.push_back({at + "/class_groups", "class groups are for multiclass and binary tasks, not " + type});
-    } else if (t.contains("class_groups")) {
+    } else if (t.contains("class_groups") && field_type == "label" && fields.at(target).contains("labels")) {
       const auto& labels = fields.at(target).at("labels");
       for (const auto& [group, members] : t.at("class_groups").items()) {
         for (size_t i = 0; i < members.size(); ++i) {
@@ -372,15 +382,6 @@ void check_against_dataset(const ResolvedPipeline& pipeline, const Dataset& data
           }
         }
       }
-    } else if (type == "multilabel" && field_type != "label_set") {
-      errors.push_back({at + "/target", "field \"" + target + "\"" + where + " is of type " + field_type +
-                                            ", a multilabel task needs a label_set field"});
-    } else if (type == "regression" && field_type != "number") {
-      errors.push_back({at + "/target", "field \"" + target + "\"" + where + " is of type " + field_type +
-                                            ", a regression task needs a number field"});
-    } else if (type == "binary" && fields.at(target).at("labels").size() != 2) {
-      errors.push_back({at + "/type", "binary needs exactly 2 labels, field \"" + target + "\"" + where + " has " +
-                                          std::to_string(fields.at(target).at("labels").size())});
     }
   }
   // A modality or the stream at `at` reads field `m/field`: it must exist and have a type its
@@ -429,6 +430,14 @@ std::map<std::string, TaskSpec> resolve_tasks(const nlohmann::json& pipeline, co
     tasks.emplace(name, std::move(spec));
   }
   return tasks;
+}
+
+std::string group_accuracy_metric(const std::string& group) { return group + "_accuracy"; }
+
+std::string group_of_metric(const std::string& metric) {
+  const std::string suffix = group_accuracy_metric("");
+  const bool ends = metric.size() > suffix.size() && metric.compare(metric.size() - suffix.size(), suffix.size(), suffix) == 0;
+  return ends ? metric.substr(0, metric.size() - suffix.size()) : "";
 }
 
 ClassGroups resolve_class_groups(const nlohmann::json& pipeline, const std::map<std::string, TaskSpec>& tasks) {

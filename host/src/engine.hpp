@@ -88,6 +88,11 @@ void check_pipeline_artifacts(const ResolvedPipeline& pipeline, const PluginRegi
 /// check_against_dataset first.
 std::map<std::string, TaskSpec> resolve_tasks(const nlohmann::json& pipeline, const Dataset& dataset);
 
+/// The results.json name of class group `group`'s accuracy: `<group>_accuracy`.
+std::string group_accuracy_metric(const std::string& group);
+/// The class group whose accuracy metric `metric` is; empty when it is no group's.
+std::string group_of_metric(const std::string& metric);
+
 /// `/tasks/*/class_groups` resolved against `tasks`' label names (checked by
 /// check_against_dataset).
 ClassGroups resolve_class_groups(const nlohmann::json& pipeline, const std::map<std::string, TaskSpec>& tasks);

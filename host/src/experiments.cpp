@@ -158,17 +158,26 @@ std::string run_experiment(const fs::path& file, PluginRegistry& registry, const
   if (auto errors = exp_schema.validate(exp); !errors.empty()) {
     throw schema::ValidationFailed(file.string(), std::move(errors));
   }
-  exp_schema.fill_defaults(exp);
   const fs::path base = file.parent_path();
   const std::string name = exp.at("name");
   if (exp.contains("experiments")) {
-    // A suite: each part runs as if named on the command line, into its own directory.
-    for (const char* own : {"dataset", "metric", "rows"}) {
-      if (exp.contains(own)) {
-        throw schema::ValidationFailed(file.string(), {{"/" + std::string(own), "a suite (/experiments) has no " + std::string(own) +
-                                                                                   " of its own; its parts do"}});
+    // A suite: each part runs as if named on the command line, into its own directory
+    // (OUT/PART-NAME with --out, as without it runs/experiments/PART-NAME).
+    for (const auto& [key, value] : exp.items()) {
+      if (key != "$schema" && key != "name" && key != "description" && key != "experiments") {
+        throw schema::ValidationFailed(file.string(), {{"/" + key, "a suite (/experiments) has no " + key + " of its own; its parts do"}});
       }
     }
+    // A suite that reaches itself would never end.
+    static thread_local std::vector<fs::path> open_suites;
+    const fs::path me = fs::weakly_canonical(file);
+    if (std::find(open_suites.begin(), open_suites.end(), me) != open_suites.end()) {
+      throw schema::ValidationFailed(file.string(), {{"/experiments", "includes itself (through " + open_suites.back().string() + ")"}});
+    }
+    open_suites.push_back(me);
+    struct Pop {
+      ~Pop() { open_suites.pop_back(); }
+    } pop;
     std::string tables;
     for (size_t i = 0; i < exp.at("experiments").size(); ++i) {
       const fs::path part = base / exp["experiments"][i].get<std::string>();
@@ -176,11 +185,15 @@ std::string run_experiment(const fs::path& file, PluginRegistry& registry, const
         throw schema::ValidationFailed(file.string(), {{"/experiments/" + std::to_string(i), part.string() + " does not exist"}});
       }
       ExperimentOptions o = options;
-      if (!options.out.empty()) o.out = options.out / part.stem();
+      if (!options.out.empty()) {
+        const json part_doc = schema::read_json_file(part);
+        o.out = options.out / (part_doc.value("name", part.stem().string()) + (options.quick ? "-quick" : ""));
+      }
       tables += (tables.empty() ? "" : "\n") + run_experiment(part, registry, o);
     }
     return tables;
   }
+  exp_schema.fill_defaults(exp);
   for (const char* needed : {"dataset", "metric", "rows"}) {
     if (!exp.contains(needed)) {
       throw schema::ValidationFailed(file.string(), {{"", "an experiment needs /" + std::string(needed) +
@@ -268,8 +281,7 @@ std::string run_experiment(const fs::path& file, PluginRegistry& registry, const
       const std::string task = task_of(metric_path), metric = metric_of(metric_path);
       // A metric of the task's list, or <group>_accuracy of one of its class groups.
       const bool group_metric = tasks.contains(task) && tasks.at(task).contains("class_groups") &&
-                                metric.size() > 9 && metric.substr(metric.size() - 9) == "_accuracy" &&
-                                tasks.at(task).at("class_groups").contains(metric.substr(0, metric.size() - 9));
+                                !group_of_metric(metric).empty() && tasks.at(task).at("class_groups").contains(group_of_metric(metric));
       if (!group_metric && (!tasks.contains(task) || !tasks.at(task).contains("metrics") ||
                             std::find(tasks.at(task).at("metrics").begin(), tasks.at(task).at("metrics").end(), metric) ==
                                 tasks.at(task).at("metrics").end())) {

@@ -1596,6 +1596,11 @@ TEST(Cli, AnExperimentSuiteRunsItsPartsAndATableMayShowSeveralMetrics) {
   EXPECT_TRUE(has(r.out, "| row | default: accuracy | default: macro_f1 |")) << r.out;
   EXPECT_TRUE(has(r.out, "accuracy of task label and macro_f1 of task label on the test split")) << r.out;
   EXPECT_TRUE(fs::exists(dir / "runs/part/image/default/seed-1/results.json"));
+  // A suite that includes itself is refused, naming the field.
+  std::ofstream(dir / "loop.json") << json({{"name", "loop"}, {"experiments", {"loop.json"}}}).dump(2);
+  auto loop = modalkit("experiments run '" + (dir / "loop.json").string() + "' --dry-run");
+  EXPECT_EQ(loop.rc, 2);
+  EXPECT_TRUE(has(loop.err, "/experiments: includes itself")) << loop.err;
   EXPECT_TRUE(has(read_all(dir / "results.md"), "<!-- experiment:part")) << read_all(dir / "results.md");
   // A suite has no rows of its own.
   std::ofstream(dir / "suite.json") << json({{"name", "suite"}, {"experiments", {"part.json"}}, {"metric", "label/accuracy"}}).dump(2);

@@ -352,8 +352,11 @@ TEST_F(CoLearning, VokensAreTheSecondaryModalitysClusters) {
   // Training needs only the primary; the voken term falls as the encoder learns the clusters.
   EXPECT_EQ(model->modalities_at_train(), std::vector<std::string>{"a"});
   std::vector<modalkit::Batch> primary_only = batches_of({{"a", a}}, y);
+  model->train();  // the voken term is a training term: validation rows are another split's
   const double before = mean_term(*model, primary_only, "voken");
   fit(*model, primary_only, 20);
+  EXPECT_EQ(model->loss(primary_only[0]).count("voken"), 0u);  // fit() left it in eval mode
+  model->train();
   EXPECT_LT(mean_term(*model, primary_only, "voken"), 0.7 * before);
   // A row prepare never saw (beyond the table) adds no voken loss.
   modalkit::Batch unseen = primary_only[0];

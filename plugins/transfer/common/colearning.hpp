@@ -12,6 +12,7 @@
 #include <algorithm>
 #include <cmath>
 #include <random>
+#include <set>
 #include <string>
 #include <utility>
 #include <vector>
@@ -51,6 +52,10 @@ inline at::Tensor feature_vectors(Features kind, const Batch& batch, const std::
   if (!batch.has(modality)) throw Error(who + ": the batch lacks modality \"" + modality + "\"");
   const ModalityInput& input = batch.inputs.at(modality);
   const int64_t n = input.data.size(0);
+  if (kind != Features::kEncoder && !at::isFloatingType(input.data.scalar_type())) {
+    throw Error(who + ": modality \"" + modality + "\" has integer features (token ids?), which are not values to predict " +
+                "or cluster; use \"encoder\"");
+  }
   switch (kind) {
     case Features::kRaw:
       if (input.mask.defined() && !input.mask.all().item<bool>()) {
@@ -59,8 +64,13 @@ inline at::Tensor feature_vectors(Features kind, const Batch& batch, const std::
       }
       return input.data.reshape({n, -1}).to(at::kFloat);
     case Features::kPooledRaw: {
-      if (input.data.dim() < 2) return input.data.reshape({n, -1}).to(at::kFloat);
-      const at::Tensor x = input.data.reshape({n, input.data.size(1), -1}).to(at::kFloat);  // [B, L, F]
+      // Only a sequence [B, L, F] has an axis to average over; anything else would average
+      // across features or channels.
+      if (input.data.dim() != 3) {
+        throw Error(who + ": modality \"" + modality + "\" has features of shape " + c10::str(input.data.sizes()) +
+                    ", not a sequence [B, L, F] to average over time; use \"raw\" or \"encoder\"");
+      }
+      const at::Tensor x = input.data.to(at::kFloat);
       if (!input.mask.defined()) return x.mean(1);
       const at::Tensor m = input.mask.unsqueeze(-1).to(at::kFloat);
       return (x * m).sum(1) / m.sum(1).clamp_min(1);
@@ -74,6 +84,47 @@ inline at::Tensor feature_vectors(Features kind, const Batch& batch, const std::
   return {};
 }
 
+/// Gives `state` (a registered buffer or parameter, possibly still empty) the value and shape
+/// of `value`, on `state`'s device and dtype, keeping the registered tensor (see the top of
+/// this file).
+inline void assign(at::Tensor& state, const at::Tensor& value) {
+  at::NoGradGuard no_grad;
+  state.set_(value.detach().to(state.options()).clone());
+}
+
+/// The config's `key` names one of the pipeline's modalities; returns it, or throws a
+/// ConfigError at `<config>/key`.
+inline std::string configured_modality(const CreateArgs& args, const std::string& key) {
+  const auto m = args.config.get<std::string>(key);
+  if (std::find(args.modalities.begin(), args.modalities.end(), m) == args.modalities.end()) {
+    throw ConfigError(args.config.pointer() + "/" + key, "\"" + m + "\" is not one of the pipeline's modalities");
+  }
+  return m;
+}
+
+/// The parameter groups of a strategy whose `frozen` encoder (when it has one) is fixed: group
+/// "all" with every other parameter, and group `name`, frozen.
+inline std::vector<ParameterGroup> groups_with_frozen(torch::nn::Module& strategy, const EncoderRef& frozen, const std::string& name) {
+  std::set<const void*> fixed_ids;
+  if (frozen.module()) {
+    for (const auto& p : frozen.module()->parameters()) fixed_ids.insert(p.unsafeGetTensorImpl());
+  }
+  ParameterGroup trained{"all", {}, std::nullopt, false}, fixed{name, {}, std::nullopt, true};
+  for (const auto& p : strategy.parameters()) (fixed_ids.count(p.unsafeGetTensorImpl()) ? fixed : trained).parameters.push_back(p);
+  if (fixed.parameters.empty()) return {trained};
+  return {trained, fixed};
+}
+
+/// The task heads' outputs on the sequence of one modality, through the fusion operator (as a
+/// model trained on that modality alone would compute them).
+inline Predictions heads_on(const FusionRef& fusion, const std::map<std::string, std::shared_ptr<TaskHead>>& heads,
+                            const std::string& modality, const Sequence& seq) {
+  const Sequence fused = fusion({{modality, seq}});
+  Predictions out;
+  for (const auto& [task, head] : heads) out.emplace(task, head->forward(fused));
+  return out;
+}
+
 /// Per-feature mean and standard deviation, fitted on the train split in prepare and saved
 /// with the model as buffers `mean` and `std` (empty until fitted).
 class StandardizerImpl : public torch::nn::Module {
@@ -82,14 +133,18 @@ class StandardizerImpl : public torch::nn::Module {
     mean_ = register_buffer("mean", at::zeros({0}));
     std_ = register_buffer("std", at::ones({0}));
   }
-  /// Adds a batch `[B, F]` to the running sums (in double precision).
-  void accumulate(const at::Tensor& x) {
+  /// Adds a batch `[B, F]` to the running sums (in double precision); `what` names the
+  /// features in errors.
+  void accumulate(const at::Tensor& x, const std::string& what) {
     const at::Tensor d = x.detach().to(at::kDouble).cpu();
     if (!sum_.defined()) {
       sum_ = at::zeros({d.size(1)}, at::kDouble);
       sumsq_ = at::zeros({d.size(1)}, at::kDouble);
     }
-    TORCH_CHECK(d.size(1) == sum_.size(0), "feature width changed between batches (", sum_.size(0), " then ", d.size(1), ")");
+    if (d.size(1) != sum_.size(0)) {
+      throw Error(what + ": " + std::to_string(d.size(1)) + " features per sample in one batch, " + std::to_string(sum_.size(0)) +
+                  " in an earlier one (a fixed width is needed; \"pooled_raw\" or \"encoder\" give one)");
+    }
     sum_ += d.sum(0);
     sumsq_ += (d * d).sum(0);
     n_ += d.size(0);
@@ -102,9 +157,8 @@ class StandardizerImpl : public torch::nn::Module {
     const at::Tensor var = (sumsq_ / static_cast<double>(n_) - mean * mean).clamp_min(0);
     at::Tensor sd = var.sqrt();
     sd = at::where(sd > 1e-6, sd, at::ones_like(sd));
-    at::NoGradGuard no_grad;
-    mean_.set_(mean.to(at::kFloat).to(mean_.device()));
-    std_.set_(sd.to(at::kFloat).to(std_.device()));
+    assign(mean_, mean);
+    assign(std_, sd);
     sum_ = sumsq_ = at::Tensor();
     n_ = 0;
   }
@@ -127,6 +181,7 @@ class StandardizerImpl : public torch::nn::Module {
 };
 TORCH_MODULE(Standardizer);
 
+
 /// A linear layer whose widths are set in prepare (see the top of this file).
 class LateLinearImpl : public torch::nn::Module {
  public:
@@ -138,9 +193,8 @@ class LateLinearImpl : public torch::nn::Module {
   /// Gives the layer `in` inputs and `out` outputs, initialised as torch::nn::Linear's are.
   void resize(int64_t in, int64_t out) {
     torch::nn::Linear fresh(in, out);
-    at::NoGradGuard no_grad;
-    weight_.set_(fresh->weight.detach().clone().to(weight_.device()));
-    bias_.set_(fresh->bias.detach().clone().to(bias_.device()));
+    assign(weight_, fresh->weight.detach());
+    assign(bias_, fresh->bias.detach());
   }
   /// Output width; 0 before resize() or a loaded checkpoint.
   int64_t out() const { return weight_.size(0); }
@@ -175,9 +229,9 @@ TORCH_MODULE(LateMlp);
 /// Mean squared error over the rows where `keep` (`[B]` bool) holds; 0 (with a graph) when none
 /// does, so a batch without paired samples adds nothing.
 inline at::Tensor masked_mse(const at::Tensor& prediction, const at::Tensor& target, const at::Tensor& keep) {
-  const at::Tensor per_row = (prediction - target).pow(2).mean(1);
-  const at::Tensor w = keep.to(per_row.scalar_type());
-  return (per_row * w).sum() / w.sum().clamp_min(1);
+  // Selects (not multiplies by 0): an absent sample's filler may be anything, NaN included.
+  const at::Tensor per_row = at::where(keep, (prediction - target).pow(2).mean(1), at::zeros({}, prediction.options()));
+  return per_row.sum() / keep.sum().to(per_row.scalar_type()).clamp_min(1);
 }
 
 /// `[B]` bool: the samples in which `modality` is present.
@@ -191,6 +245,29 @@ inline at::Tensor presence(const Batch& batch, const std::string& modality) {
 /// a fixed function.
 inline void keep_in_eval(const EncoderRef& encoder) {
   if (encoder.module() && encoder.module()->is_training()) encoder.module()->eval();
+}
+
+/// `[B, F]` features of `modality` over the train split (its present samples), standardised by
+/// `standardizer`, which is fitted on them; with `targets` of `task` when `task` is not empty.
+/// What vokenization clusters and what a coordination space averages per class.
+inline std::pair<at::Tensor, at::Tensor> standardized_train_features(BatchSource& data, Features kind, const std::string& modality,
+                                                                      const EncoderRef* encoder, StandardizerImpl& standardizer,
+                                                                      const std::string& task, const std::string& who,
+                                                                      std::vector<at::Tensor>* rows = nullptr) {
+  const std::string what = who + ": modality \"" + modality + "\"";
+  std::vector<at::Tensor> features, targets;
+  data.for_each("train", {modality}, [&](const Batch& batch) {
+    const at::Tensor keep = presence(batch, modality);
+    const at::Tensor f = feature_vectors(kind, batch, modality, encoder, who).index({keep});
+    standardizer.accumulate(f, what);
+    features.push_back(f.cpu());
+    if (rows != nullptr) rows->push_back(batch.index.to(keep.device()).index({keep}).cpu());
+    if (!task.empty()) targets.push_back(batch.targets.at(task).to(keep.device()).index({keep}).cpu());
+  });
+  if (features.empty()) throw Error(what + ": the train split has no batch to fit on");
+  standardizer.fit(what);
+  const at::Tensor x = standardizer.forward(at::cat(features).to(standardizer.buffers()[0].device()), what).cpu();
+  return {x, task.empty() ? at::Tensor() : at::cat(targets)};
 }
 
 /// k-means (Lloyd's algorithm from a k-means++ start) on the rows of `x` `[N, F]`, drawing only
@@ -226,12 +303,20 @@ inline std::pair<at::Tensor, at::Tensor> kmeans(const at::Tensor& x, int64_t k, 
     assign = next;
     const at::Tensor counts = at::bincount(assign, {}, k).to(at::kDouble);
     at::Tensor sums = at::zeros_like(centroids).index_add_(0, assign, data);
+    at::Tensor own = dist.gather(1, assign.unsqueeze(1)).squeeze(1).clone();  // each point's distance to its centre
     for (int64_t c = 0; c < k; ++c) {
       if (counts[c].item<double>() > 0) continue;
-      const int64_t far = dist.gather(1, assign.unsqueeze(1)).squeeze(1).argmax().item<int64_t>();
+      // Restart an empty cluster at the point farthest from its centre, moved out of its old
+      // cluster; taken points are not taken again.
+      const int64_t far = own.argmax().item<int64_t>();
+      const int64_t old = assign[far].item<int64_t>();
+      sums[old] -= data[far];
+      counts[old] -= 1;
       sums[c] = data[far];
       counts[c] = 1;
       assign[far] = c;
+      own[far] = -1;
+      if (counts[old].item<double>() <= 1) own.masked_fill_(assign == old, -1);  // never empty a cluster to fill another
     }
     centroids = sums / counts.unsqueeze(1);
     if (!changed) break;

@@ -16,7 +16,6 @@
 // Training sees no sample of an unseen class: such samples are dropped from every loss term.
 #include <algorithm>
 #include <cctype>
-#include <set>
 #include <sstream>
 
 #include <spdlog/spdlog.h>
@@ -53,7 +52,7 @@ class Coordination : public modalkit::TransferStrategy {
   explicit Coordination(const modalkit::CreateArgs& args)
       : context_(args.context),
         pointer_(args.config.pointer()),
-        primary_(args.config.get<std::string>("primary")),
+        primary_(cl::configured_modality(args, "primary")),
         space_(args.config.get<std::string>("space")),
         task_(args.config.get_or<std::string>("task", "")),
         unseen_labels_(args.config.get<std::vector<std::string>>("unseen")),
@@ -63,10 +62,18 @@ class Coordination : public modalkit::TransferStrategy {
         quantile_(args.config.get<double>("novelty_quantile")),
         d_model_(args.d_model),
         class_words_(args.config.json().value("class_words", nlohmann::json::object())) {
-    auto has = [&](const std::string& m) { return std::find(args.modalities.begin(), args.modalities.end(), m) != args.modalities.end(); };
-    if (!has(primary_)) throw modalkit::ConfigError(pointer_ + "/primary", "\"" + primary_ + "\" is not one of the pipeline's modalities");
-    if (space_ != "words" && (!has(space_) || space_ == primary_)) {
+    const bool is_modality = std::find(args.modalities.begin(), args.modalities.end(), space_) != args.modalities.end();
+    if (space_ != "words" && (!is_modality || space_ == primary_)) {
       throw modalkit::ConfigError(pointer_ + "/space", "expected \"words\" or a secondary modality of the pipeline, found \"" + space_ + "\"");
+    }
+    if (space_ == "words" && context_ != nullptr) {
+      // Said now, not after the data has loaded: the word space needs the artifact.
+      try {
+        context_->artifact_path("word_vectors");
+      } catch (const modalkit::Error& e) {
+        throw modalkit::ConfigError(pointer_ + "/space", std::string("\"words\" needs word vectors: ") + e.what() +
+                                                            " (name a word_vectors artifact, e.g. the word-vectors pipeline's word_vectors.txt)");
+      }
     }
     if (space_ != "words") space_kind_ = cl::features_from(args.config, "space_features");
     mapping_ = register_module("mapping", cl::LateMlp(args.config.get<int64_t>("hidden")));
@@ -77,17 +84,15 @@ class Coordination : public modalkit::TransferStrategy {
   }
 
   void build(const modalkit::ModelParts& parts) override {
-    if (task_.empty()) {
-      for (const auto& [name, head] : parts.heads) {
-        if (head->spec().type == modalkit::TaskType::kMulticlass) {
-          task_ = name;
-          break;
-        }
-      }
+    // One multiclass task: its classes are the ones mapped, seen and unseen.
+    if (parts.heads.size() != 1 || parts.heads.begin()->second->spec().type != modalkit::TaskType::kMulticlass) {
+      throw modalkit::ConfigError("/tasks", "coordination trains exactly one multiclass task; the pipeline has " +
+                                                std::to_string(parts.heads.size()) + " task(s)");
     }
-    if (task_.empty() || !parts.heads.count(task_) || parts.heads.at(task_)->spec().type != modalkit::TaskType::kMulticlass) {
-      throw modalkit::ConfigError(pointer_ + "/task", "coordination needs a multiclass task of the pipeline's /tasks");
+    if (!task_.empty() && task_ != parts.heads.begin()->first) {
+      throw modalkit::ConfigError(pointer_ + "/task", "\"" + task_ + "\" is not the pipeline's task (" + parts.heads.begin()->first + ")");
     }
+    task_ = parts.heads.begin()->first;
     labels_ = parts.heads.at(task_)->spec().labels;
     std::vector<bool> unseen(labels_.size(), false);
     for (size_t i = 0; i < unseen_labels_.size(); ++i) {
@@ -102,6 +107,12 @@ class Coordination : public modalkit::TransferStrategy {
       throw modalkit::ConfigError(pointer_ + "/unseen", "leaves fewer than 2 seen classes to train on");
     }
     unseen_ = at::tensor(std::vector<uint8_t>(unseen.begin(), unseen.end())).to(at::kBool);
+    for (const auto& [label, words] : class_words_.items()) {
+      if (std::find(labels_.begin(), labels_.end(), label) == labels_.end()) {
+        throw modalkit::ConfigError(pointer_ + "/class_words/" + label, "is not a label of task " + task_ + " (labels: " +
+                                                                            nlohmann::json(labels_).dump() + ")");
+      }
+    }
     std::vector<std::string> used{primary_};
     if (space_ != "words" && space_kind_ == cl::Features::kEncoder) used.push_back(space_);
     modalkit::register_parts(*this, parts, used);
@@ -113,25 +124,30 @@ class Coordination : public modalkit::TransferStrategy {
 
   void prepare(modalkit::BatchSource& data) override {
     const at::Tensor vectors = space_ == "words" ? word_space() : modality_space(data);
-    {
-      at::NoGradGuard no_grad;
-      class_vectors_.set_(vectors.to(class_vectors_.device()));
-    }
+    cl::assign(class_vectors_, vectors);
     mapping_->resize(d_model_, vectors.size(1));
   }
 
   modalkit::LossTerms loss(const modalkit::Batch& batch) override {
-    const Forward f = forward(batch);
+    // Unseen classes' samples are dropped before the encoder: training never sees them.
     const at::Tensor y = batch.targets.at(task_);
     const at::Tensor seen_rows = unseen_.to(y.device()).index({y}).logical_not();
     if (!seen_rows.any().item<bool>()) {
-      const at::Tensor zero = f.logits.sum() * 0 + f.mapped.sum() * 0;  // keeps the graph
+      // Nothing to learn from, but the host still steps: a zero that keeps a (zero) gradient.
+      at::Tensor zero = at::zeros({}, at::TensorOptions().device(y.device()));
+      for (const auto& p : parameters()) {
+        if (p.requires_grad()) {
+          zero = p.sum() * 0;
+          break;
+        }
+      }
       return {{"task/" + task_, zero}, {"coordination", zero}};
     }
+    const Forward f = forward(rows_of(batch, seen_rows.nonzero().squeeze(1)));
     const at::Tensor ys = y.index({seen_rows});
-    const at::Tensor logits = seen_only(f.logits).index({seen_rows});
+    const at::Tensor logits = seen_only(f.logits);
     modalkit::LossTerms terms{{"task/" + task_, at::cross_entropy_loss(logits, ys)}};
-    const at::Tensor m = f.mapped.index({seen_rows});
+    const at::Tensor& m = f.mapped;
     if (squared_) {
       // Socher et al.'s objective: the squared distance to the class's vector.
       terms["coordination"] = weight_ * (m - class_vectors_.index({ys})).pow(2).sum(1).mean();
@@ -173,8 +189,9 @@ class Coordination : public modalkit::TransferStrategy {
       ys.push_back(y.index({seen_rows}).cpu());
     });
     train(was_training);
-    const at::Tensor d2 = at::cat(d2s), y = at::cat(ys);
+    const at::Tensor y = ys.empty() ? at::zeros({0}, at::kLong) : at::cat(ys);
     if (y.numel() < 2) throw modalkit::Error("coordination: fewer than 2 seen-class samples in the val split to fit the novelty threshold on");
+    const at::Tensor d2 = at::cat(d2s);
     // Each seen class's variance: the mean squared distance of its own mapped images (all
     // classes' mean where a class has no validation image).
     const at::Tensor own = d2.gather(1, y.unsqueeze(1)).squeeze(1);
@@ -182,10 +199,10 @@ class Coordination : public modalkit::TransferStrategy {
     const at::Tensor counts = at::bincount(y, {}, c).to(at::kFloat);
     const at::Tensor sums = at::zeros({c}).index_add_(0, y, own);
     const at::Tensor sigma2 = at::where(counts > 0, sums / counts.clamp_min(1), own.mean()).clamp_min(1e-8);
-    sigma2_.set_(sigma2.to(sigma2_.device()));
+    cl::assign(sigma2_, sigma2);
     const at::Tensor scores = novelty(d2.to(sigma2_.device())).cpu();
     const double t = at::quantile(scores.to(at::kDouble), quantile_).item<double>();
-    threshold_.set_(at::full({1}, t, sigma2_.options()));
+    cl::assign(threshold_, at::full({1}, t));
     if (context_ != nullptr) {
       context_->logger().info("coordination: novelty threshold {:.3f} (quantile {} of {} seen-class val images' scores)", t,
                               quantile_, scores.numel());
@@ -193,12 +210,7 @@ class Coordination : public modalkit::TransferStrategy {
   }
 
   std::vector<modalkit::ParameterGroup> parameter_groups() override {
-    if (!space_encoder_.module()) return TransferStrategy::parameter_groups();
-    std::set<const void*> frozen;
-    for (const auto& p : space_encoder_.module()->parameters()) frozen.insert(p.unsafeGetTensorImpl());
-    modalkit::ParameterGroup trained{"all", {}, std::nullopt, false}, fixed{"space_encoder", {}, std::nullopt, true};
-    for (const auto& p : parameters()) (frozen.count(p.unsafeGetTensorImpl()) ? fixed : trained).parameters.push_back(p);
-    return {trained, fixed};
+    return cl::groups_with_frozen(*this, space_encoder_, "space_encoder");
   }
 
   std::vector<std::string> modalities_at_train() const override { return {primary_}; }
@@ -216,6 +228,20 @@ class Coordination : public modalkit::TransferStrategy {
     const modalkit::Sequence seq = encoder_(batch.inputs.at(primary_));
     const modalkit::Sequence fused = fusion_({{primary_, seq}});
     return {heads_.at(task_)->forward(fused), mapping_->forward(modalkit::masked_mean_pool(seq))};
+  }
+
+  /// The rows `rows` (int64 [N]) of `batch`: inputs and targets.
+  static modalkit::Batch rows_of(const modalkit::Batch& batch, const at::Tensor& rows) {
+    modalkit::Batch out;
+    for (const auto& [m, in] : batch.inputs) {
+      const at::Tensor r = rows.to(in.data.device());
+      out.inputs.emplace(m, modalkit::ModalityInput{in.data.index_select(0, r), in.mask.defined() ? in.mask.index_select(0, r) : at::Tensor(),
+                                                    in.present.defined() ? in.present.index_select(0, r) : at::Tensor()});
+    }
+    for (const auto& [t, y] : batch.targets) out.targets.emplace(t, y.index_select(0, rows.to(y.device())));
+    out.index = batch.index.index_select(0, rows.to(batch.index.device()));
+    out.task_id = batch.task_id;
+    return out;
   }
 
   /// Logits with the unseen classes' set to -inf.
@@ -250,6 +276,9 @@ class Coordination : public modalkit::TransferStrategy {
         const at::Tensor v = wv.vectors[i];
         vs.push_back(v / v.norm().clamp_min(1e-12));
       }
+      if (words.empty()) {
+        throw modalkit::ConfigError(pointer_ + "/class_words", "class \"" + label + "\" has no words of its own name to embed; list some");
+      }
       if (!vs.empty()) rows.push_back(at::stack(vs).mean(0));
     }
     if (missing.tellp() > 0) {
@@ -268,17 +297,7 @@ class Coordination : public modalkit::TransferStrategy {
   /// word vectors are).
   at::Tensor modality_space(modalkit::BatchSource& data) {
     cl::keep_in_eval(space_encoder_);
-    std::vector<at::Tensor> feats, ys;
-    data.for_each("train", {space_}, [&](const modalkit::Batch& batch) {
-      const at::Tensor keep = cl::presence(batch, space_);
-      const at::Tensor f = cl::feature_vectors(space_kind_, batch, space_, &space_encoder_, "coordination").index({keep});
-      space_std_->accumulate(f);
-      feats.push_back(f);
-      ys.push_back(batch.targets.at(task_).index({keep}));
-    });
-    space_std_->fit("coordination: space \"" + space_ + "\"");
-    const at::Tensor x = space_std_->forward(at::cat(feats), "coordination").cpu();
-    const at::Tensor y = at::cat(ys).cpu();
+    const auto [x, y] = cl::standardized_train_features(data, space_kind_, space_, &space_encoder_, *space_std_, task_, "coordination");
     const int64_t c = static_cast<int64_t>(labels_.size());
     const at::Tensor counts = at::bincount(y, {}, c);
     for (int64_t k = 0; k < c; ++k) {

@@ -37,15 +37,10 @@ class Translation : public TransferStrategy {
       : context_(args.context),
         name_(cyclic ? "cyclic_translation" : "translation"),
         cyclic_(cyclic),
-        source_(args.config.get<std::string>("source")),
-        target_(args.config.get<std::string>("target")),
+        source_(configured_modality(args, "source")),
+        target_(configured_modality(args, "target")),
         target_kind_(features_from(args.config, "target_features")),
         translation_weight_(args.config.get<double>("translation_weight")) {
-    for (const auto& [key, m] : {std::pair<std::string, std::string>{"source", source_}, {"target", target_}}) {
-      if (std::find(args.modalities.begin(), args.modalities.end(), m) == args.modalities.end()) {
-        throw ConfigError(args.config.pointer() + "/" + key, "\"" + m + "\" is not one of the pipeline's modalities");
-      }
-    }
     if (source_ == target_) throw ConfigError(args.config.pointer() + "/target", "the target must differ from the source");
     if (cyclic_) {
       source_kind_ = features_from(args.config, "source_features");
@@ -75,10 +70,14 @@ class Translation : public TransferStrategy {
 
   void prepare(BatchSource& data) override {
     keep_in_eval(target_encoder_);
+    const std::string target_what = name_ + " target \"" + target_ + "\"", source_what = name_ + " source \"" + source_ + "\"";
     data.for_each("train", {source_, target_}, [&](const Batch& batch) {
       const at::Tensor keep = presence(batch, target_);
-      target_std_->accumulate(feature_vectors(target_kind_, batch, target_, &target_encoder_, name_).index({keep}));
-      if (cyclic_) source_std_->accumulate(feature_vectors(source_kind_, batch, source_, nullptr, name_));
+      target_std_->accumulate(feature_vectors(target_kind_, batch, target_, &target_encoder_, name_).index({keep}), target_what);
+      if (cyclic_) {
+        source_std_->accumulate(feature_vectors(source_kind_, batch, source_, nullptr, name_).index({presence(batch, source_)}),
+                                source_what);
+      }
     });
     target_std_->fit(name_ + " target \"" + target_ + "\"");
     translator_->resize(d_model_, target_std_->width());
@@ -94,8 +93,8 @@ class Translation : public TransferStrategy {
 
   LossTerms loss(const Batch& batch) override {
     keep_in_eval(target_encoder_);
-    const Sequence seq = source_encoder_(batch.inputs.at(source_));
-    LossTerms terms = task_losses(heads_, heads_of(seq), batch);
+    const Sequence seq = source_encoder_(source_input(batch));
+    LossTerms terms = task_losses(heads_, heads_on(fusion_, heads_, source_, seq), batch);
     if (!batch.has(target_)) return terms;
     const at::Tensor z = masked_mean_pool(seq);
     const at::Tensor keep = presence(batch, target_);
@@ -112,28 +111,18 @@ class Translation : public TransferStrategy {
   }
 
   Predictions predict(const Batch& batch) override {
-    if (!batch.has(source_)) throw Error(name_ + ": the batch lacks the source modality \"" + source_ + "\"");
-    return heads_of(source_encoder_(batch.inputs.at(source_)));
+    return heads_on(fusion_, heads_, source_, source_encoder_(source_input(batch)));
   }
 
-  std::vector<ParameterGroup> parameter_groups() override {
-    if (!target_encoder_.module()) return TransferStrategy::parameter_groups();
-    std::set<const void*> frozen;
-    for (const auto& p : target_encoder_.module()->parameters()) frozen.insert(p.unsafeGetTensorImpl());
-    ParameterGroup trained{"all", {}, std::nullopt, false}, fixed{"target_encoder", {}, std::nullopt, true};
-    for (const auto& p : parameters()) (frozen.count(p.unsafeGetTensorImpl()) ? fixed : trained).parameters.push_back(p);
-    return {trained, fixed};
-  }
+  std::vector<ParameterGroup> parameter_groups() override { return groups_with_frozen(*this, target_encoder_, "target_encoder"); }
 
   std::vector<std::string> modalities_at_train() const override { return {source_, target_}; }
   std::vector<std::string> modalities_at_test() const override { return {source_}; }
 
  private:
-  Predictions heads_of(const Sequence& seq) {
-    const Sequence fused = fusion_({{source_, seq}});
-    Predictions out;
-    for (const auto& [task, head] : heads_) out.emplace(task, head->forward(fused));
-    return out;
+  const ModalityInput& source_input(const Batch& batch) const {
+    if (!batch.has(source_)) throw Error(name_ + ": the batch lacks the source modality \"" + source_ + "\"");
+    return batch.inputs.at(source_);
   }
 
   Context* context_;

@@ -30,21 +30,18 @@ class Vokenization : public modalkit::TransferStrategy {
  public:
   explicit Vokenization(const modalkit::CreateArgs& args)
       : context_(args.context),
-        primary_(args.config.get<std::string>("primary")),
-        secondary_(args.config.get<std::string>("secondary")),
+        pointer_(args.config.pointer()),
+        primary_(cl::configured_modality(args, "primary")),
+        secondary_(cl::configured_modality(args, "secondary")),
         kind_(cl::features_from(args.config, "features")),
         k_(args.config.get<int64_t>("vokens")),
         iterations_(args.config.get<int64_t>("kmeans_iterations")),
         weight_(args.config.get<double>("weight")) {
-    for (const auto& [key, m] : {std::pair<std::string, std::string>{"primary", primary_}, {"secondary", secondary_}}) {
-      if (std::find(args.modalities.begin(), args.modalities.end(), m) == args.modalities.end()) {
-        throw modalkit::ConfigError(args.config.pointer() + "/" + key, "\"" + m + "\" is not one of the pipeline's modalities");
-      }
-    }
     if (primary_ == secondary_) {
       throw modalkit::ConfigError(args.config.pointer() + "/secondary", "the secondary modality must differ from the primary");
     }
-    // Row of the train split → its voken (-1: a row prepare never saw, e.g. outside the label subset).
+    // Row of the train split → its voken (-1: a row prepare never saw, e.g. outside the label
+    // subset). The centroids are kept with the model for inspection (export), not read here.
     voken_of_row_ = register_buffer("voken_of_row", at::zeros({0}, at::kLong));
     centroids_ = register_buffer("centroids", at::zeros({0}));
     voken_head_ = register_module("voken_head", torch::nn::Linear(args.d_model, k_));
@@ -64,41 +61,36 @@ class Vokenization : public modalkit::TransferStrategy {
 
   void prepare(modalkit::BatchSource& data) override {
     cl::keep_in_eval(secondary_encoder_);
-    std::vector<at::Tensor> features, rows, labels;
+    // The NMI is taken against the first classification task in name order.
     std::string label_task;
     for (const auto& [task, head] : heads_) {
-      if (head->spec().type == modalkit::TaskType::kMulticlass) {
+      const auto type = head->spec().type;
+      if (type == modalkit::TaskType::kMulticlass || type == modalkit::TaskType::kBinary) {
         label_task = task;
         break;
       }
     }
-    data.for_each("train", {secondary_}, [&](const modalkit::Batch& batch) {
-      const at::Tensor keep = cl::presence(batch, secondary_);
-      const at::Tensor f = cl::feature_vectors(kind_, batch, secondary_, &secondary_encoder_, "vokenization").index({keep});
-      standardizer_->accumulate(f);
-      features.push_back(f.cpu());
-      rows.push_back(batch.index.index({keep.cpu()}).cpu());
-      if (!label_task.empty()) labels.push_back(batch.targets.at(label_task).index({keep.cpu()}).cpu());
-    });
-    standardizer_->fit("vokenization: secondary \"" + secondary_ + "\"");
-    const at::Tensor x = standardizer_->forward(at::cat(features).to(standardizer_->buffers()[0].device()), "vokenization").cpu();
+    std::vector<at::Tensor> rows;
+    const auto [x, labels] = cl::standardized_train_features(data, kind_, secondary_, &secondary_encoder_, *standardizer_,
+                                                             label_task, "vokenization", &rows);
     const at::Tensor row = at::cat(rows);
+    if (k_ > row.size(0)) {
+      throw modalkit::ConfigError(pointer_ + "/vokens", std::to_string(k_) + " vokens, but the train split has " +
+                                                            std::to_string(row.size(0)) + " samples of \"" + secondary_ + "\" to cluster");
+    }
     std::mt19937_64 rng(context_ != nullptr ? context_->seed() ^ 0x766f6b656eULL : 1);  // "voken"
     const auto [centroids, assign] = cl::kmeans(x, k_, iterations_, rng);
     at::Tensor table = at::full({row.max().item<int64_t>() + 1}, -1, at::kLong);
     table.index_put_({row}, assign);
-    {
-      at::NoGradGuard no_grad;
-      voken_of_row_.set_(table.to(voken_of_row_.device()));
-      centroids_.set_(centroids.to(at::kFloat).to(centroids_.device()));
-    }
+    cl::assign(voken_of_row_, table);
+    cl::assign(centroids_, centroids);
     nlohmann::json report = {{"secondary", secondary_}, {"vokens", k_}, {"samples", row.size(0)},
                              {"sizes", [&] {
                                 const at::Tensor c = at::bincount(assign, {}, k_);
                                 return std::vector<int64_t>(c.data_ptr<int64_t>(), c.data_ptr<int64_t>() + k_);
                               }()}};
     if (!label_task.empty()) {
-      const double nmi = cl::normalized_mutual_information(assign, at::cat(labels));
+      const double nmi = cl::normalized_mutual_information(assign, labels.to(at::kLong).reshape({-1}));
       report["nmi"] = nmi;
       report["nmi_task"] = label_task;
       if (context_ != nullptr) {
@@ -113,8 +105,11 @@ class Vokenization : public modalkit::TransferStrategy {
 
   modalkit::LossTerms loss(const modalkit::Batch& batch) override {
     if (voken_of_row_.numel() == 0) throw modalkit::Error("vokenization: no vokens (the prepare stage has not run)");
-    const modalkit::Sequence seq = primary_encoder_(batch.inputs.at(primary_));
-    modalkit::LossTerms terms = modalkit::task_losses(heads_, heads_of(seq), batch);
+    const modalkit::Sequence seq = primary_encoder_(primary_input(batch));
+    modalkit::LossTerms terms = modalkit::task_losses(heads_, cl::heads_on(fusion_, heads_, primary_, seq), batch);
+    // Vokens exist for train rows only: a validation batch's row numbers are another split's,
+    // so outside training (the host's validation loss) the voken term is not defined.
+    if (!is_training()) return terms;
     const at::Tensor index = batch.index.to(voken_of_row_.device());
     at::Tensor vokens = at::full_like(index, -1);
     const at::Tensor known = index < voken_of_row_.size(0);
@@ -129,32 +124,24 @@ class Vokenization : public modalkit::TransferStrategy {
   }
 
   modalkit::Predictions predict(const modalkit::Batch& batch) override {
-    if (!batch.has(primary_)) throw modalkit::Error("vokenization: the batch lacks the primary modality \"" + primary_ + "\"");
-    return heads_of(primary_encoder_(batch.inputs.at(primary_)));
+    return cl::heads_on(fusion_, heads_, primary_, primary_encoder_(primary_input(batch)));
   }
 
   std::vector<modalkit::ParameterGroup> parameter_groups() override {
-    if (!secondary_encoder_.module()) return TransferStrategy::parameter_groups();
-    std::set<const void*> frozen;
-    for (const auto& p : secondary_encoder_.module()->parameters()) frozen.insert(p.unsafeGetTensorImpl());
-    modalkit::ParameterGroup trained{"all", {}, std::nullopt, false}, fixed{"secondary_encoder", {}, std::nullopt, true};
-    for (const auto& p : parameters()) (frozen.count(p.unsafeGetTensorImpl()) ? fixed : trained).parameters.push_back(p);
-    return {trained, fixed};
+    return cl::groups_with_frozen(*this, secondary_encoder_, "secondary_encoder");
   }
 
   std::vector<std::string> modalities_at_train() const override { return {primary_}; }
   std::vector<std::string> modalities_at_test() const override { return {primary_}; }
 
  private:
-  modalkit::Predictions heads_of(const modalkit::Sequence& seq) {
-    const modalkit::Sequence fused = fusion_({{primary_, seq}});
-    modalkit::Predictions out;
-    for (const auto& [task, head] : heads_) out.emplace(task, head->forward(fused));
-    return out;
+  const modalkit::ModalityInput& primary_input(const modalkit::Batch& batch) const {
+    if (!batch.has(primary_)) throw modalkit::Error("vokenization: the batch lacks the primary modality \"" + primary_ + "\"");
+    return batch.inputs.at(primary_);
   }
 
   modalkit::Context* context_;
-  std::string primary_, secondary_;
+  std::string pointer_, primary_, secondary_;
   cl::Features kind_;
   int64_t k_, iterations_;
   double weight_;

@@ -129,7 +129,11 @@ class WordVectors : public modalkit::TransferStrategy {
       std::mt19937_64 rng(context_->seed() ^ 0x73696d696cULL);  // "simil"
       std::uniform_int_distribution<int64_t> any(0, static_cast<int64_t>(words_.size()) - 1);
       std::vector<int64_t> random;
-      for (size_t k = 0; k < first.size(); ++k) random.push_back(any(rng));
+      for (size_t k = 0; k < first.size(); ++k) {
+        int64_t r = any(rng);
+        while (r == first[k] && words_.size() > 1) r = any(rng);  // never the word itself
+        random.push_back(r);
+      }
       const at::Tensor a = unit.index_select(0, at::tensor(first, at::kLong));
       const at::Tensor related = (a * unit.index_select(0, at::tensor(second, at::kLong))).sum(1).to(at::kDouble);
       const at::Tensor control = (a * unit.index_select(0, at::tensor(random, at::kLong))).sum(1).to(at::kDouble);
