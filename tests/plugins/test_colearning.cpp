@@ -450,3 +450,44 @@ TEST_F(CoLearning, CoordinationNamesClassWordsMissingFromTheWordVectors) {
 }
 
 }  // namespace
+
+namespace {
+
+TEST_F(CoLearning, CoordinationBuildsAModalitySpaceFromClassMeans) {
+  // Space "b": each class's vector is the mean of b's standardised features over its train
+  // samples (all four classes, the unseen one too: side information); a's inputs are a linear
+  // image of the same class codes, so yellow is recognised without a training image.
+  ZeroShotData data;
+  data.words = at::tensor({1.0f, 0.0f, 0.0f, 0.0f, 1.0f, 0.0f, 0.0f, 0.0f, 1.0f, 0.7071f, 0.7071f, 0.0f}).view({4, 3});
+  data.mix = at::randn({3, 6});
+  auto model = make("coordination", {{"primary", "a"}, {"space", "b"}, {"space_features", "raw"}, {"unseen", {"yellow"}}},
+                    {{"a", 6}, {"b", 3}}, {"red", "green", "blue", "yellow"});
+  auto [x, y] = data.draw(800);
+  auto [vx, vy] = data.draw(200);
+  auto [tx, ty] = data.draw(400);
+  const at::Tensor b = data.words.index_select(0, y) * 4 + 1 + 0.05 * at::randn({800, 3});
+  MemorySource source;
+  source.splits["train"] = batches_of({{"a", x}, {"b", b}}, y);
+  source.splits["val"] = batches_of({{"a", vx}}, vy);
+  model->prepare(source);
+  at::Tensor vectors;
+  for (const auto& buf : model->named_buffers()) {
+    if (buf.key() == "class_vectors") vectors = buf.value();
+  }
+  // Independently: standardise b with its train mean and population std, average per class,
+  // normalise each row.
+  const at::Tensor z = (b - b.mean(0)) / b.std(0, /*unbiased=*/false);
+  for (int64_t c = 0; c < 4; ++c) {
+    const at::Tensor mean = z.index({y == c}).mean(0);
+    EXPECT_TRUE(at::allclose(vectors[c], mean / mean.norm(), 1e-4, 1e-5)) << c;
+  }
+  fit(*model, source.splits["train"], 30);
+  model->finalize(source);
+  at::NoGradGuard no_grad;
+  const at::Tensor pred = model->predict(make_batch({{"a", tx}}, ty, 0)).at("label").argmax(1);
+  EXPECT_GT(pred.eq(ty).index({ty == 3}).to(at::kDouble).mean().item<double>(), 0.8);
+  // Training and test need the primary only.
+  EXPECT_EQ(model->modalities_at_train(), std::vector<std::string>{"a"});
+}
+
+}  // namespace
