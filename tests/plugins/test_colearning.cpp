@@ -377,7 +377,9 @@ struct ZeroShotData {
   }
 };
 
-TEST_F(CoLearning, CoordinationRecognisesAnUnseenClassThroughTheWordSpace) {
+class Coordination : public CoLearning, public ::testing::WithParamInterface<std::string> {};
+
+TEST_P(Coordination, RecognisesAnUnseenClassThroughTheWordSpace) {
   ZeroShotData data;
   data.words = at::tensor({1.0f, 0.0f, 0.0f, 0.0f, 1.0f, 0.0f, 0.0f, 0.0f, 1.0f, 0.7071f, 0.7071f, 0.0f}).view({4, 3});
   data.mix = at::randn({3, 6});
@@ -390,7 +392,8 @@ TEST_F(CoLearning, CoordinationRecognisesAnUnseenClassThroughTheWordSpace) {
     f << "unused 0.1 0.2 0.3\n";
   }
   context.artifacts["word_vectors"] = dir / "words.txt";
-  auto model = make("coordination", {{"primary", "a"}, {"unseen", {"yellow"}}}, {{"a", 6}}, {"red", "green", "blue", "yellow"});
+  auto model = make("coordination", {{"primary", "a"}, {"unseen", {"yellow"}}, {"objective", GetParam()}}, {{"a", 6}},
+                    {"red", "green", "blue", "yellow"});
   auto [x, y] = data.draw(800);
   auto [vx, vy] = data.draw(200);
   auto [tx, ty] = data.draw(400);
@@ -426,6 +429,10 @@ TEST_F(CoLearning, CoordinationRecognisesAnUnseenClassThroughTheWordSpace) {
   EXPECT_GT(unseen, 0.8) << "seen " << seen;
   EXPECT_GT(seen, 0.85) << "unseen " << unseen;
 }
+
+// Both objectives: the novelty detector and the unseen-class choice must use the geometry the
+// objective trains (Euclidean for squared, directions for max_margin's dot products).
+INSTANTIATE_TEST_SUITE_P(Objectives, Coordination, ::testing::Values("squared", "max_margin"));
 
 TEST_F(CoLearning, CoordinationNamesClassWordsMissingFromTheWordVectors) {
   {

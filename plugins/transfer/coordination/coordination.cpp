@@ -249,8 +249,12 @@ class Coordination : public modalkit::TransferStrategy {
     return logits.masked_fill(unseen_.to(logits.device()).unsqueeze(0), -INFINITY);
   }
 
+  /// `[B, C]` squared distances of the mapped samples to the class vectors, in the geometry the
+  /// objective trained: Euclidean for `squared`; for `max_margin`, whose hinge scores dot
+  /// products (the mapped point's length is free), between directions (2 - 2 cos).
   at::Tensor squared_distances(const at::Tensor& mapped) const {
-    return (mapped.unsqueeze(1) - class_vectors_.unsqueeze(0)).pow(2).sum(2);  // [B, C]
+    const at::Tensor m = squared_ ? mapped : mapped / mapped.norm(2, 1, true).clamp_min(1e-12);
+    return (m.unsqueeze(1) - class_vectors_.unsqueeze(0)).pow(2).sum(2);
   }
 
   /// Per sample: the smallest squared distance to a seen class vector, scaled by that class's
