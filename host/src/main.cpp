@@ -1,5 +1,6 @@
 // The `modalkit` command line. Exit codes (docs/architecture.md): 0 success, 1 run failure,
 // 2 usage or validation error, 130 interrupted.
+#include <cstdlib>
 #include <algorithm>
 #include <iostream>
 #include <sstream>
@@ -528,6 +529,11 @@ int main(int argc, char** argv) {
   const std::vector<std::string> sub(rest.begin() + 1, rest.end());
   try {
     modalkit::host::PluginRegistry registry(modalkit::host::plugin_search_path(plugin_paths));
+    // The SDK's Tokenizer runs the SentencePiece helper installed beside the text plugin
+    // (sdk/include/modalkit/tokenizer.hpp); a value the user set wins.
+    if (const auto* text = registry.find("text"); text != nullptr && std::getenv("MODALKIT_SPM_HELPER") == nullptr) {
+      ::setenv("MODALKIT_SPM_HELPER", (text->file.parent_path() / "modalkit-spm").c_str(), 0);
+    }
     if (command == "plugins") return cmd_plugins(sub, registry);
     if (command == "validate") return cmd_validate(sub, registry);
     if (command == "data") return cmd_data(sub, registry);

@@ -5,9 +5,12 @@
 //
 //   modalkit-spm train ARGS...     SentencePieceTrainer::Train with ARGS (spm_train's flags)
 //   modalkit-spm encode MODEL      reads all of stdin as one text, prints its piece ids
-//   modalkit-spm serve MODEL       prints "ready PIECES BOS PAD", then for each request
-//                                  "N\n" + N bytes of text answers one line of piece ids
+//   modalkit-spm serve MODEL       prints "ready PIECES BOS PAD EOS", then answers requests:
+//                                  "N\n" + N bytes of text: one line of piece ids;
+//                                  "decode N\n" + N bytes of space-separated ids: "M\n" + the M
+//                                  bytes of their text
 #include <iostream>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -47,17 +50,30 @@ int main(int argc, char** argv) {
     print_ids(sp.EncodeAsIds(text));
     return 0;
   }
-  std::cout << "ready " << sp.GetPieceSize() << " " << sp.bos_id() << " " << sp.pad_id() << "\n" << std::flush;
+  std::cout << "ready " << sp.GetPieceSize() << " " << sp.bos_id() << " " << sp.pad_id() << " " << sp.eos_id() << "\n"
+            << std::flush;
   for (std::string header; std::getline(std::cin, header);) {
+    const bool decode = header.rfind("decode ", 0) == 0;
     size_t n = 0;
     try {
-      n = std::stoul(header);
+      n = std::stoul(decode ? header.substr(7) : header);
     } catch (const std::exception&) {
       return fail("bad request header \"" + header + "\"");
     }
-    std::string text(n, '\0');
-    if (n > 0 && !std::cin.read(text.data(), std::streamsize(n))) return fail("request ended early");
-    print_ids(sp.EncodeAsIds(text));
+    std::string body(n, '\0');
+    if (n > 0 && !std::cin.read(body.data(), std::streamsize(n))) return fail("request ended early");
+    if (!decode) {
+      print_ids(sp.EncodeAsIds(body));
+      continue;
+    }
+    std::vector<int> ids;
+    std::istringstream in(body);
+    for (int id; in >> id;) {
+      if (id < 0 || id >= sp.GetPieceSize()) return fail("decode: id " + std::to_string(id) + " is not a piece");
+      ids.push_back(id);
+    }
+    const std::string text = sp.DecodeIds(ids);
+    std::cout << text.size() << "\n" << text << std::flush;
   }
   return 0;
 }

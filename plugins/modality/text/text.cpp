@@ -1,16 +1,10 @@
 // The text modality: UTF-8 text (inline or from files), typo and word-drop perturbations on the
-// raw string, SentencePiece pieces (the pipeline's `tokenizer` artifact, encoded by the
-// modalkit-spm helper process) as features, and a Transformer encoder over piece embeddings. Texts differ in length: collate pads and masks.
+// raw string, SentencePiece pieces (the pipeline's `tokenizer` artifact, through the SDK's
+// Tokenizer) as features, and a Transformer encoder over piece embeddings. Texts differ in length: collate pads and masks.
 #include <fstream>
 #include <memory>
 #include <mutex>
-#include <cstdio>
 #include <sstream>
-
-#include <dlfcn.h>
-#include <sys/socket.h>
-#include <sys/wait.h>
-#include <unistd.h>
 
 #include <torch/nn/modules/embedding.h>
 
@@ -18,95 +12,12 @@
 #include "modalkit/layers.hpp"
 #include "modalkit/modality.hpp"
 #include "modalkit/plugin.hpp"
+#include "modalkit/tokenizer.hpp"
 #include "text_manifest.hpp"
 
 namespace {
 
 using modalkit::DataError;
-
-/// The directory of this plugin's library: modalkit-spm is installed beside it.
-std::filesystem::path library_dir() {
-  Dl_info info{};
-  if (dladdr(reinterpret_cast<void*>(&library_dir), &info) == 0 || info.dli_fname == nullptr) return {};
-  return std::filesystem::path(info.dli_fname).parent_path();
-}
-
-/// A SentencePiece model served by the modalkit-spm helper over a socket pair (SentencePiece
-/// cannot be loaded into a process with LibTorch on Debian 12: see modalkit-spm.cpp).
-/// Requests are serialised by a mutex; a helper that dies gives an error, never a signal.
-class SpmClient {
- public:
-  explicit SpmClient(const std::filesystem::path& model) {
-    const std::string helper = (library_dir() / "modalkit-spm").string();
-    const std::string model_path = model.string();
-    int fds[2];
-    if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fds) != 0) throw modalkit::Error("text: socketpair failed");
-    const char* args[] = {helper.c_str(), "serve", model_path.c_str(), nullptr};
-    pid_ = ::fork();
-    if (pid_ == 0) {  // only async-signal-safe calls from here to exec
-      ::dup2(fds[1], 0);
-      ::dup2(fds[1], 1);
-      ::execv(args[0], const_cast<char* const*>(args));
-      ::_exit(127);
-    }
-    ::close(fds[1]);
-    fd_ = fds[0];
-    if (pid_ < 0) throw modalkit::Error("text: cannot start " + helper);
-    std::string ready;
-    try {
-      ready = read_line();
-    } catch (const modalkit::Error&) {  // the helper exited: say which files are involved
-    }
-    int pieces = 0, bos = 0, pad = 0;
-    if (std::sscanf(ready.c_str(), "ready %d %d %d", &pieces, &bos, &pad) != 3) {
-      throw modalkit::Error("text: tokenizer helper " + helper + " did not start with " + model_path +
-                            " (is it installed beside the plugin, and the model a SentencePiece model?)");
-    }
-    pieces_ = pieces;
-    bos_ = bos;
-    pad_ = pad;
-  }
-  ~SpmClient() {
-    if (fd_ >= 0) ::close(fd_);  // EOF: the helper exits
-    if (pid_ > 0) ::waitpid(pid_, nullptr, 0);
-  }
-  SpmClient(const SpmClient&) = delete;
-  SpmClient& operator=(const SpmClient&) = delete;
-
-  std::vector<int64_t> encode(const std::string& text) {
-    std::lock_guard<std::mutex> lock(mutex_);
-    const std::string request = std::to_string(text.size()) + "\n" + text;
-    for (size_t sent = 0; sent < request.size();) {
-      const ssize_t n = ::send(fd_, request.data() + sent, request.size() - sent, MSG_NOSIGNAL);
-      if (n <= 0) throw modalkit::Error("text: the tokenizer helper has stopped");
-      sent += size_t(n);
-    }
-    std::istringstream line(read_line());
-    std::vector<int64_t> ids;
-    for (int64_t id; line >> id;) ids.push_back(id);
-    return ids;
-  }
-  int64_t pieces() const { return pieces_; }
-  int64_t bos() const { return bos_; }
-  int64_t pad() const { return pad_; }
-
- private:
-  std::string read_line() {
-    std::string line;
-    char c;
-    while (true) {
-      const ssize_t n = ::recv(fd_, &c, 1, 0);
-      if (n <= 0) throw modalkit::Error("text: the tokenizer helper has stopped");
-      if (c == '\n') return line;
-      line += c;
-    }
-  }
-
-  pid_t pid_ = -1;
-  int fd_ = -1;
-  int64_t pieces_ = 0, bos_ = 0, pad_ = 0;
-  std::mutex mutex_;
-};
 
 /// Piece embeddings plus learned positions, then Transformer layers that attend over real
 /// pieces only (the key-padding mask), then a LayerNorm. One token per piece.
@@ -197,11 +108,11 @@ class TextModality : public modalkit::ModalityPlugin {
  private:
   /// The tokenizer, started on first use (decode needs none, so `data validate` can check
   /// texts without one). The host has checked the artifact's type and hash.
-  SpmClient& tokenizer() const {
+  const modalkit::Tokenizer& tokenizer() const {
     std::lock_guard<std::mutex> lock(mutex_);
     if (!tokenizer_) {
       if (context_ == nullptr) throw modalkit::Error("text: no tokenizer (this command gives plugins no artifacts)");
-      tokenizer_ = std::make_unique<SpmClient>(context_->artifact_path("tokenizer"));
+      tokenizer_ = std::make_unique<modalkit::Tokenizer>(context_->artifact_path("tokenizer"));
     }
     return *tokenizer_;
   }
@@ -226,7 +137,7 @@ class TextModality : public modalkit::ModalityPlugin {
   std::string perturbation_;
   modalkit::TokenTransformerOptions transformer_;
   mutable std::mutex mutex_;
-  mutable std::unique_ptr<SpmClient> tokenizer_;
+  mutable std::unique_ptr<modalkit::Tokenizer> tokenizer_;
 };
 
 }  // namespace

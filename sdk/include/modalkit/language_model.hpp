@@ -1,0 +1,164 @@
+/// \file
+/// Language models that other plugins reach inside: prefix tuning feeds them embeddings,
+/// pseudo-self-attention adds keys and values to each layer, the multimodal adaptation gate
+/// shifts the hidden states at one layer. The interface lives in the SDK, not in the text plugin,
+/// because a plugin cannot link another plugin: the pretraining strategy, the transfer strategies
+/// and the text modality all build the same model from the same artifact. Since SDK ABI 1.3.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+#include <torch/nn/module.h>
+#include <torch/nn/modules/dropout.h>
+#include <torch/nn/modules/embedding.h>
+#include <torch/nn/modules/container/modulelist.h>
+#include <torch/nn/modules/linear.h>
+#include <torch/nn/modules/normalization.h>
+#include <torch/nn/pimpl.h>
+
+namespace modalkit {
+
+class Tokenizer;
+
+/// What a method adds inside a language model's forward pass. Tensors whose batch size is 1
+/// broadcast over the batch (generate() with beams relies on it).
+struct LmHooks {
+  /// Pseudo-self-attention (Ziegler et al. 2019): per layer, keys and values `[B, M, D]` that
+  /// every text position attends to besides the text before it. Empty, or one per layer.
+  std::vector<at::Tensor> extra_keys, extra_values;
+  /// `[B, M]` bool, true where an extra position is real; undefined = all real.
+  at::Tensor extra_mask;
+  /// The multimodal adaptation gate (Rahman et al. 2020): after block `shift_layer` (0-based)
+  /// the hidden states `[B, T, D]` are replaced by `shift(hidden)`. -1 = no shift.
+  int64_t shift_layer = -1;
+  std::function<at::Tensor(const at::Tensor& hidden)> shift;
+
+  /// True when nothing is added.
+  bool empty() const { return extra_keys.empty() && extra_values.empty() && !shift; }
+};
+
+/// A causal language model over a tokenizer's pieces.
+class LanguageModel : public torch::nn::Module {
+ public:
+  ~LanguageModel() override;
+  /// Pieces it predicts (the tokenizer's).
+  virtual int64_t vocab_size() const = 0;
+  /// Width of its embeddings (what a prefix encoder must emit).
+  virtual int64_t width() const = 0;
+  /// Transformer blocks (what per-layer hooks count); 0 when not known (TorchScript).
+  virtual int64_t layers() const = 0;
+  /// Longest sequence it takes (positions).
+  virtual int64_t context() const = 0;
+  /// Whether forward() honours LmHooks. A model without hooks serves prefix tuning only.
+  virtual bool supports_hooks() const = 0;
+  /// Token ids `[B, T]` (int64) → embeddings `[B, T, D]`.
+  virtual at::Tensor embed(const at::Tensor& ids) = 0;
+  /// Embeddings `[B, T, D]` with `mask` `[B, T]` (true at real positions; padding may be on
+  /// either side: positions count real tokens only) → next-piece logits `[B, T, V]`; position t
+  /// sees positions ≤ t. Throws Error when `hooks` are given to a model without hook support.
+  virtual at::Tensor forward(const at::Tensor& embeds, const at::Tensor& mask, const LmHooks& hooks) = 0;
+  /// Its architecture and provenance, as stored in its artifact.
+  virtual nlohmann::json config() const = 0;
+};
+
+/// Options of CausalTransformerLM.
+struct CausalTransformerLMOptions {
+  /// `layers` blocks of width `width` with `heads` heads over `vocab_size` pieces and
+  /// `context` positions.
+  CausalTransformerLMOptions(int64_t vocab_size, int64_t width, int64_t layers, int64_t heads, int64_t context)
+      : vocab_size_(vocab_size), width_(width), layers_(layers), heads_(heads), context_(context) {}
+  TORCH_ARG(int64_t, vocab_size);
+  TORCH_ARG(int64_t, width);
+  TORCH_ARG(int64_t, layers);
+  TORCH_ARG(int64_t, heads);    ///< must divide width
+  TORCH_ARG(int64_t, context);
+  TORCH_ARG(double, dropout) = 0.1;
+  TORCH_ARG(int64_t, mlp_ratio) = 4;
+};
+
+/// One pre-LayerNorm block: causal self-attention (which may take extra keys and values), then
+/// a GELU MLP, each in a residual branch.
+class LmBlockImpl : public torch::nn::Module {
+ public:
+  /// Builds the block.
+  explicit LmBlockImpl(const CausalTransformerLMOptions& options);
+  /// `x` `[B, T, D]`; `allowed` `[B, 1, T, M + T]` bool (which keys each position sees);
+  /// `extra_keys`/`extra_values` `[B or 1, M, D]` or undefined.
+  at::Tensor forward(const at::Tensor& x, const at::Tensor& allowed, const at::Tensor& extra_keys,
+                     const at::Tensor& extra_values);
+
+ private:
+  int64_t heads_;
+  torch::nn::LayerNorm norm1_{nullptr}, norm2_{nullptr};
+  torch::nn::Linear qkv_{nullptr}, out_{nullptr}, fc1_{nullptr}, fc2_{nullptr};
+  torch::nn::Dropout dropout_{nullptr};
+};
+TORCH_MODULE(LmBlock);
+
+/// The project's language model: a GPT-2-style decoder (learned positions, pre-LayerNorm
+/// blocks, output layer tied to the piece embeddings). Supports every hook.
+class CausalTransformerLM : public LanguageModel {
+ public:
+  /// Builds a freshly initialised model (GPT-2's N(0, 0.02) embeddings).
+  explicit CausalTransformerLM(const CausalTransformerLMOptions& options, nlohmann::json provenance = nlohmann::json::object());
+  int64_t vocab_size() const override { return options_.vocab_size(); }
+  int64_t width() const override { return options_.width(); }
+  int64_t layers() const override { return options_.layers(); }
+  int64_t context() const override { return options_.context(); }
+  bool supports_hooks() const override { return true; }
+  at::Tensor embed(const at::Tensor& ids) override;
+  at::Tensor forward(const at::Tensor& embeds, const at::Tensor& mask, const LmHooks& hooks) override;
+  nlohmann::json config() const override;
+  /// The options it was built with.
+  const CausalTransformerLMOptions& options() const { return options_; }
+
+ private:
+  CausalTransformerLMOptions options_;
+  nlohmann::json provenance_;
+  torch::nn::Embedding tokens_{nullptr}, positions_{nullptr};
+  torch::nn::ModuleList blocks_{nullptr};
+  torch::nn::LayerNorm norm_{nullptr};
+  torch::nn::Dropout dropout_{nullptr};
+};
+
+/// Writes `lm` as a `language_model` artifact file: its weights and config() (architecture,
+/// `provenance`: the tokenizer's sha256, the corpus, the run) in one LibTorch archive.
+void save_language_model(CausalTransformerLM& lm, const std::filesystem::path& file);
+
+/// Loads a language model artifact: one written by save_language_model, or a TorchScript module
+/// a user brings, with methods `embed(ids) -> Tensor` and `forward(embeds, mask) -> Tensor`
+/// (logits) and int attributes `vocab_size`, `width` and `context`; such a model has no hooks.
+/// When `tokenizer` is given, the model's vocabulary must have its size and, when both record
+/// one, the model must have been trained on the same tokenizer (sha256). Throws Error naming the
+/// file and what differs. The model is returned in evaluation mode.
+std::shared_ptr<LanguageModel> load_language_model(const std::filesystem::path& file, const Tokenizer* tokenizer = nullptr);
+
+/// Options of generate().
+struct GenerateOptions {
+  int64_t max_tokens = 16;     ///< pieces generated at most per row
+  int64_t beams = 1;           ///< 1 = greedy; more = beam search (then one row at a time)
+  int64_t eos = -1;            ///< a row ends when it emits this id (not returned); -1 = never
+  double length_penalty = 1.0; ///< beam scores are log p / length^length_penalty
+};
+
+/// Continues each row of `embeds` `[B, P, D]` (`mask` `[B, P]`: short rows padded on the left, so
+/// every row ends at the last position) with up to max_tokens pieces, without gradients. Greedy
+/// decoding runs the batch at once; beam search needs B == 1 (hooks then have batch 1 and
+/// broadcast over the beams). Returns the ids per row, EOS excluded.
+std::vector<std::vector<int64_t>> generate(LanguageModel& lm, const at::Tensor& embeds, const at::Tensor& mask,
+                                           const GenerateOptions& options, const LmHooks& hooks = {});
+
+/// log p(ids[b, c] | everything before it) `[B, C]` for a continuation `ids` `[B, C]` after the
+/// prefix `embeds` `[B, P, D]` (P ≥ 1; a text-only prompt is at least the embedded BOS); 0 where
+/// `ids_mask` is false (right padding). Differentiable: the negative mean over real ids is the
+/// language-modelling loss, the sum per row ranks candidate continuations.
+at::Tensor continuation_log_probs(LanguageModel& lm, const at::Tensor& embeds, const at::Tensor& mask,
+                                  const at::Tensor& ids, const at::Tensor& ids_mask, const LmHooks& hooks = {});
+
+}  // namespace modalkit

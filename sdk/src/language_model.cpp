@@ -1,0 +1,347 @@
+// The SDK's language model: the interface, the project's causal Transformer, its artifact file,
+// a TorchScript adapter, generation (greedy, beam) and continuation scoring.
+#include "modalkit/language_model.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+
+#include <ATen/ATen.h>
+#include <torch/nn/init.h>
+#include <torch/script.h>
+#include <torch/serialize/archive.h>
+#include <torch/utils.h>
+
+#include "modalkit/errors.hpp"
+#include "modalkit/tokenizer.hpp"
+
+namespace modalkit {
+
+LanguageModel::~LanguageModel() = default;
+
+namespace {
+
+constexpr const char* kConfigKey = "modalkit_language_model";
+
+at::Tensor check_tokens(const at::Tensor& t, const char* what) {
+  if (!t.defined() || t.dim() != 3) throw Error(std::string("language model: ") + what + " must be [B, T, D]");
+  return t;
+}
+
+}  // namespace
+
+LmBlockImpl::LmBlockImpl(const CausalTransformerLMOptions& o) : heads_(o.heads()) {
+  const int64_t d = o.width();
+  norm1_ = register_module("norm1", torch::nn::LayerNorm(torch::nn::LayerNormOptions({d})));
+  qkv_ = register_module("qkv", torch::nn::Linear(d, 3 * d));
+  out_ = register_module("out", torch::nn::Linear(d, d));
+  norm2_ = register_module("norm2", torch::nn::LayerNorm(torch::nn::LayerNormOptions({d})));
+  fc1_ = register_module("fc1", torch::nn::Linear(d, o.mlp_ratio() * d));
+  fc2_ = register_module("fc2", torch::nn::Linear(o.mlp_ratio() * d, d));
+  dropout_ = register_module("dropout", torch::nn::Dropout(o.dropout()));
+  // GPT-2's initialisation: N(0, 0.02) weights, zero biases, and the two projections that write
+  // into the residual stream scaled by 1/sqrt(2 layers) so its variance does not grow with depth.
+  const double residual_std = 0.02 / std::sqrt(2.0 * static_cast<double>(std::max<int64_t>(o.layers(), 1)));
+  torch::NoGradGuard no_grad;
+  for (auto* l : {&qkv_, &out_, &fc1_, &fc2_}) {
+    (*l)->weight.normal_(0, (l == &out_ || l == &fc2_) ? residual_std : 0.02);
+    (*l)->bias.zero_();
+  }
+}
+
+at::Tensor LmBlockImpl::forward(const at::Tensor& x, const at::Tensor& allowed, const at::Tensor& extra_keys,
+                                const at::Tensor& extra_values) {
+  const int64_t b = x.size(0), t = x.size(1), d = x.size(2), dh = d / heads_;
+  auto split = [&](const at::Tensor& y) { return y.reshape({y.size(0), y.size(1), heads_, dh}).transpose(1, 2); };  // [B, H, L, dh]
+  const auto qkv = qkv_->forward(norm1_->forward(x)).chunk(3, -1);
+  at::Tensor q = split(qkv[0]), k = split(qkv[1]), v = split(qkv[2]);
+  if (extra_keys.defined()) {
+    k = at::cat({split(extra_keys).expand({b, -1, -1, -1}), k}, 2);
+    v = at::cat({split(extra_values).expand({b, -1, -1, -1}), v}, 2);
+  }
+  at::Tensor scores = at::matmul(q, k.transpose(-2, -1)) / std::sqrt(static_cast<double>(dh));
+  scores = scores.masked_fill(allowed.logical_not(), -std::numeric_limits<float>::infinity());
+  const at::Tensor attention = dropout_->forward(at::softmax(scores, -1));
+  const at::Tensor y = at::matmul(attention, v).transpose(1, 2).reshape({b, t, d});
+  at::Tensor h = x + dropout_->forward(out_->forward(y));
+  return h + dropout_->forward(fc2_->forward(at::gelu(fc1_->forward(norm2_->forward(h)))));
+}
+
+CausalTransformerLM::CausalTransformerLM(const CausalTransformerLMOptions& o, nlohmann::json provenance)
+    : options_(o), provenance_(std::move(provenance)) {
+  if (o.vocab_size() < 1 || o.width() < 1 || o.layers() < 0 || o.context() < 1) {
+    throw Error("language model: vocab_size, width and context must be >= 1 and layers >= 0");
+  }
+  if (o.heads() < 1 || o.width() % o.heads() != 0) {
+    throw Error("language model: width " + std::to_string(o.width()) + " is not divisible by heads " + std::to_string(o.heads()));
+  }
+  tokens_ = register_module("tokens", torch::nn::Embedding(o.vocab_size(), o.width()));
+  positions_ = register_module("positions", torch::nn::Embedding(o.context(), o.width()));
+  blocks_ = register_module("blocks", torch::nn::ModuleList());
+  for (int64_t l = 0; l < o.layers(); ++l) blocks_->push_back(LmBlock(o));
+  norm_ = register_module("norm", torch::nn::LayerNorm(torch::nn::LayerNormOptions({o.width()})));
+  dropout_ = register_module("dropout", torch::nn::Dropout(o.dropout()));
+  torch::NoGradGuard no_grad;
+  tokens_->weight.normal_(0, 0.02);
+  positions_->weight.normal_(0, 0.02);
+}
+
+at::Tensor CausalTransformerLM::embed(const at::Tensor& ids) { return tokens_->forward(ids); }
+
+at::Tensor CausalTransformerLM::forward(const at::Tensor& embeds, const at::Tensor& mask, const LmHooks& hooks) {
+  check_tokens(embeds, "embeds");
+  const int64_t b = embeds.size(0), t = embeds.size(1), d = options_.width();
+  if (embeds.size(2) != d) {
+    throw Error("language model: embeddings are " + std::to_string(embeds.size(2)) + " wide, the model takes " + std::to_string(d));
+  }
+  const at::Tensor real = mask.defined() ? mask.to(at::kBool) : at::ones({b, t}, embeds.options().dtype(at::kBool));
+  // Positions count real tokens, so left and right padding give the same numbers.
+  const at::Tensor positions = (real.to(at::kLong).cumsum(1) - 1).clamp_min(0);
+  if (t > 0 && positions.max().item<int64_t>() >= options_.context()) {
+    throw Error("language model: a sequence of " + std::to_string(positions.max().item<int64_t>() + 1) +
+                " positions is longer than its context of " + std::to_string(options_.context()));
+  }
+  const bool extra = !hooks.extra_keys.empty() || !hooks.extra_values.empty();
+  if (extra && (static_cast<int64_t>(hooks.extra_keys.size()) != options_.layers() ||
+                hooks.extra_values.size() != hooks.extra_keys.size())) {
+    throw Error("language model: extra keys and values must be given for each of its " + std::to_string(options_.layers()) +
+                " layers (got " + std::to_string(hooks.extra_keys.size()) + " and " + std::to_string(hooks.extra_values.size()) + ")");
+  }
+  if (hooks.shift && (hooks.shift_layer < 0 || hooks.shift_layer >= options_.layers())) {
+    throw Error("language model: shift_layer " + std::to_string(hooks.shift_layer) + " is not one of its layers 0.." +
+                std::to_string(options_.layers() - 1));
+  }
+  // Which keys each position sees: the real text up to itself (and always itself, so that a
+  // padding position has a defined output), plus every real extra position.
+  const at::Tensor causal = at::ones({t, t}, real.options()).tril();
+  at::Tensor allowed = (causal.unsqueeze(0) & real.unsqueeze(1)) | at::eye(t, real.options()).unsqueeze(0);
+  if (extra) {
+    const at::Tensor& k0 = hooks.extra_keys.front();
+    if (k0.dim() != 3 || k0.size(2) != d) throw Error("language model: extra keys must be [B, M, " + std::to_string(d) + "]");
+    const int64_t m = k0.size(1);
+    at::Tensor seen = hooks.extra_mask.defined() ? hooks.extra_mask.to(at::kBool).reshape({-1, 1, m}).expand({b, t, m})
+                                                 : at::ones({b, t, m}, real.options());
+    allowed = at::cat({seen, allowed.expand({b, t, t})}, 2);
+  }
+  allowed = allowed.unsqueeze(1);
+  at::Tensor x = dropout_->forward(embeds + positions_->forward(positions));
+  for (int64_t l = 0; l < options_.layers(); ++l) {
+    const auto i = static_cast<size_t>(l);
+    x = blocks_->ptr<LmBlockImpl>(i)->forward(x, allowed, extra ? hooks.extra_keys[i] : at::Tensor(),
+                                               extra ? hooks.extra_values[i] : at::Tensor());
+    if (hooks.shift && l == hooks.shift_layer) x = hooks.shift(x);
+  }
+  return at::matmul(norm_->forward(x), tokens_->weight.t());
+}
+
+nlohmann::json CausalTransformerLM::config() const {
+  return {{"architecture", "causal_transformer"}, {"vocab_size", options_.vocab_size()}, {"width", options_.width()},
+          {"layers", options_.layers()}, {"heads", options_.heads()}, {"context", options_.context()},
+          {"dropout", options_.dropout()}, {"mlp_ratio", options_.mlp_ratio()}, {"provenance", provenance_}};
+}
+
+void save_language_model(CausalTransformerLM& lm, const std::filesystem::path& file) {
+  torch::serialize::OutputArchive archive;
+  lm.save(archive);
+  archive.write(kConfigKey, c10::IValue(lm.config().dump()));
+  try {
+    archive.save_to(file.string());
+  } catch (const c10::Error& e) {
+    throw Error("language model: cannot write " + file.string() + ": " + e.what_without_backtrace());
+  }
+}
+
+namespace {
+
+/// A TorchScript language model a user brings: no hooks, so prefix tuning only.
+class TorchScriptLanguageModel : public LanguageModel {
+ public:
+  TorchScriptLanguageModel(torch::jit::Module module, const std::filesystem::path& file) : module_(std::move(module)), file_(file) {
+    for (const char* method : {"embed", "forward"}) {
+      if (!module_.find_method(method)) throw Error("language model " + file.string() + ": the TorchScript module has no " + method + "() method");
+    }
+    auto attribute = [&](const char* name) {
+      if (!module_.hasattr(name) || !module_.attr(name).isInt()) {
+        throw Error("language model " + file.string() + ": the TorchScript module has no int attribute " + name);
+      }
+      return module_.attr(name).toInt();
+    };
+    vocab_ = attribute("vocab_size");
+    width_ = attribute("width");
+    context_ = attribute("context");
+    // Registered here too, so that to(device), parameters() and freezing reach them.
+    for (const auto& p : module_.named_parameters(/*recurse=*/true)) {
+      std::string name = p.name;
+      std::replace(name.begin(), name.end(), '.', '_');
+      register_parameter(name, p.value);
+    }
+  }
+  int64_t vocab_size() const override { return vocab_; }
+  int64_t width() const override { return width_; }
+  int64_t layers() const override { return 0; }
+  int64_t context() const override { return context_; }
+  bool supports_hooks() const override { return false; }
+  at::Tensor embed(const at::Tensor& ids) override { return module_.get_method("embed")({ids}).toTensor(); }
+  at::Tensor forward(const at::Tensor& embeds, const at::Tensor& mask, const LmHooks& hooks) override {
+    if (!hooks.empty()) {
+      throw Error("language model " + file_.string() +
+                  " is a TorchScript module: it has no hooks, so it serves prefix tuning but not pseudo-self-attention or MAG");
+    }
+    check_tokens(embeds, "embeds");
+    return module_.forward({embeds, mask.defined() ? mask.to(at::kBool) : at::ones({embeds.size(0), embeds.size(1)}, at::kBool)})
+        .toTensor();
+  }
+  nlohmann::json config() const override {
+    return {{"architecture", "torchscript"}, {"vocab_size", vocab_}, {"width", width_}, {"context", context_}, {"file", file_.string()}};
+  }
+  void train(bool on) override {
+    LanguageModel::train(on);
+    module_.train(on);
+  }
+
+ private:
+  torch::jit::Module module_;
+  std::filesystem::path file_;
+  int64_t vocab_ = 0, width_ = 0, context_ = 0;
+};
+
+}  // namespace
+
+std::shared_ptr<LanguageModel> load_language_model(const std::filesystem::path& file, const Tokenizer* tokenizer) {
+  if (!std::filesystem::is_regular_file(file)) throw Error("language model: no file " + file.string());
+  std::shared_ptr<LanguageModel> lm;
+  try {
+    torch::serialize::InputArchive archive;
+    archive.load_from(file.string());
+    c10::IValue config_value;
+    if (archive.try_read(kConfigKey, config_value)) {
+      const auto config = nlohmann::json::parse(config_value.toStringRef(), nullptr, /*allow_exceptions=*/false);
+      if (!config.is_object() || config.value("architecture", "") != "causal_transformer") {
+        throw Error("language model " + file.string() + ": its config is not a causal_transformer's");
+      }
+      auto native = std::make_shared<CausalTransformerLM>(
+          CausalTransformerLMOptions(config.at("vocab_size"), config.at("width"), config.at("layers"), config.at("heads"), config.at("context"))
+              .dropout(config.at("dropout"))
+              .mlp_ratio(config.at("mlp_ratio")),
+          config.value("provenance", nlohmann::json::object()));
+      native->load(archive);
+      lm = native;
+    } else {
+      lm = std::make_shared<TorchScriptLanguageModel>(torch::jit::load(file.string()), file);
+    }
+  } catch (const c10::Error& e) {
+    throw Error("language model " + file.string() + " cannot be read (neither a modalkit language model nor TorchScript): " +
+                e.what_without_backtrace());
+  } catch (const nlohmann::json::exception& e) {
+    throw Error("language model " + file.string() + ": malformed config: " + e.what());
+  }
+  if (tokenizer != nullptr) {
+    if (lm->vocab_size() != tokenizer->pieces()) {
+      throw Error("language model " + file.string() + " predicts " + std::to_string(lm->vocab_size()) + " pieces, but tokenizer " +
+                  tokenizer->model().string() + " has " + std::to_string(tokenizer->pieces()));
+    }
+    const std::string trained_with = lm->config().value("provenance", nlohmann::json::object()).value("tokenizer_sha256", "");
+    if (!trained_with.empty() && !tokenizer->sha256().empty() && trained_with != tokenizer->sha256()) {
+      throw Error("language model " + file.string() + " was trained with tokenizer sha256 " + trained_with.substr(0, 16) +
+                  "…, not with " + tokenizer->model().string() + " (sha256 " + tokenizer->sha256().substr(0, 16) + "…)");
+    }
+  }
+  lm->eval();
+  return lm;
+}
+
+std::vector<std::vector<int64_t>> generate(LanguageModel& lm, const at::Tensor& embeds, const at::Tensor& mask,
+                                           const GenerateOptions& options, const LmHooks& hooks) {
+  check_tokens(embeds, "the prompt");
+  torch::NoGradGuard no_grad;
+  const int64_t b = embeds.size(0);
+  const at::Tensor real = mask.defined() ? mask.to(at::kBool) : at::ones({b, embeds.size(1)}, embeds.options().dtype(at::kBool));
+  if (options.beams <= 1) {
+    std::vector<std::vector<int64_t>> out(static_cast<size_t>(b));
+    std::vector<bool> done(static_cast<size_t>(b), false);
+    at::Tensor x = embeds, m = real;
+    for (int64_t step = 0; step < options.max_tokens; ++step) {
+      const at::Tensor next = lm.forward(x, m, hooks).select(1, -1).argmax(-1);  // [B]
+      const at::Tensor ids = next.to(at::kCPU).contiguous();
+      bool all_done = true;
+      for (int64_t r = 0; r < b; ++r) {
+        const auto i = static_cast<size_t>(r);
+        if (done[i]) continue;
+        const int64_t id = ids.data_ptr<int64_t>()[r];
+        if (id == options.eos) {
+          done[i] = true;
+        } else {
+          out[i].push_back(id);
+        }
+        all_done = all_done && done[i];
+      }
+      if (all_done) break;
+      x = at::cat({x, lm.embed(next.unsqueeze(1))}, 1);
+      m = at::cat({m, at::ones({b, 1}, m.options())}, 1);
+    }
+    return out;
+  }
+  if (b != 1) throw Error("generate: beam search takes one prompt at a time (got " + std::to_string(b) + ")");
+  struct Hypothesis {
+    std::vector<int64_t> ids;
+    double log_p;
+  };
+  auto normalised = [&](double log_p, size_t length) {
+    return log_p / std::pow(static_cast<double>(std::max<size_t>(length, 1)), options.length_penalty);
+  };
+  std::vector<Hypothesis> alive{{{}, 0.0}};
+  std::vector<std::pair<double, std::vector<int64_t>>> finished;
+  for (int64_t step = 0; step < options.max_tokens && !alive.empty(); ++step) {
+    const auto w = static_cast<int64_t>(alive.size());
+    at::Tensor x = embeds.expand({w, -1, -1}), m = real.expand({w, -1});
+    std::vector<double> log_ps;
+    if (step > 0) {
+      std::vector<int64_t> flat;
+      for (const auto& h : alive) flat.insert(flat.end(), h.ids.begin(), h.ids.end());
+      const at::Tensor ids = at::tensor(flat, at::kLong).view({w, step}).to(embeds.device());
+      x = at::cat({x, lm.embed(ids)}, 1);
+      m = at::cat({m, at::ones({w, step}, m.options())}, 1);
+    }
+    for (const auto& h : alive) log_ps.push_back(h.log_p);
+    const at::Tensor next = at::log_softmax(lm.forward(x, m, hooks).select(1, -1).to(at::kDouble), -1);  // [W, V]
+    const int64_t v = next.size(1);
+    const at::Tensor total = (next + at::tensor(log_ps, at::kDouble).to(next.device()).unsqueeze(1)).reshape({-1});
+    const auto top = total.topk(std::min<int64_t>(2 * options.beams, total.numel()));
+    const at::Tensor values = std::get<0>(top).to(at::kCPU), indices = std::get<1>(top).to(at::kCPU);
+    std::vector<Hypothesis> next_alive;
+    for (int64_t k = 0; k < values.size(0); ++k) {
+      const int64_t index = indices[k].item<int64_t>(), token = index % v;
+      const Hypothesis& parent = alive[static_cast<size_t>(index / v)];
+      const double log_p = values[k].item<double>();
+      if (token == options.eos) {
+        finished.emplace_back(normalised(log_p, parent.ids.size() + 1), parent.ids);
+      } else if (static_cast<int64_t>(next_alive.size()) < options.beams) {
+        Hypothesis h{parent.ids, log_p};
+        h.ids.push_back(token);
+        next_alive.push_back(std::move(h));
+      }
+    }
+    alive = std::move(next_alive);
+    if (static_cast<int64_t>(finished.size()) >= options.beams) break;
+  }
+  for (const auto& h : alive) finished.emplace_back(normalised(h.log_p, h.ids.size()), h.ids);
+  const auto best = std::max_element(finished.begin(), finished.end(),
+                                     [](const auto& a, const auto& c) { return a.first < c.first; });
+  return {best->second};
+}
+
+at::Tensor continuation_log_probs(LanguageModel& lm, const at::Tensor& embeds, const at::Tensor& mask, const at::Tensor& ids,
+                                  const at::Tensor& ids_mask, const LmHooks& hooks) {
+  check_tokens(embeds, "the prefix");
+  const int64_t p = embeds.size(1), c = ids.size(1);
+  if (p < 1) throw Error("continuation_log_probs: the prefix is empty (a text-only prompt starts with the embedded BOS)");
+  if (ids.dim() != 2 || ids.size(0) != embeds.size(0)) throw Error("continuation_log_probs: ids must be [B, C] with the prefix's B");
+  const at::Tensor real_ids = ids_mask.defined() ? ids_mask.to(at::kBool) : at::ones_like(ids, ids.options().dtype(at::kBool));
+  const at::Tensor real = mask.defined() ? mask.to(at::kBool) : at::ones({embeds.size(0), p}, real_ids.options());
+  const at::Tensor logits = lm.forward(at::cat({embeds, lm.embed(ids)}, 1), at::cat({real, real_ids}, 1), hooks);
+  // Position p - 1 + i predicts ids[:, i].
+  const at::Tensor log_p = at::log_softmax(logits.narrow(1, p - 1, c), -1).gather(2, ids.unsqueeze(-1)).squeeze(-1);
+  return log_p.masked_fill(real_ids.logical_not(), 0.0);
+}
+
+}  // namespace modalkit
