@@ -335,10 +335,16 @@ at::Tensor continuation_log_probs(LanguageModel& lm, const at::Tensor& embeds, c
   check_tokens(embeds, "the prefix");
   const int64_t p = embeds.size(1), c = ids.size(1);
   if (p < 1) throw Error("continuation_log_probs: the prefix is empty (a text-only prompt starts with the embedded BOS)");
-  if (ids.dim() != 2 || ids.size(0) != embeds.size(0)) throw Error("continuation_log_probs: ids must be [B, C] with the prefix's B");
+  if (ids.dim() != 2 || ids.size(0) != embeds.size(0) || c < 1) {
+    throw Error("continuation_log_probs: ids must be [B, C ≥ 1] with the prefix's B");
+  }
   const at::Tensor real_ids = ids_mask.defined() ? ids_mask.to(at::kBool) : at::ones_like(ids, ids.options().dtype(at::kBool));
   const at::Tensor real = mask.defined() ? mask.to(at::kBool) : at::ones({embeds.size(0), p}, real_ids.options());
-  const at::Tensor logits = lm.forward(at::cat({embeds, lm.embed(ids)}, 1), at::cat({real, real_ids}, 1), hooks);
+  // The last id is only predicted, never read: the model sees P + C - 1 positions, so a window
+  // of exactly its context can be scored.
+  const at::Tensor inputs = ids.narrow(1, 0, c - 1);
+  const at::Tensor logits =
+      lm.forward(at::cat({embeds, lm.embed(inputs)}, 1), at::cat({real, real_ids.narrow(1, 0, c - 1)}, 1), hooks);
   // Position p - 1 + i predicts ids[:, i].
   const at::Tensor log_p = at::log_softmax(logits.narrow(1, p - 1, c), -1).gather(2, ids.unsqueeze(-1)).squeeze(-1);
   return log_p.masked_fill(real_ids.logical_not(), 0.0);

@@ -12,13 +12,11 @@
 
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
-#include <spdlog/sinks/null_sink.h>
-#include <spdlog/spdlog.h>
 #include <torch/nn/modules/linear.h>
 #include <torch/optim/adam.h>
 
 #include "../../plugins/transfer/common/colearning.hpp"
-#include "modality_fixture.hpp"
+#include "strategy_fixture.hpp"
 #include "modalkit/fusion.hpp"
 #include "modalkit/strategy.hpp"
 
@@ -28,15 +26,6 @@ using nlohmann::json;
 namespace cl = modalkit::colearning;
 
 constexpr int64_t kD = 16;  // d_model
-
-/// A context with a silent logger, a run directory and artifacts.
-class LoggingContext : public TestContext {
- public:
-  std::shared_ptr<spdlog::logger> log = std::make_shared<spdlog::logger>("test", std::make_shared<spdlog::sinks::null_sink_mt>());
-  std::filesystem::path run;
-  spdlog::logger& logger() const override { return *log; }
-  std::filesystem::path run_dir() const override { return run; }
-};
 
 /// An encoder for vector features `[B, F]`: one token, a linear map to d_model.
 class LinearEncoder : public modalkit::Encoder {
@@ -49,23 +38,6 @@ class LinearEncoder : public modalkit::Encoder {
 
  private:
   torch::nn::Linear linear_;
-};
-
-/// Batches held in memory, per split.
-class MemorySource : public modalkit::BatchSource {
- public:
-  std::map<std::string, std::vector<modalkit::Batch>> splits;
-  void for_each(const std::string& split, const std::vector<std::string>& modalities,
-                const std::function<void(const modalkit::Batch&)>& fn) override {
-    for (const auto& b : splits.at(split)) {
-      modalkit::Batch only = b;
-      if (!modalities.empty()) {
-        only.inputs.clear();
-        for (const auto& m : modalities) only.inputs.emplace(m, b.inputs.at(m));
-      }
-      fn(only);
-    }
-  }
 };
 
 /// A batch of vector modalities `inputs` (name → [B, F]) and class targets for task "label";

@@ -1,0 +1,259 @@
+// The language-model pieces that need a real tokenizer: the SDK's Tokenizer (encode, decode,
+// its sidecar hash), the lm_windows stream (windows are the joined corpus, epochs shuffle
+// repeatably) and the language_model pretraining strategy (it memorises a small corpus, and the
+// artifact it writes reloads with the same outputs and the perplexity it reports).
+#include <cmath>
+#include <cstdlib>
+#include <fstream>
+#include <set>
+
+#include <ATen/ATen.h>
+#include <gtest/gtest.h>
+#include <torch/optim/adam.h>
+
+#include "modalkit/language_model.hpp"
+#include "modalkit/stream.hpp"
+#include "modalkit/tokenizer.hpp"
+#include "strategy_fixture.hpp"
+
+namespace {
+
+using nlohmann::json;
+
+const std::vector<std::string> kCorpus = {
+    "sandal: a shoe consisting of a sole fastened by straps to the foot",
+    "boot: footwear that covers the whole foot and the lower leg",
+    "the quick brown fox jumps over the lazy dog",
+};
+
+class LmFixture : public ::testing::Test {
+ protected:
+  std::filesystem::path dir;
+  std::unique_ptr<modalkit::host::PluginRegistry> registry;
+  LoggingContext context;
+  std::vector<json> held;
+  const std::string base_ = ".", origin_ = "corpus.jsonl:1";
+
+  void SetUp() override {
+    dir = std::filesystem::current_path() / ("tmp-lm-" + std::to_string(::getpid()));
+    std::filesystem::remove_all(dir);
+    std::filesystem::create_directories(dir);
+    registry = std::make_unique<modalkit::host::PluginRegistry>(
+        std::vector<std::filesystem::path>{std::getenv("MODALKIT_PLUGIN_BUILD_DIR")});
+    std::ofstream corpus(dir / "corpus.txt");
+    for (int i = 0; i < 50; ++i) {
+      for (const auto& line : kCorpus) corpus << line << "\n";
+    }
+    corpus.close();
+    const std::string train = std::string(std::getenv("MODALKIT_SPM_HELPER")) + " train --input=" + (dir / "corpus.txt").string() +
+                              " --model_prefix=" + (dir / "tok").string() +
+                              " --vocab_size=60 --hard_vocab_limit=false --pad_id=0 --unk_id=1 --bos_id=2 --eos_id=3 --minloglevel=2";
+    ASSERT_EQ(std::system(train.c_str()), 0) << train;
+    std::ofstream(dir / "tok.model.artifact.json") << R"({"type": "sentencepiece", "sha256": "5eed"})";
+    context.artifacts["tokenizer"] = dir / "tok.model";
+    context.run = dir;
+  }
+  void TearDown() override { std::filesystem::remove_all(dir); }
+
+  modalkit::CreateArgs args(const std::string& plugin, json config, const std::string& pointer) {
+    if (config.is_null()) config = json::object();
+    registry->find(plugin)->config_validator->fill_defaults(config);
+    modalkit::CreateArgs a;
+    a.config = modalkit::Config(config, pointer);
+    a.context = &context;
+    a.instance = plugin;
+    return a;
+  }
+
+  std::vector<modalkit::FieldRef> refs(const std::vector<std::string>& texts) {
+    held.clear();
+    for (const auto& t : texts) held.emplace_back(t);
+    std::vector<modalkit::FieldRef> out;
+    for (const auto& v : held) out.push_back(modalkit::FieldRef{v, base_, origin_});
+    return out;
+  }
+
+  /// An lm_windows stream with windows of `window` pieces over `texts` as split "train" (and "val").
+  std::shared_ptr<modalkit::BatchStream> stream(int64_t window, const std::vector<std::string>& texts) {
+    auto s = registry->create<modalkit::BatchStream>("lm_windows", MODALKIT_KIND_STREAM,
+                                                     args("lm_windows", {{"context", window}}, "/data/stream/config"));
+    s->fit(refs(texts));
+    s->open("train", refs(texts));
+    s->open("val", refs(texts));
+    return s;
+  }
+};
+
+}  // namespace
+
+TEST_F(LmFixture, TheTokenizerDecodesWhatItEncodes) {
+  const modalkit::Tokenizer tok(dir / "tok.model");
+  EXPECT_EQ(tok.bos(), 2);
+  EXPECT_EQ(tok.eos(), 3);
+  EXPECT_EQ(tok.pad(), 0);
+  EXPECT_EQ(tok.sha256(), "5eed") << "read from the artifact sidecar";
+  const std::string text = "the lazy dog fastened by straps";
+  std::vector<int64_t> ids = tok.encode(text);
+  ASSERT_FALSE(ids.empty());
+  for (const int64_t id : ids) EXPECT_LT(id, tok.pieces());
+  EXPECT_EQ(tok.decode(ids), text);
+  ids.insert(ids.begin(), tok.bos());
+  ids.push_back(tok.eos());
+  EXPECT_EQ(tok.decode(ids), text) << "BOS and EOS are not text";
+  try {
+    tok.decode({tok.pieces()});
+    ADD_FAILURE() << "an id past the vocabulary was decoded";
+  } catch (const modalkit::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("is not a piece"), std::string::npos) << e.what();
+  }
+}
+
+TEST_F(LmFixture, AMissingHelperIsNamed) {
+  const std::string saved = std::getenv("MODALKIT_SPM_HELPER");
+  ::setenv("MODALKIT_SPM_HELPER", (dir / "no-such-helper").c_str(), 1);
+  try {
+    modalkit::Tokenizer tok(dir / "tok.model");
+    ADD_FAILURE() << "a tokenizer started without its helper";
+  } catch (const modalkit::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("no-such-helper"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("tok.model"), std::string::npos) << e.what();
+  }
+  ::setenv("MODALKIT_SPM_HELPER", saved.c_str(), 1);
+}
+
+TEST_F(LmFixture, WindowsAreTheJoinedCorpusInOrder) {
+  const modalkit::Tokenizer tok(dir / "tok.model");
+  std::vector<int64_t> joined;
+  for (const auto& t : kCorpus) {
+    joined.push_back(tok.bos());
+    for (const int64_t id : tok.encode(t)) joined.push_back(id);
+    joined.push_back(tok.eos());
+  }
+  auto s = stream(8, kCorpus);
+  const int64_t windows = (static_cast<int64_t>(joined.size()) - 1) / 8;
+  EXPECT_EQ(s->batches("train", 4), (windows + 3) / 4);
+  int64_t w = 0;
+  for (int64_t i = 0; i < s->batches("train", 4); ++i) {
+    const modalkit::Batch b = s->batch("train", 0, i, 4);
+    const at::Tensor& t = b.inputs.at("tokens").data;
+    ASSERT_EQ(t.size(1), 9);
+    for (int64_t r = 0; r < t.size(0); ++r, ++w) {
+      EXPECT_EQ(b.index[r].item<int64_t>(), w);
+      for (int64_t c = 0; c < 9; ++c) ASSERT_EQ(t[r][c].item<int64_t>(), joined[static_cast<size_t>(w * 8 + c)]) << "window " << w;
+    }
+  }
+  EXPECT_EQ(w, windows);
+  const json info = s->info();
+  EXPECT_EQ(info.at("pieces"), tok.pieces());
+  EXPECT_EQ(info.at("tokenizer_sha256"), "5eed");
+  EXPECT_EQ(info.at("tokens").at("train"), joined.size());
+}
+
+TEST_F(LmFixture, TrainingEpochsShuffleRepeatablyAndVisitEveryWindowOnce) {
+  auto s = stream(4, kCorpus);
+  auto order = [&](int64_t epoch) {
+    std::vector<int64_t> out;
+    for (int64_t i = 0; i < s->batches("train", 3); ++i) {
+      const at::Tensor idx = s->batch("train", epoch, i, 3).index;
+      for (int64_t r = 0; r < idx.size(0); ++r) out.push_back(idx[r].item<int64_t>());
+    }
+    return out;
+  };
+  const auto first = order(1), again = order(1), second = order(2), plain = order(0);
+  EXPECT_EQ(first, again) << "a batch is a pure function of (seed, split, epoch, index)";
+  EXPECT_NE(first, second);
+  EXPECT_NE(first, plain);
+  EXPECT_EQ(std::multiset<int64_t>(first.begin(), first.end()), std::multiset<int64_t>(plain.begin(), plain.end()));
+  // A window's pieces do not depend on the epoch it is served in.
+  const modalkit::Batch b = s->batch("train", 1, 0, 3);
+  const modalkit::Batch in_order = s->batch("train", 0, b.index[0].item<int64_t>() / 3, 3);
+  EXPECT_TRUE(at::equal(b.inputs.at("tokens").data[0], in_order.inputs.at("tokens").data[b.index[0].item<int64_t>() % 3]));
+}
+
+TEST_F(LmFixture, TooLittleTextIsRefusedNamingTheSplit) {
+  try {
+    stream(1000, kCorpus);
+    ADD_FAILURE() << "a split shorter than one window was opened";
+  } catch (const modalkit::DataError& e) {
+    EXPECT_NE(std::string(e.what()).find("split \"train\""), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("lower config context"), std::string::npos) << e.what();
+  }
+}
+
+TEST_F(LmFixture, PretrainingMemorisesACorpusAndWritesALoadableArtifact) {
+  auto s = stream(16, kCorpus);
+  std::vector<std::string> repeated;
+  for (int i = 0; i < 20; ++i) repeated.insert(repeated.end(), kCorpus.begin(), kCorpus.end());
+  s->open("train", refs(repeated));
+  context.components["stream"] = s;
+  auto model = registry->create<modalkit::TransferStrategy>(
+      "language_model", MODALKIT_KIND_TRANSFER,
+      args("language_model", {{"width", 32}, {"layers", 2}, {"heads", 2}, {"dropout", 0.0}, {"probe_prompts", {"sandal:"}}, {"probe_tokens", 6}},
+           "/transfer/config"));
+  model->build({});
+  torch::manual_seed(1);
+  torch::optim::Adam adam(model->parameters(), torch::optim::AdamOptions(3e-3));
+  double first = 0, last = 0;
+  for (int64_t epoch = 1; epoch <= 6; ++epoch) {
+    for (int64_t i = 0; i < s->batches("train", 8); ++i) {
+      const at::Tensor loss = model->loss(s->batch("train", epoch, i, 8)).at("lm");
+      if (first == 0) first = loss.item<double>();
+      last = loss.item<double>();
+      adam.zero_grad();
+      loss.backward();
+      adam.step();
+    }
+  }
+  EXPECT_LT(last, 0.25 * first) << "first " << first << ", last " << last;
+
+  MemorySource source;
+  for (int64_t i = 0; i < s->batches("val", 4); ++i) source.splits["val"].push_back(s->batch("val", 0, i, 4));
+  source.splits["test"] = source.splits["val"];
+  model->finalize(source);
+
+  // The artifact reloads, checked against the tokenizer, and scores the validation windows as
+  // perplexity.json says: continuation_log_probs is another path through the model than the loss.
+  const modalkit::Tokenizer tok(dir / "tok.model");
+  auto lm = modalkit::load_language_model(dir / "language_model.pt", &tok);
+  EXPECT_EQ(lm->config().at("provenance").at("tokenizer_sha256"), "5eed");
+  double nll = 0;
+  int64_t count = 0;
+  {
+    torch::NoGradGuard no_grad;
+    for (const auto& b : source.splits["val"]) {
+      const at::Tensor t = b.inputs.at("tokens").data;
+      const at::Tensor rest = t.narrow(1, 1, t.size(1) - 1);
+      nll -= modalkit::continuation_log_probs(*lm, lm->embed(t.narrow(1, 0, 1)), {}, rest, {}).sum().item<double>();
+      count += rest.numel();
+    }
+  }
+  json report;
+  std::ifstream(dir / "perplexity.json") >> report;
+  EXPECT_NEAR(report.at("val").at("perplexity").get<double>(), std::exp(nll / static_cast<double>(count)), 1e-3);
+  EXPECT_EQ(report.at("config").at("width"), 32);
+
+  json samples;
+  std::ifstream(dir / "samples.json") >> samples;
+  ASSERT_EQ(samples.size(), 1u);
+  EXPECT_EQ(samples[0].at("prompt"), "sandal:");
+  EXPECT_EQ(samples[0].at("continuation").get<std::string>().rfind("a shoe", 0), 0u)
+      << "the memorised gloss continues the prompt: " << samples[0].dump();
+}
+
+TEST_F(LmFixture, PretrainingConfigAndDataErrorsAreNamed) {
+  try {
+    registry->create<modalkit::TransferStrategy>("language_model", MODALKIT_KIND_TRANSFER,
+                                                 args("language_model", {{"width", 30}, {"heads", 4}}, "/transfer/config"));
+    ADD_FAILURE() << "width 30 with 4 heads was accepted";
+  } catch (const modalkit::PluginError& e) {
+    EXPECT_NE(std::string(e.what()).find("/transfer/config/heads"), std::string::npos) << e.what();
+  }
+  auto model = registry->create<modalkit::TransferStrategy>("language_model", MODALKIT_KIND_TRANSFER,
+                                                            args("language_model", json::object(), "/transfer/config"));
+  try {
+    model->build({});
+    ADD_FAILURE() << "built without a stream";
+  } catch (const std::exception& e) {
+    EXPECT_NE(std::string(e.what()).find("lm_windows"), std::string::npos) << e.what();
+  }
+}
