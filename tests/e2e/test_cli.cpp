@@ -514,6 +514,44 @@ TEST(Cli, AStreamRunKilledMidEpochAndResumedEndsBitIdentical) {
   fs::remove(file);
 }
 
+TEST(Cli, PretrainLmPublishesALanguageModelAndItsPerplexity) {
+  auto file = example_variant("pretrain-lm", "text-corpus", "lm", [](json& d) {
+    d["artifacts"]["tokenizer"] = source("data/embedded/text-corpus/tokenizer.model").string();
+    d["data"]["stream"]["config"]["context"] = 32;
+    d["transfer"]["config"]["width"] = 32;
+    d["transfer"]["config"]["layers"] = 1;
+    d["transfer"]["config"]["heads"] = 2;
+    d["transfer"]["config"]["probe_tokens"] = 4;
+    d["train"]["epochs"] = 2;
+    d["train"]["max_steps"] = 40;
+    d["train"]["optimizer"]["lr"] = 0.01;
+    d["train"]["schedule"]["warmup_steps"] = 5;
+  });
+  const fs::path run = fs::current_path() / ("run-lm-" + std::to_string(::getpid()));
+  fs::remove_all(run);
+  auto r = modalkit("train '" + file.string() + "' --out '" + run.string() + "'");
+  ASSERT_EQ(r.rc, 0) << r.err;
+  const json results = json::parse(read_all(run / "results.json"));
+  const json sidecar = json::parse(read_all(run / "language_model.pt.artifact.json"));
+  EXPECT_EQ(sidecar["type"], "language_model");
+  EXPECT_EQ(results["artifacts"]["language_model"]["sha256"], sidecar["sha256"]);
+  // The strategy's perplexities are the host's losses: the kept epoch's validation loss and the
+  // held-out (test) loss, both mean cross-entropy per predicted piece, computed by other code.
+  const json ppl = json::parse(read_all(run / "perplexity.json"));
+  EXPECT_NEAR(ppl["val"]["nll_per_piece"].get<double>(), results["selected_on"]["value"].get<double>(), 1e-4);
+  EXPECT_NEAR(ppl["test"]["nll_per_piece"].get<double>(), results["loss"].get<double>(), 1e-4);
+  EXPECT_NEAR(ppl["test"]["perplexity"].get<double>(), std::exp(results["loss"].get<double>()), 1e-2);
+  // 40 steps cannot make a language model, but they must beat a uniform guess over 8,000 pieces.
+  EXPECT_LT(results["loss"].get<double>(), std::log(8000.0) - 0.5);
+  EXPECT_EQ(ppl["config"]["provenance"]["tokenizer_sha256"],
+            json::parse(read_all(source("data/embedded/text-corpus/tokenizer.model.artifact.json")))["sha256"]);
+  const json samples = json::parse(read_all(run / "samples.json"));
+  ASSERT_EQ(samples.size(), 5u);
+  EXPECT_EQ(samples[0]["prompt"], "sandal:");
+  fs::remove_all(run);
+  fs::remove(file);
+}
+
 TEST(Cli, WordVectorsPretrainOnAStreamAndPublishATypedArtifact) {
   auto file = word_vectors_variant("wv", [](json& d) {
     d["train"]["epochs"] = 3;
