@@ -18,6 +18,7 @@
 namespace modalkit {
 
 LanguageModel::~LanguageModel() = default;
+ConditionedLanguageModel::~ConditionedLanguageModel() = default;
 
 namespace {
 

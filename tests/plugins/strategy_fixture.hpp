@@ -8,7 +8,9 @@
 #include <string>
 #include <vector>
 
+#include <ATen/ATen.h>
 #include <spdlog/sinks/null_sink.h>
+#include <torch/nn/modules/linear.h>
 #include <spdlog/spdlog.h>
 
 #include "modality_fixture.hpp"
@@ -44,3 +46,27 @@ class MemorySource : public modalkit::BatchSource {
     }
   }
 };
+
+/// An encoder for vector features `[B, F]`: one token, a linear map to d_model (16 by default).
+class LinearEncoder : public modalkit::Encoder {
+ public:
+  explicit LinearEncoder(int64_t in, int64_t out = 16) : linear_(register_module("linear", torch::nn::Linear(in, out))) {}
+  modalkit::Sequence forward(const modalkit::ModalityInput& input) override {
+    const at::Tensor x = at::tanh(linear_->forward(input.data)).unsqueeze(1);
+    return {x, at::ones({x.size(0), 1}, at::kBool)};
+  }
+
+ private:
+  torch::nn::Linear linear_;
+};
+
+/// A batch of vector modalities `inputs` (name → [B, F]) and class targets for task "label";
+/// rows are numbered from `first_row`.
+inline modalkit::Batch make_batch(const std::map<std::string, at::Tensor>& inputs, const at::Tensor& y, int64_t first_row) {
+  modalkit::Batch b;
+  for (const auto& [m, x] : inputs) b.inputs.emplace(m, modalkit::ModalityInput{x, {}, {}});
+  b.targets.emplace("label", y);
+  b.index = at::arange(first_row, first_row + y.size(0), at::kLong);
+  return b;
+}
+

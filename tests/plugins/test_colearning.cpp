@@ -27,29 +27,6 @@ namespace cl = modalkit::colearning;
 
 constexpr int64_t kD = 16;  // d_model
 
-/// An encoder for vector features `[B, F]`: one token, a linear map to d_model.
-class LinearEncoder : public modalkit::Encoder {
- public:
-  explicit LinearEncoder(int64_t in) : linear_(register_module("linear", torch::nn::Linear(in, kD))) {}
-  modalkit::Sequence forward(const modalkit::ModalityInput& input) override {
-    const at::Tensor x = at::tanh(linear_->forward(input.data)).unsqueeze(1);
-    return {x, at::ones({x.size(0), 1}, at::kBool)};
-  }
-
- private:
-  torch::nn::Linear linear_;
-};
-
-/// A batch of vector modalities `inputs` (name → [B, F]) and class targets for task "label";
-/// rows are numbered from `first_row`.
-modalkit::Batch make_batch(const std::map<std::string, at::Tensor>& inputs, const at::Tensor& y, int64_t first_row) {
-  modalkit::Batch b;
-  for (const auto& [m, x] : inputs) b.inputs.emplace(m, modalkit::ModalityInput{x, {}, {}});
-  b.targets.emplace("label", y);
-  b.index = at::arange(first_row, first_row + y.size(0), at::kLong);
-  return b;
-}
-
 /// Cuts whole-split tensors into batches of 64.
 std::vector<modalkit::Batch> batches_of(const std::map<std::string, at::Tensor>& inputs, const at::Tensor& y) {
   std::vector<modalkit::Batch> out;

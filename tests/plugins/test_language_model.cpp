@@ -10,6 +10,7 @@
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 #include <torch/optim/adam.h>
+#include <torch/script.h>
 
 #include "modalkit/language_model.hpp"
 #include "modalkit/stream.hpp"
@@ -256,4 +257,226 @@ TEST_F(LmFixture, PretrainingConfigAndDataErrorsAreNamed) {
   } catch (const std::exception& e) {
     EXPECT_NE(std::string(e.what()).find("lm_windows"), std::string::npos) << e.what();
   }
+}
+
+// ---- Transfer into the language model: prefix tuning and representation tuning ----
+
+namespace {
+
+const std::vector<std::string> kClasses = {"sandal", "boot", "fox"};
+
+/// A fixture with a small language model artifact over the test tokenizer, pretrained here on
+/// the corpus and the three captions (so that, as in Frozen, the model can already say each
+/// caption and the conditioning has to pick the right one), and a synthetic modality "image"
+/// ([B, 8] vectors around one mean per class).
+class TransferFixture : public LmFixture {
+ protected:
+  at::Tensor x, y;
+
+  void SetUp() override {
+    LmFixture::SetUp();
+    // Pretrained once per test program (the tokenizer each test trains is the same).
+    static const std::filesystem::path pretrained =
+        std::filesystem::temp_directory_path() / ("modalkit-test-lm-" + std::to_string(::getpid()) + ".pt");
+    static const struct Cleanup {
+      std::filesystem::path file;
+      ~Cleanup() { std::filesystem::remove(file); }
+    } cleanup{pretrained};
+    if (!std::filesystem::exists(pretrained)) pretrain(pretrained);
+    std::filesystem::copy_file(pretrained, dir / "lm.pt");
+    context.artifacts["language_model"] = dir / "lm.pt";
+    const at::Tensor means = torch::randn({3, 8}) * 2;
+    y = torch::arange(90, torch::kLong) % 3;
+    x = means.index_select(0, y) + 0.3 * torch::randn({90, 8});
+  }
+
+  void pretrain(const std::filesystem::path& file) {
+    const modalkit::Tokenizer tok(dir / "tok.model");
+    torch::manual_seed(5);
+    auto written = std::make_shared<modalkit::CausalTransformerLM>(
+        modalkit::CausalTransformerLMOptions(tok.pieces(), 32, 2, 2, 64).dropout(0.1), json{{"tokenizer_sha256", "5eed"}});
+    std::vector<int64_t> corpus;
+    for (int r = 0; r < 10; ++r) {
+      std::vector<std::string> lines = kCorpus;
+      for (const auto& c : kClasses) lines.push_back("this is a " + c + ".");
+      for (const auto& line : lines) {
+        corpus.push_back(tok.bos());
+        for (const int64_t id : tok.encode(line)) corpus.push_back(id);
+        corpus.push_back(tok.eos());
+      }
+    }
+    const at::Tensor text = torch::tensor(corpus, torch::kLong);
+    torch::optim::Adam adam(written->parameters(), torch::optim::AdamOptions(3e-3));
+    for (int step = 0; step < 150; ++step) {
+      const at::Tensor starts = torch::randint(text.size(0) - 25, {16}, torch::kLong);
+      std::vector<at::Tensor> rows;
+      for (int64_t i = 0; i < 16; ++i) rows.push_back(text.narrow(0, starts[i].item<int64_t>(), 25));
+      const at::Tensor windows = at::stack(rows);
+      const at::Tensor logits = written->forward(written->embed(windows.narrow(1, 0, 24)), {}, {});
+      const at::Tensor loss = at::cross_entropy_loss(logits.reshape({-1, logits.size(-1)}), windows.narrow(1, 1, 24).reshape({-1}));
+      adam.zero_grad();
+      loss.backward();
+      adam.step();
+    }
+    modalkit::save_language_model(*written, file);
+  }
+
+  std::shared_ptr<modalkit::TransferStrategy> strategy(const std::string& plugin, json config) {
+    config["class_names"] = kClasses;
+    const std::vector<std::string> modalities{"image"};
+    modalkit::CreateArgs a = args(plugin, config, "/transfer/config");
+    a.modalities = modalities;
+    a.d_model = 16;
+    auto model = registry->create<modalkit::TransferStrategy>(plugin, MODALKIT_KIND_TRANSFER, a);
+    modalkit::ModelParts parts;
+    parts.d_model = 16;
+    torch::manual_seed(6);
+    parts.encoders["image"] = modalkit::EncoderRef(std::make_shared<LinearEncoder>(8), "test");
+    modalkit::TaskSpec spec{"label", modalkit::TaskType::kMulticlass, "label", {"a", "b", "c"}, 3, {"accuracy"}};
+    parts.heads["label"] = modalkit::make_task_head(spec, 16);
+    model->build(parts);
+    return model;
+  }
+
+  /// Trains `model` with Adam for `epochs` over batches of 30; returns the first and last loss.
+  std::pair<double, double> train(modalkit::TransferStrategy& model, int epochs, double lr = 1e-2) {
+    std::vector<at::Tensor> params;
+    for (const auto& g : model.parameter_groups()) {
+      if (!g.frozen) params.insert(params.end(), g.parameters.begin(), g.parameters.end());
+    }
+    torch::optim::Adam adam(params, torch::optim::AdamOptions(lr));
+    model.train();
+    double first = 0, last = 0;
+    for (int e = 0; e < epochs; ++e) {
+      for (int64_t s = 0; s < 90; s += 30) {
+        const auto batch = make_batch({{"image", x.slice(0, s, s + 30)}}, y.slice(0, s, s + 30), s);
+        const at::Tensor loss = model.loss(batch).at("caption");
+        if (e == 0 && s == 0) first = loss.item<double>();
+        last = loss.item<double>();
+        adam.zero_grad();
+        loss.backward();
+        adam.step();
+      }
+    }
+    model.eval();
+    return {first, last};
+  }
+
+  double accuracy(modalkit::TransferStrategy& model) {
+    torch::NoGradGuard no_grad;
+    const at::Tensor scores = model.predict(make_batch({{"image", x}}, y, 0)).at("label");
+    return scores.argmax(1).eq(y).to(at::kDouble).mean().item<double>();
+  }
+};
+
+std::vector<at::Tensor> copies(const std::vector<at::Tensor>& params) {
+  std::vector<at::Tensor> out;
+  for (const auto& p : params) out.push_back(p.detach().clone());
+  return out;
+}
+
+bool all_equal(const std::vector<at::Tensor>& a, const std::vector<at::Tensor>& b) {
+  if (a.size() != b.size()) return false;
+  for (size_t i = 0; i < a.size(); ++i) {
+    if (!at::equal(a[i], b[i])) return false;
+  }
+  return true;
+}
+
+}  // namespace
+
+TEST_F(TransferFixture, PrefixTuningTrainsTheEncoderThroughAFrozenModel) {
+  auto model = strategy("prefix_tuning", {{"prefix_length", 2}});
+  auto& lm = dynamic_cast<modalkit::ConditionedLanguageModel&>(*model).language_model();
+  const auto lm_before = copies(lm.parameters());
+  ASSERT_FALSE(lm_before.empty());
+  auto* encoder = model->named_modules()["encoders.image"].get();
+  ASSERT_NE(encoder, nullptr);
+  const auto encoder_before = copies(encoder->parameters());
+  for (const auto& item : model->named_parameters()) EXPECT_NE(item.key().rfind("lm.", 0), 0u) << "a frozen model is not saved: " << item.key();
+
+  // One backward pass: gradients reach the encoder through the frozen model, none the model.
+  model->train();
+  model->loss(make_batch({{"image", x.slice(0, 0, 30)}}, y.slice(0, 0, 30), 0)).at("caption").backward();
+  for (const auto& p : encoder->parameters()) {
+    ASSERT_TRUE(p.grad().defined());
+    EXPECT_GT(p.grad().abs().sum().item<double>(), 0.0);
+  }
+  for (const auto& p : lm.parameters()) EXPECT_FALSE(p.grad().defined());
+  model->zero_grad();
+
+  const auto [first, last] = train(*model, 40);
+  EXPECT_LT(last, 0.5 * first) << "first " << first << ", last " << last;
+  EXPECT_TRUE(all_equal(copies(lm.parameters()), lm_before)) << "the language model changed";
+  EXPECT_FALSE(all_equal(copies(encoder->parameters()), encoder_before)) << "the encoder did not train";
+  EXPECT_FALSE(lm.is_training()) << "a frozen model stays in evaluation mode (no dropout)";
+  // Ranking the three captions by likelihood names the class.
+  EXPECT_GT(accuracy(*model), 0.9);
+  // The caption a protocol would check.
+  EXPECT_EQ(dynamic_cast<modalkit::ConditionedLanguageModel&>(*model).caption(1), "this is a boot.");
+}
+
+TEST_F(TransferFixture, AFineTunedModelChangesAndIsSavedWithTheRun) {
+  auto model = strategy("prefix_tuning", {{"freeze_lm", false}, {"lm_lr", 1e-3}});
+  auto& lm = dynamic_cast<modalkit::ConditionedLanguageModel&>(*model).language_model();
+  const auto lm_before = copies(lm.parameters());
+  const auto groups = model->parameter_groups();
+  ASSERT_EQ(groups.size(), 2u);
+  EXPECT_EQ(groups[1].name, "lm");
+  EXPECT_EQ(groups[1].lr, 1e-3);
+  EXPECT_EQ(groups[1].parameters.size(), lm.parameters().size());
+  train(*model, 2);
+  EXPECT_FALSE(all_equal(copies(lm.parameters()), lm_before));
+}
+
+TEST_F(TransferFixture, RepresentationTuningTrainsBothVariantsInsideAFrozenModel) {
+  for (const std::string variant : {"pseudo_self_attention", "adaptation_gate"}) {
+    SCOPED_TRACE(variant);
+    auto model = strategy("representation_tuning", {{"variant", variant}, {"layer", 0}});
+    auto& c = dynamic_cast<modalkit::ConditionedLanguageModel&>(*model);
+    EXPECT_FALSE(c.interleavable());
+    const auto lm_before = copies(c.language_model().parameters());
+    const modalkit::Conditioning cond = c.condition(make_batch({{"image", x.slice(0, 0, 4)}}, y.slice(0, 0, 4), 0));
+    EXPECT_FALSE(cond.prefix.defined());
+    if (variant == "pseudo_self_attention") {
+      ASSERT_EQ(cond.hooks.extra_keys.size(), 2u);
+      EXPECT_EQ(cond.hooks.extra_keys[0].sizes().vec(), (std::vector<int64_t>{4, 1, 32}));
+    } else {
+      EXPECT_EQ(cond.hooks.shift_layer, 0);
+      // The gate bounds the shift: |h' - h| <= beta |h| at every position.
+      const at::Tensor h = torch::randn({4, 3, 32});
+      EXPECT_TRUE(((cond.hooks.shift(h) - h).norm(2, -1) <= h.norm(2, -1) * (1 + 1e-5)).all().item<bool>());
+    }
+    const auto [first, last] = train(*model, 40);
+    EXPECT_LT(last, 0.5 * first) << "first " << first << ", last " << last;
+    EXPECT_TRUE(all_equal(copies(c.language_model().parameters()), lm_before));
+    EXPECT_GT(accuracy(*model), 0.9);
+  }
+}
+
+TEST_F(TransferFixture, ConfigErrorsAreNamed) {
+  auto message = [&](const std::string& plugin, const json& config) -> std::string {
+    try {
+      strategy(plugin, config);
+    } catch (const std::exception& e) {
+      return e.what();
+    }
+    return "(no error)";
+  };
+  EXPECT_NE(message("prefix_tuning", {{"caption_template", "a photo"}}).find("/transfer/config/caption_template"), std::string::npos);
+  EXPECT_NE(message("representation_tuning", {{"variant", "adaptation_gate"}, {"layer", 5}}).find("has 2 blocks"), std::string::npos);
+  // A TorchScript model has no hooks: representation tuning says so.
+  torch::jit::Module m("Bigram");
+  m.register_parameter("table", torch::zeros({60, 60}), false);
+  m.register_attribute("vocab_size", c10::IntType::get(), int64_t{modalkit::Tokenizer(dir / "tok.model").pieces()});
+  m.register_attribute("width", c10::IntType::get(), int64_t{60});
+  m.register_attribute("context", c10::IntType::get(), int64_t{64});
+  m.define("def embed(self, ids):\n    return torch.zeros(ids.size(0), ids.size(1), 60)\n\ndef forward(self, e, m):\n    return e\n");
+  m.save((dir / "ts.pt").string());
+  context.artifacts["language_model"] = dir / "ts.pt";
+  EXPECT_NE(message("representation_tuning", json::object()).find("serves prefix_tuning only"), std::string::npos);
+  // A model trained with another tokenizer is refused, naming both.
+  std::ofstream(dir / "tok.model.artifact.json") << R"({"type": "sentencepiece", "sha256": "0ther"})";
+  context.artifacts["language_model"] = dir / "lm.pt";
+  EXPECT_NE(message("prefix_tuning", json::object()).find("was trained with tokenizer sha256 5eed"), std::string::npos);
 }

@@ -14,6 +14,8 @@
 #include <vector>
 
 #include <nlohmann/json.hpp>
+
+#include "modalkit/batch.hpp"
 #include <torch/nn/module.h>
 #include <torch/nn/modules/dropout.h>
 #include <torch/nn/modules/embedding.h>
@@ -65,6 +67,37 @@ class LanguageModel : public torch::nn::Module {
   virtual at::Tensor forward(const at::Tensor& embeds, const at::Tensor& mask, const LmHooks& hooks) = 0;
   /// Its architecture and provenance, as stored in its artifact.
   virtual nlohmann::json config() const = 0;
+};
+
+/// How a model conditions a language model on a batch: embeddings placed before the text
+/// (prefix tuning) and hooks inside the model (representation tuning); either may be empty.
+struct Conditioning {
+  /// `[B, K, D]` prefix embeddings (K = 0: none).
+  at::Tensor prefix;
+  /// Hooks for every forward pass over these rows.
+  LmHooks hooks;
+};
+
+/// A transfer strategy that conditions a language model on another modality (prefix tuning,
+/// pseudo-self-attention, the adaptation gate): what evaluation protocols caption, question and
+/// prompt it through. Strategies implement it beside TransferStrategy; protocols find it with
+/// dynamic_cast.
+class ConditionedLanguageModel {
+ public:
+  virtual ~ConditionedLanguageModel();
+  /// The language model (frozen or fine-tuned).
+  virtual LanguageModel& language_model() = 0;
+  /// The tokenizer its vocabulary belongs to.
+  virtual const Tokenizer& tokenizer() const = 0;
+  /// The conditioning of each row of `batch` (its conditioning modality must be present).
+  virtual Conditioning condition(const Batch& batch) = 0;
+  /// Whether several conditionings can be interleaved with text in one sequence (prefixes can;
+  /// hooks condition the whole sequence on one input, so few-shot episodes are not defined).
+  virtual bool interleavable() const = 0;
+  /// The name captions use for each class, in label order.
+  virtual const std::vector<std::string>& class_names() const = 0;
+  /// The caption of class `label` it was trained to produce ("this is a sandal.").
+  virtual std::string caption(int64_t label) const = 0;
 };
 
 /// Options of CausalTransformerLM.
