@@ -149,6 +149,15 @@ std::vector<SchemaError> validate_pipeline(nlohmann::json& pipeline, const Manif
     }
   }
 
+  // No default object: pipelines without protocols keep the hash they had before protocols existed.
+  json no_protocols = json::object();
+  for (auto& [name, component] : (doc.at("evaluate").contains("protocols") ? doc.at("evaluate").at("protocols") : no_protocols).items()) {
+    if (doc.at("tasks").contains(name)) {
+      errors.push_back({append_pointer("/evaluate/protocols", name), "has the name of a task; experiments read both as " + name + "/METRIC"});
+    }
+    check_component(component, append_pointer("/evaluate/protocols", name), "evaluation", lookup, known_plugins,
+                    doc.at("artifacts"), explain_unknown, errors);
+  }
   if (const json& evaluate = doc.at("evaluate"); evaluate.contains("modalities")) {
     const json& declared = doc.at("modalities");
     const json& chosen = evaluate.at("modalities");

@@ -309,6 +309,7 @@ nlohmann::json plugin_versions(const PluginRegistry& registry, const nlohmann::j
   if (doc.contains("fusion")) add(doc.at("fusion").at("plugin"));
   if (doc.at("data").contains("stream")) add(doc.at("data").at("stream").at("plugin"));
   add(doc.at("transfer").at("plugin"));
+  for (const auto& [name, spec] : evaluation_protocols(doc).items()) add(spec.at("plugin"));
   return out;
 }
 
@@ -478,6 +479,7 @@ void check_pipeline_artifacts(const ResolvedPipeline& pipeline, const PluginRegi
   if (doc.contains("fusion")) components.push_back(&doc.at("fusion"));
   if (doc.at("data").contains("stream")) components.push_back(&doc.at("data").at("stream"));
   for (const auto& [m, spec] : doc.at("modalities").items()) components.push_back(&spec);
+  for (const auto& [name, spec] : evaluation_protocols(doc).items()) components.push_back(&spec);
   for (const auto* spec : components) {
     const auto* manifest = registry.find(spec->at("plugin").get<std::string>());
     if (manifest == nullptr) continue;  // create() reports unknown plugins
@@ -565,6 +567,12 @@ void build_networks(const ResolvedPipeline& pipeline, PluginRegistry& registry, 
     }
   }
   model.strategy->to(context.device());
+  for (const auto& [name, spec] : evaluation_protocols(doc).items()) {
+    const std::string pointer = "/evaluate/protocols/" + name;
+    auto protocol = registry.create<EvaluationProtocol>(spec.at("plugin"), MODALKIT_KIND_EVALUATION,
+                                                        create_args(doc, context, pointer, spec, name), pin_of(spec));
+    model.protocols.emplace_back(name, protocol);
+  }
 }
 
 /// Logs what --skip-bad left out of a split (the count and the first few reasons); returns the count.
@@ -592,12 +600,24 @@ void restore_fitted_state(const BuiltModel& model, const fs::path& run_dir) {
   }
 }
 
-nlohmann::json held_out_figures(TransferStrategy& model, const std::map<std::string, TaskSpec>& tasks,
-                                const ClassGroups& groups, BatchSource& data, const std::string& split,
+nlohmann::json held_out_figures(const BuiltModel& model, BatchSource& data, const std::string& split,
                                 const std::vector<std::string>& modalities) {
-  if (!tasks.empty()) return HeldOutProtocol(tasks, groups).evaluate(model, data, split, modalities);
-  nlohmann::json result = loss_on(model, data, split, modalities);
-  result["tasks"] = nlohmann::json::object();
+  TransferStrategy& strategy = *model.strategy;
+  nlohmann::json result;
+  if (!model.tasks.empty()) {
+    result = HeldOutProtocol(model.tasks, model.class_groups).evaluate(strategy, data, split, modalities);
+  } else {
+    result = loss_on(strategy, data, split, modalities);
+    result["tasks"] = nlohmann::json::object();
+  }
+  for (const auto& [name, protocol] : model.protocols) {
+    const auto t0 = std::chrono::steady_clock::now();
+    nlohmann::json figures = guard(protocol->plugin_name(), [&] { return protocol->evaluate(strategy, data, split, modalities); });
+    if (!figures.is_object()) throw PluginError(protocol->plugin_name(), "evaluate() must return a JSON object of metrics");
+    spdlog::info("protocol {} ({}): {} in {:.1f} s", name, protocol->plugin_name(), figures.dump().substr(0, 200),
+                 std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+    result["protocols"][name] = std::move(figures);
+  }
   return result;
 }
 
@@ -749,7 +769,7 @@ nlohmann::json evaluate(const ResolvedPipeline& pipeline, PluginRegistry& regist
     source = std::make_unique<SplitSource>(std::map<std::string, const SplitFeatures*>{{split, &*f}},
                                            doc.at("train").at("batch_size"), modalities, r.device);
   }
-  nlohmann::json result = held_out_figures(*r.model.strategy, r.model.tasks, r.model.class_groups, *source, split, modalities);
+  nlohmann::json result = held_out_figures(r.model, *source, split, modalities);
   if (!r.model.stream) result["skipped"] = skipped;
   if (!r.same_pipeline) result["warning"] = "the pipeline differs from the one the run was trained with";
   if (options.robustness) {

@@ -70,6 +70,8 @@ struct BuiltModel {
   ClassGroups class_groups;                         ///< groups of classes reported on their own
   std::vector<std::string> train_modalities;        ///< strategy->modalities_at_train()
   std::vector<std::string> test_modalities;         ///< strategy->modalities_at_test()
+  /// `/evaluate/protocols`: instance name → protocol plugin, in pipeline order.
+  std::vector<std::pair<std::string, std::shared_ptr<EvaluationProtocol>>> protocols;
 };
 
 /// Checks what only the data set can tell, every error at once: each task's target exists and
@@ -155,9 +157,9 @@ class SplitSource : public BatchSource {
 };
 
 /// What a run reports on a held-out split: the tasks' metrics (HeldOutProtocol), or, for a
-/// task-less run, its loss (loss_on) with `tasks: {}`. `modalities`: those present.
-nlohmann::json held_out_figures(TransferStrategy& model, const std::map<std::string, TaskSpec>& tasks,
-                                const ClassGroups& groups, BatchSource& data, const std::string& split,
+/// task-less run, its loss (loss_on) with `tasks: {}`; then each of the pipeline's evaluation
+/// protocols under `protocols.<name>`. `modalities`: those present.
+nlohmann::json held_out_figures(const BuiltModel& model, BatchSource& data, const std::string& split,
                                 const std::vector<std::string>& modalities);
 
 /// The built-in protocol: predictions on every sample of a held-out split, then the task's

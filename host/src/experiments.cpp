@@ -282,12 +282,14 @@ std::string run_experiment(const fs::path& file, PluginRegistry& registry, const
       // A metric of the task's list, or <group>_accuracy of one of its class groups.
       const bool group_metric = tasks.contains(task) && tasks.at(task).contains("class_groups") &&
                                 !group_of_metric(metric).empty() && tasks.at(task).at("class_groups").contains(group_of_metric(metric));
-      if (!group_metric && (!tasks.contains(task) || !tasks.at(task).contains("metrics") ||
+      // Or any metric of an evaluation protocol of that name (its metrics are its plugin's).
+      const bool protocol_metric = evaluation_protocols(resolved.back().doc).contains(task);
+      if (!group_metric && !protocol_metric && (!tasks.contains(task) || !tasks.at(task).contains("metrics") ||
                             std::find(tasks.at(task).at("metrics").begin(), tasks.at(task).at("metrics").end(), metric) ==
                                 tasks.at(task).at("metrics").end())) {
         throw schema::ValidationFailed(file.string(), {{"/metric", "row \"" + exp["rows"][run.row]["name"].get<std::string>() +
                                                                        "\" (" + run.pipeline_file.string() + ") does not compute " +
-                                                                       metric_path + " (see its /tasks)"}});
+                                                                       metric_path + " (see its /tasks and /evaluate/protocols)"}});
       }
     }
     const json info = read_json_or_null(run.dir / "run.json");
@@ -374,11 +376,12 @@ std::string run_experiment(const fs::path& file, PluginRegistry& registry, const
   auto value_of = [&](const PlannedRun& run, const std::string& metric_path) {
     const std::string task = task_of(metric_path), metric = metric_of(metric_path);
     const json res = read_json_or_null(run.dir / "results.json");
-    if (res.is_null() || !res.contains("tasks") || !res.at("tasks").contains(task) ||
-        !res.at("tasks").at(task).contains(metric) || !res.at("tasks").at(task).at(metric).is_number()) {
+    const char* where = res.is_object() && res.contains("tasks") && res.at("tasks").contains(task) ? "tasks" : "protocols";
+    if (res.is_null() || !res.contains(where) || !res.at(where).contains(task) || !res.at(where).at(task).contains(metric) ||
+        !res.at(where).at(task).at(metric).is_number()) {
       throw Error(run.dir.string() + "/results.json: no value for " + metric_path + " (undefined on this split?)");
     }
-    return std::pair<double, json>{res.at("tasks").at(task).at(metric).get<double>(), res};
+    return std::pair<double, json>{res.at(where).at(task).at(metric).get<double>(), res};
   };
   // Differences in percentage points for rates; in the metric's own units otherwise.
   auto scale_of = [&](const std::string& metric_path) {
@@ -428,8 +431,9 @@ std::string run_experiment(const fs::path& file, PluginRegistry& registry, const
   std::string what;
   bool all_rates = true, no_rates = true;
   for (size_t k = 0; k < metric_paths.size(); ++k) {
-    what += (k == 0 ? "" : k + 1 == metric_paths.size() ? " and " : ", ") + metric_of(metric_paths[k]) + " of task " +
-            task_of(metric_paths[k]);
+    const bool protocol = evaluation_protocols(resolved.front().doc).contains(task_of(metric_paths[k]));
+    what += (k == 0 ? "" : k + 1 == metric_paths.size() ? " and " : ", ") + metric_of(metric_paths[k]) +
+            (protocol ? " of protocol " : " of task ") + task_of(metric_paths[k]);
     (scale_of(metric_paths[k]) == 100 ? no_rates : all_rates) = false;
   }
   t << "\n" << what << " on the test split (mean ± std over seeds " << json(seeds).dump()

@@ -42,4 +42,12 @@ ResolvedPipeline load_pipeline(const std::filesystem::path& file, const std::vec
 /// resolved against the original pipeline's directory (recorded in `RUN/run.json`).
 ResolvedPipeline load_run_pipeline(const std::filesystem::path& run_dir, const PluginRegistry& registry);
 
+/// `/evaluate/protocols` of a resolved pipeline, or an empty object when it has none (the key
+/// has no default, so that pipelines without protocols keep their earlier hash).
+inline const nlohmann::json& evaluation_protocols(const nlohmann::json& doc) {
+  static const nlohmann::json none = nlohmann::json::object();
+  const nlohmann::json& evaluate = doc.at("evaluate");
+  return evaluate.contains("protocols") ? evaluate.at("protocols") : none;
+}
+
 }  // namespace modalkit::host

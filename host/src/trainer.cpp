@@ -794,8 +794,7 @@ nlohmann::json train(const ResolvedPipeline& pipeline, PluginRegistry& registry,
     eval_modalities = doc.at("evaluate").at("modalities").get<std::vector<std::string>>();
   }
   // A task-less run's figure is its loss, on what the strategy trains with.
-  nlohmann::json result = held_out_figures(strategy, model.tasks, model.class_groups, *source, eval_split,
-                                           model.tasks.empty() ? model.train_modalities : eval_modalities);
+  nlohmann::json result = held_out_figures(model, *source, eval_split, model.tasks.empty() ? model.train_modalities : eval_modalities);
   result["best_epoch"] = state.best_epoch;
   result["kept"] = keep_best ? "best" : "last";
   result["selected_on"] = {{"split", val_split}, {"task", select_task}, {"metric", select_metric}, {"value", state.best}};
