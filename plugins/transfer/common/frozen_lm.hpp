@@ -28,30 +28,6 @@ inline std::string fill(const std::string& tmpl, const std::string& name) {
   return at == std::string::npos ? tmpl : tmpl.substr(0, at) + name + tmpl.substr(at + 2);
 }
 
-/// Token ids of `texts` (each followed by EOS when the tokenizer has one), right-padded with 0:
-/// `ids` `[N, C]` and `mask` `[N, C]`.
-struct TokenRows {
-  at::Tensor ids, mask;
-};
-inline TokenRows token_rows(const Tokenizer& tokenizer, const std::vector<std::string>& texts, bool eos = true) {
-  std::vector<std::vector<int64_t>> rows;
-  size_t width = 1;
-  for (const auto& t : texts) {
-    rows.push_back(tokenizer.encode(t));
-    if (eos && tokenizer.eos() >= 0) rows.back().push_back(tokenizer.eos());
-    width = std::max(width, rows.back().size());
-  }
-  TokenRows out{at::zeros({static_cast<int64_t>(rows.size()), static_cast<int64_t>(width)}, at::kLong),
-                at::zeros({static_cast<int64_t>(rows.size()), static_cast<int64_t>(width)}, at::kBool)};
-  for (size_t r = 0; r < rows.size(); ++r) {
-    for (size_t c = 0; c < rows[r].size(); ++c) {
-      out.ids[static_cast<int64_t>(r)][static_cast<int64_t>(c)] = rows[r][c];
-      out.mask[static_cast<int64_t>(r)][static_cast<int64_t>(c)] = true;
-    }
-  }
-  return out;
-}
-
 /// The base of a strategy that trains a model to caption its modality through a language model.
 /// Config keys it reads (each manifest declares them): modality, task, caption_template,
 /// class_names, freeze_lm, lm_lr.
@@ -122,7 +98,7 @@ class CaptioningStrategy : public TransferStrategy, public ConditionedLanguageMo
     encoders->register_module(modality_, encoder_.module());
     std::vector<std::string> captions;
     for (const auto& n : names_) captions.push_back(fill(template_, n));
-    const TokenRows rows = token_rows(*tokenizer_, captions);
+    const TokenRows rows = encode_rows(*tokenizer_, captions);
     captions_ = rows.ids.to(context_->device());
     caption_mask_ = rows.mask.to(context_->device());
     bos_ = at::full({1, 1}, std::max<int64_t>(tokenizer_->bos(), 0), at::kLong).to(context_->device());

@@ -6,6 +6,7 @@
 /// and the text modality all build the same model from the same artifact. Since SDK ABI 1.3.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <filesystem>
 #include <functional>
@@ -16,6 +17,7 @@
 #include <nlohmann/json.hpp>
 
 #include "modalkit/batch.hpp"
+#include "modalkit/tokenizer.hpp"
 #include <torch/nn/module.h>
 #include <torch/nn/modules/dropout.h>
 #include <torch/nn/modules/embedding.h>
@@ -25,8 +27,6 @@
 #include <torch/nn/pimpl.h>
 
 namespace modalkit {
-
-class Tokenizer;
 
 /// What a method adds inside a language model's forward pass. Tensors whose batch size is 1
 /// broadcast over the batch (generate() with beams relies on it).
@@ -68,6 +68,31 @@ class LanguageModel : public torch::nn::Module {
   /// Its architecture and provenance, as stored in its artifact.
   virtual nlohmann::json config() const = 0;
 };
+
+/// Piece ids of `texts` (each followed by EOS when the tokenizer has one), right-padded with 0:
+/// `ids` `[N, C]` and `mask` `[N, C]`.
+/// Texts as padded rows of piece ids.
+struct TokenRows {
+  at::Tensor ids, mask;
+};
+inline TokenRows encode_rows(const Tokenizer& tokenizer, const std::vector<std::string>& texts, bool eos = true) {
+  std::vector<std::vector<int64_t>> rows;
+  size_t width = 1;
+  for (const auto& t : texts) {
+    rows.push_back(tokenizer.encode(t));
+    if (eos && tokenizer.eos() >= 0) rows.back().push_back(tokenizer.eos());
+    width = std::max(width, rows.back().size());
+  }
+  TokenRows out{at::zeros({static_cast<int64_t>(rows.size()), static_cast<int64_t>(width)}, at::kLong),
+                at::zeros({static_cast<int64_t>(rows.size()), static_cast<int64_t>(width)}, at::kBool)};
+  for (size_t r = 0; r < rows.size(); ++r) {
+    for (size_t c = 0; c < rows[r].size(); ++c) {
+      out.ids[static_cast<int64_t>(r)][static_cast<int64_t>(c)] = rows[r][c];
+      out.mask[static_cast<int64_t>(r)][static_cast<int64_t>(c)] = true;
+    }
+  }
+  return out;
+}
 
 /// How a model conditions a language model on a batch: embeddings placed before the text
 /// (prefix tuning) and hooks inside the model (representation tuning); either may be empty.

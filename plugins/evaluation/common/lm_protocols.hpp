@@ -1,0 +1,177 @@
+// Plumbing shared by the evaluation protocols that caption, question and prompt a model built on
+// a language model (prefix tuning, representation tuning): finding its ConditionedLanguageModel,
+// building prompts under three conditions (the input, nothing: a blind model, or the class name
+// as text: a text-only ceiling), matching generated text against class names and answers, and
+// the statistics every protocol reports (Wilson interval, exact binomial test).
+//
+// Header-only: each protocol plugin compiles it in; it adds no SDK symbol.
+#pragma once
+
+#include <algorithm>
+#include <cctype>
+#include <cmath>
+#include <string>
+#include <vector>
+
+#include <ATen/ATen.h>
+#include <nlohmann/json.hpp>
+
+#include "modalkit/batch.hpp"
+#include "modalkit/errors.hpp"
+#include "modalkit/language_model.hpp"
+#include "modalkit/strategy.hpp"
+#include "modalkit/tokenizer.hpp"
+
+namespace modalkit::lm_protocols {
+
+/// The model's language-model side; an Error naming both plugins when it has none.
+inline ConditionedLanguageModel& conditioned(TransferStrategy& model, const std::string& protocol) {
+  auto* c = dynamic_cast<ConditionedLanguageModel*>(&model);
+  if (c == nullptr) {
+    throw Error("protocol " + protocol + " evaluates a model that conditions a language model (prefix_tuning, representation_tuning); transfer plugin " +
+                model.plugin_name() + " does not");
+  }
+  return *c;
+}
+
+/// What a prompt is conditioned on.
+enum class Condition { kInput, kNone, kClassName };
+
+inline Condition parse_condition(const std::string& s) {
+  return s == "none" ? Condition::kNone : s == "class_name" ? Condition::kClassName : Condition::kInput;
+}
+
+/// Lower-cased words of `text` (runs of letters, digits, '-' and '/').
+inline std::vector<std::string> words_of(const std::string& text) {
+  std::vector<std::string> out;
+  std::string w;
+  for (const char ch : text + " ") {
+    const auto c = static_cast<unsigned char>(ch);
+    if (std::isalnum(c) != 0 || c == '-' || c == '/') {
+      w += static_cast<char>(std::tolower(c));
+    } else if (!w.empty()) {
+      out.push_back(w);
+      w.clear();
+    }
+  }
+  return out;
+}
+
+/// The class whose name `text` mentions as whole words; the longest name wins ("ankle boot"
+/// over "boot"); -1 when none is mentioned.
+inline int64_t mentioned_class(const std::string& text, const std::vector<std::string>& names) {
+  const auto words = words_of(text);
+  int64_t best = -1;
+  size_t best_len = 0;
+  for (size_t k = 0; k < names.size(); ++k) {
+    const auto name = words_of(names[k]);
+    if (name.empty() || name.size() > words.size()) continue;
+    for (size_t i = 0; i + name.size() <= words.size(); ++i) {
+      if (std::equal(name.begin(), name.end(), words.begin() + static_cast<std::ptrdiff_t>(i)) && name.size() > best_len) {
+        best = static_cast<int64_t>(k);
+        best_len = name.size();
+      }
+    }
+  }
+  return best;
+}
+
+/// Wilson's 95 % interval for k successes in n trials.
+inline std::pair<double, double> wilson95(int64_t k, int64_t n) {
+  if (n == 0) return {0.0, 1.0};
+  const double z = 1.959963984540054, p = static_cast<double>(k) / static_cast<double>(n), nn = static_cast<double>(n);
+  const double centre = (p + z * z / (2 * nn)) / (1 + z * z / nn);
+  const double half = z * std::sqrt(p * (1 - p) / nn + z * z / (4 * nn * nn)) / (1 + z * z / nn);
+  return {std::max(0.0, centre - half), std::min(1.0, centre + half)};
+}
+
+/// One-sided exact binomial test: P(X >= k) for X ~ Binomial(n, p).
+inline double binomial_p_at_least(int64_t k, int64_t n, double p) {
+  double total = 0;
+  for (int64_t i = k; i <= n; ++i) {
+    total += std::exp(std::lgamma(static_cast<double>(n) + 1) - std::lgamma(static_cast<double>(i) + 1) -
+                      std::lgamma(static_cast<double>(n - i) + 1) + static_cast<double>(i) * std::log(p) +
+                      static_cast<double>(n - i) * std::log1p(-p));
+  }
+  return std::min(1.0, total);
+}
+
+/// Accuracy figures: k of n right, with the interval.
+inline nlohmann::json accuracy_figures(int64_t k, int64_t n) {
+  const auto [lo, hi] = wilson95(k, n);
+  return {{"accuracy", n > 0 ? static_cast<double>(k) / static_cast<double>(n) : 0.0}, {"correct", k}, {"n", n},
+          {"ci95_low", lo}, {"ci95_high", hi}};
+}
+
+/// Rows `rows` of `batch` (inputs and targets).
+inline Batch select_rows(const Batch& batch, const at::Tensor& rows) {
+  Batch out;
+  const at::Tensor r = rows.to(at::kLong);
+  for (const auto& [name, in] : batch.inputs) {
+    ModalityInput sub;
+    sub.data = in.data.index_select(0, r.to(in.data.device()));
+    if (in.mask.defined()) sub.mask = in.mask.index_select(0, r.to(in.mask.device()));
+    if (in.present.defined()) sub.present = in.present.index_select(0, r.to(in.present.device()));
+    out.inputs.emplace(name, sub);
+  }
+  for (const auto& [task, y] : batch.targets) out.targets.emplace(task, y.index_select(0, r.to(y.device())));
+  if (batch.index.defined()) out.index = batch.index.index_select(0, r.to(batch.index.device()));
+  return out;
+}
+
+/// Embedded pieces of `text` (with BOS first when `bos`) as `[1, T, D]`.
+inline at::Tensor embed_text(ConditionedLanguageModel& model, const std::string& text, bool bos, c10::Device device) {
+  std::vector<int64_t> ids;
+  if (bos && model.tokenizer().bos() >= 0) ids.push_back(model.tokenizer().bos());
+  for (const int64_t id : model.tokenizer().encode(text)) ids.push_back(id);
+  if (ids.empty()) return at::zeros({1, 0, model.language_model().width()}, at::TensorOptions().device(device));
+  return model.language_model().embed(at::tensor(ids, at::kLong).unsqueeze(0).to(device));
+}
+
+/// The prompt for each row of `batch` under `condition`: the row's conditioning prefix (kInput),
+/// BOS, then `text` (with the row's class name before it under kClassName: `class_text` filled
+/// with the name, e.g. "this is a sandal. "). Returns the embeddings `[B, P, D]` (rows padded
+/// on the left) with their mask, and the hooks for these rows.
+struct Prompts {
+  at::Tensor embeds, mask;
+  LmHooks hooks;
+};
+inline Prompts prompts(ConditionedLanguageModel& model, const Batch& batch, const std::string& task, Condition condition,
+                       const std::string& text, const std::string& class_text) {
+  const int64_t b = batch.size();
+  const auto device = batch.inputs.empty() ? batch.targets.at(task).device() : batch.inputs.begin()->second.data.device();
+  Prompts out;
+  if (condition != Condition::kClassName) {
+    at::Tensor body = embed_text(model, text, true, device).expand({b, -1, -1});
+    if (condition == Condition::kInput) {
+      Conditioning c = model.condition(batch);
+      out.hooks = std::move(c.hooks);
+      if (c.prefix.defined() && c.prefix.size(1) > 0) body = at::cat({c.prefix, body}, 1);
+    }
+    out.embeds = body;
+    out.mask = at::ones({b, body.size(1)}, at::TensorOptions().dtype(at::kBool).device(device));
+    return out;
+  }
+  // The class name as text: rows differ in length, so pad on the left.
+  const at::Tensor y = batch.targets.at(task).to(at::kCPU);
+  std::vector<at::Tensor> rows;
+  int64_t longest = 0;
+  for (int64_t r = 0; r < b; ++r) {
+    const std::string name = model.class_names().at(static_cast<size_t>(y[r].item<int64_t>()));
+    const auto at = class_text.find("{}");
+    const std::string filled = at == std::string::npos ? class_text : class_text.substr(0, at) + name + class_text.substr(at + 2);
+    rows.push_back(embed_text(model, filled + text, true, device).squeeze(0));
+    longest = std::max(longest, rows.back().size(0));
+  }
+  const int64_t d = model.language_model().width();
+  out.embeds = at::zeros({b, longest, d}, rows.front().options());
+  out.mask = at::zeros({b, longest}, at::TensorOptions().dtype(at::kBool).device(device));
+  for (int64_t r = 0; r < b; ++r) {
+    const int64_t n = rows[static_cast<size_t>(r)].size(0);
+    out.embeds[r].narrow(0, longest - n, n).copy_(rows[static_cast<size_t>(r)]);
+    out.mask[r].narrow(0, longest - n, n).fill_(true);
+  }
+  return out;
+}
+
+}  // namespace modalkit::lm_protocols

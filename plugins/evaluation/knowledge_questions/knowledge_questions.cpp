@@ -1,0 +1,127 @@
+// Outside-knowledge questions (as Frozen's OKVQA): each held-out sample is asked the questions
+// of its class, whose answers are in the language model's pretraining text and never in the
+// captions it was tuned on; right when the first generated word is the answer.
+#include <fstream>
+#include <map>
+
+#include <torch/utils.h>
+
+#include "../common/lm_protocols.hpp"
+#include "knowledge_questions_manifest.hpp"
+#include "modalkit/context.hpp"
+#include "modalkit/evaluation.hpp"
+#include "modalkit/plugin.hpp"
+
+namespace {
+
+namespace lp = modalkit::lm_protocols;
+
+struct Question {
+  std::string cls, question, answer;
+};
+
+class KnowledgeQuestions : public modalkit::EvaluationProtocol {
+ public:
+  explicit KnowledgeQuestions(const modalkit::CreateArgs& args)
+      : task_(args.config.get<std::string>("task")),
+        condition_(lp::parse_condition(args.config.get<std::string>("condition"))),
+        class_text_(args.config.get<std::string>("class_text")),
+        template_(args.config.get<std::string>("template")),
+        max_tokens_(args.config.get<int64_t>("max_tokens")) {
+    if (template_.find("{}") == std::string::npos) {
+      throw modalkit::ConfigError(args.config.pointer() + "/template", "must contain {} where the question goes");
+    }
+    if (args.context != nullptr) read_questions(args.context->artifact_path("questions"));
+  }
+
+  nlohmann::json evaluate(modalkit::TransferStrategy& model, modalkit::BatchSource& data, const std::string& split,
+                          const std::vector<std::string>& modalities) override {
+    auto& c = lp::conditioned(model, plugin_name());
+    torch::NoGradGuard no_grad;
+    model.eval();
+    const auto& names = c.class_names();
+    std::map<int64_t, std::vector<size_t>> of_class;  // class index → its questions
+    for (size_t q = 0; q < questions_.size(); ++q) {
+      const auto it = std::find(names.begin(), names.end(), questions_[q].cls);
+      if (it == names.end()) {
+        throw modalkit::DataError(file_ + ":" + std::to_string(q + 1), "class \"" + questions_[q].cls +
+                                                                            "\" is not one of the model's class names");
+      }
+      of_class[it - names.begin()].push_back(q);
+    }
+    std::vector<int64_t> right(questions_.size(), 0), asked(questions_.size(), 0);
+    modalkit::GenerateOptions options;
+    options.max_tokens = max_tokens_;
+    options.eos = c.tokenizer().eos();
+    data.for_each(split, modalities, [&](const modalkit::Batch& batch) {
+      const at::Tensor y = batch.targets.at(task_).to(at::kCPU);
+      for (const auto& [cls, qs] : of_class) {
+        const at::Tensor rows = y.eq(cls).nonzero().view({-1});
+        if (rows.numel() == 0) continue;
+        const modalkit::Batch sub = lp::select_rows(batch, rows);
+        for (const size_t q : qs) {
+          const std::string text = fill(template_, questions_[q].question);
+          const lp::Prompts p = lp::prompts(c, sub, task_, condition_, text, class_text_);
+          const auto out = modalkit::generate(c.language_model(), p.embeds, p.mask, options, p.hooks);
+          for (const auto& ids : out) {
+            const auto words = lp::words_of(c.tokenizer().decode(ids));
+            right[q] += !words.empty() && words.front() == questions_[q].answer ? 1 : 0;
+            asked[q] += 1;
+          }
+        }
+      }
+    });
+    int64_t k = 0, n = 0;
+    nlohmann::json per_question = nlohmann::json::array();
+    for (size_t q = 0; q < questions_.size(); ++q) {
+      k += right[q];
+      n += asked[q];
+      per_question.push_back({{"class", questions_[q].cls}, {"question", questions_[q].question}, {"answer", questions_[q].answer},
+                              {"asked", asked[q]}, {"accuracy", asked[q] ? static_cast<double>(right[q]) / static_cast<double>(asked[q]) : 0.0}});
+    }
+    nlohmann::json out = lp::accuracy_figures(k, n);
+    out["questions"] = questions_.size();
+    out["per_question"] = per_question;
+    return out;
+  }
+
+ private:
+  static std::string fill(const std::string& t, const std::string& q) {
+    const auto at = t.find("{}");
+    return t.substr(0, at) + q + t.substr(at + 2);
+  }
+
+  void read_questions(const std::filesystem::path& file) {
+    file_ = file.string();
+    std::ifstream in(file);
+    if (!in) throw modalkit::DataError(file_, "cannot read the questions file");
+    int line_no = 0;
+    for (std::string line; std::getline(in, line);) {
+      ++line_no;
+      if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
+      const auto doc = nlohmann::json::parse(line, nullptr, false);
+      const std::string where = file_ + ":" + std::to_string(line_no);
+      if (!doc.is_object()) throw modalkit::DataError(where, "not a JSON object");
+      for (const char* key : {"class", "question", "answer"}) {
+        if (!doc.contains(key) || !doc.at(key).is_string() || doc.at(key).get<std::string>().empty()) {
+          throw modalkit::DataError(where, std::string("needs a non-empty string \"") + key + "\"");
+        }
+      }
+      const auto answer = lp::words_of(doc.at("answer").get<std::string>());
+      if (answer.size() != 1) throw modalkit::DataError(where, "the answer must be one word (the first generated word is scored)");
+      questions_.push_back({doc.at("class"), doc.at("question"), answer.front()});
+    }
+    if (questions_.empty()) throw modalkit::DataError(file_, "holds no questions");
+  }
+
+  std::string task_;
+  lp::Condition condition_;
+  std::string class_text_, template_;
+  int64_t max_tokens_;
+  std::string file_;
+  std::vector<Question> questions_;
+};
+
+}  // namespace
+
+MODALKIT_PLUGIN("knowledge_questions", "0.1.0", kManifest, MODALKIT_EVALUATION("knowledge_questions", KnowledgeQuestions))
