@@ -12,6 +12,8 @@
 #include <torch/optim/adam.h>
 #include <torch/script.h>
 
+#include "../../plugins/evaluation/common/lm_protocols.hpp"
+#include "modalkit/evaluation.hpp"
 #include "modalkit/language_model.hpp"
 #include "modalkit/stream.hpp"
 #include "modalkit/tokenizer.hpp"
@@ -28,7 +30,7 @@ const std::vector<std::string> kCorpus = {
 };
 
 class LmFixture : public ::testing::Test {
- protected:
+ public:  // protocol() below creates plugins through it
   std::filesystem::path dir;
   std::unique_ptr<modalkit::host::PluginRegistry> registry;
   LoggingContext context;
@@ -479,4 +481,90 @@ TEST_F(TransferFixture, ConfigErrorsAreNamed) {
   std::ofstream(dir / "tok.model.artifact.json") << R"({"type": "sentencepiece", "sha256": "0ther"})";
   context.artifacts["language_model"] = dir / "lm.pt";
   EXPECT_NE(message("prefix_tuning", json::object()).find("was trained with tokenizer sha256 5eed"), std::string::npos);
+}
+
+// ---- Evaluation protocols on a model that conditions a language model ----
+
+TEST(LmProtocols, StatisticsAndMatchingAgreeWithHandComputations) {
+  namespace lp = modalkit::lm_protocols;
+  const auto [lo, hi] = lp::wilson95(8, 10);  // Wilson (1927); e.g. Newcombe (1998), table I
+  EXPECT_NEAR(lo, 0.4902, 1e-4);
+  EXPECT_NEAR(hi, 0.9433, 1e-4);
+  EXPECT_NEAR(lp::binomial_p_at_least(7, 10, 0.5), 176.0 / 1024.0, 1e-12);  // C(10,7..10) / 2^10
+  EXPECT_NEAR(lp::binomial_p_at_least(0, 10, 0.5), 1.0, 1e-12);
+  const std::vector<std::string> names{"boot", "ankle boot", "t-shirt/top"};
+  EXPECT_EQ(lp::mentioned_class("This is an Ankle boot.", names), 1) << "the longest name wins";
+  EXPECT_EQ(lp::mentioned_class("a boot, surely", names), 0);
+  EXPECT_EQ(lp::mentioned_class("a t-shirt/top", names), 2);
+  EXPECT_EQ(lp::mentioned_class("bootleg", names), -1) << "whole words only";
+}
+
+namespace {
+
+std::shared_ptr<modalkit::EvaluationProtocol> protocol(LmFixture& f, const std::string& plugin, json config) {
+  return f.registry->create<modalkit::EvaluationProtocol>(plugin, MODALKIT_KIND_EVALUATION,
+                                                          f.args(plugin, std::move(config), "/evaluate/protocols/" + plugin));
+}
+
+}  // namespace
+
+TEST_F(TransferFixture, CaptioningNamesTheClassAndABlindModelCannot) {
+  auto model = strategy("prefix_tuning", json::object());
+  train(*model, 40);
+  MemorySource source;
+  for (int64_t s = 0; s < 90; s += 30) source.splits["test"].push_back(make_batch({{"image", x.slice(0, s, s + 30)}}, y.slice(0, s, s + 30), s));
+  const json seen = protocol(*this, "captioning", {{"max_tokens", 16}})->evaluate(*model, source, "test", {"image"});
+  EXPECT_EQ(seen.at("n"), 90);
+  EXPECT_GT(seen.at("accuracy").get<double>(), 0.9) << seen.dump();
+  EXPECT_LE(seen.at("ci95_low").get<double>(), seen.at("accuracy").get<double>());
+  EXPECT_EQ(seen.at("examples").size(), 10u);
+  // Blind, every prompt is the same, so is every caption: at most one class of three is right.
+  const json blind = protocol(*this, "captioning", {{"condition", "none"}})->evaluate(*model, source, "test", {"image"});
+  EXPECT_LE(blind.at("accuracy").get<double>(), 1.0 / 3.0 + 1e-9) << blind.dump();
+}
+
+TEST_F(TransferFixture, FewShotEpisodesAreScoredAgainstChance) {
+  auto model = strategy("prefix_tuning", json::object());
+  MemorySource source;
+  for (int64_t s = 0; s < 90; s += 30) source.splits["test"].push_back(make_batch({{"image", x.slice(0, s, s + 30)}}, y.slice(0, s, s + 30), s));
+  const json r = protocol(*this, "few_shot_binding", {{"episodes", 24}, {"shots", 1}, {"support_template", "a {}."}, {"query_prompt", "a"}})->evaluate(*model, source, "test", {"image"});
+  EXPECT_EQ(r.at("applicable"), true);
+  EXPECT_EQ(r.at("n"), 24);
+  namespace lp = modalkit::lm_protocols;
+  EXPECT_NEAR(r.at("p_value").get<double>(), lp::binomial_p_at_least(r.at("correct"), 24, 0.5), 1e-12);
+  // The same seed draws the same episodes.
+  EXPECT_EQ(protocol(*this, "few_shot_binding", {{"episodes", 24}, {"shots", 1}, {"support_template", "a {}."}, {"query_prompt", "a"}})->evaluate(*model, source, "test", {"image"}), r);
+  // Hooks condition a whole sequence on one input: no episodes.
+  auto gated = strategy("representation_tuning", {{"variant", "adaptation_gate"}});
+  EXPECT_EQ(protocol(*this, "few_shot_binding", json::object())->evaluate(*gated, source, "test", {"image"}).at("applicable"), false);
+}
+
+TEST_F(TransferFixture, KnowledgeQuestionsAskEachSampleItsClasssQuestions) {
+  auto model = strategy("prefix_tuning", json::object());
+  std::ofstream(dir / "questions.jsonl") << R"({"class": "sandal", "question": "what is it?", "answer": "shoe"})" << "\n"
+                                         << R"({"class": "fox", "question": "what does it jump over?", "answer": "dog"})" << "\n";
+  context.artifacts["questions"] = dir / "questions.jsonl";
+  MemorySource source;
+  source.splits["test"].push_back(make_batch({{"image", x}}, y, 0));
+  const json r = protocol(*this, "knowledge_questions", {{"condition", "class_name"}})->evaluate(*model, source, "test", {"image"});
+  EXPECT_EQ(r.at("n"), 60) << "30 sandals and 30 foxes, one question each";
+  EXPECT_EQ(r.at("per_question")[0].at("asked"), 30);
+  EXPECT_EQ(r.at("per_question")[1].at("answer"), "dog");
+  // Bad files are named with their line.
+  std::ofstream(dir / "bad.jsonl") << R"({"class": "sandal", "question": "what is it?", "answer": "a shoe"})" << "\n";
+  context.artifacts["questions"] = dir / "bad.jsonl";
+  try {
+    protocol(*this, "knowledge_questions", json::object());
+    ADD_FAILURE() << "a two-word answer was accepted";
+  } catch (const modalkit::PluginError& e) {
+    EXPECT_NE(std::string(e.what()).find("bad.jsonl:1"), std::string::npos) << e.what();
+  }
+  std::ofstream(dir / "other.jsonl") << R"({"class": "coat", "question": "what is it?", "answer": "garment"})" << "\n";
+  context.artifacts["questions"] = dir / "other.jsonl";
+  try {
+    protocol(*this, "knowledge_questions", json::object())->evaluate(*model, source, "test", {"image"});
+    ADD_FAILURE() << "a class the model does not know was accepted";
+  } catch (const modalkit::DataError& e) {
+    EXPECT_NE(std::string(e.what()).find("\"coat\" is not one of the model's class names"), std::string::npos) << e.what();
+  }
 }
