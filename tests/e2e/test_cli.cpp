@@ -552,6 +552,68 @@ TEST(Cli, PretrainLmPublishesALanguageModelAndItsPerplexity) {
   fs::remove(file);
 }
 
+TEST(Cli, FrozenTrainsFromJsonOnAPretrainedModelAndRunsItsProtocols) {
+  // A small language model first (the pretrain-lm pipeline, cut short), then prefix tuning on it.
+  auto lm_file = example_variant("pretrain-lm", "text-corpus", "frozen-lm", [](json& d) {
+    d["artifacts"]["tokenizer"] = source("data/embedded/text-corpus/tokenizer.model").string();
+    d["data"]["stream"]["config"]["context"] = 32;
+    d["transfer"]["config"]["width"] = 32;
+    d["transfer"]["config"]["layers"] = 1;
+    d["transfer"]["config"]["heads"] = 2;
+    d["transfer"]["config"]["context"] = 128;  // 3-shot episodes are longer than the windows
+    d["transfer"]["config"]["probe_prompts"] = json::array();
+    d["train"]["epochs"] = 1;
+    d["train"]["max_steps"] = 20;
+    d["train"]["optimizer"]["lr"] = 0.01;
+  });
+  const fs::path lm_run = fs::current_path() / ("run-frozen-lm-" + std::to_string(::getpid()));
+  fs::remove_all(lm_run);
+  auto pre = modalkit("train '" + lm_file.string() + "' --out '" + lm_run.string() + "'");
+  ASSERT_EQ(pre.rc, 0) << pre.err;
+  auto file = example_variant("frozen-fashion-mnist", "fashion-mnist", "frozen", [&](json& d) {
+    d["artifacts"]["tokenizer"] = source("data/embedded/text-corpus/tokenizer.model").string();
+    d["artifacts"]["language_model"] = (lm_run / "language_model.pt").string();
+    d["train"]["epochs"] = 1;
+    d["train"]["max_steps"] = 15;
+    for (const char* p : {"few_shot_1", "few_shot_3"}) d["evaluate"]["protocols"][p]["config"]["episodes"] = 20;
+  });
+  const fs::path run = fs::current_path() / ("run-frozen-" + std::to_string(::getpid()));
+  fs::remove_all(run);
+  auto r = modalkit("train '" + file.string() + "' --out '" + run.string() + "'");
+  ASSERT_EQ(r.rc, 0) << r.err;
+  const json results = json::parse(read_all(run / "results.json"));
+  // Ranking the ten captions is the task's prediction; the protocols report under their names.
+  EXPECT_TRUE(results["tasks"]["label"].contains("accuracy"));
+  for (const char* p : {"captioning", "captioning_blind"}) {
+    const json& c = results["protocols"][p];
+    EXPECT_EQ(c["n"], 500) << p;
+    EXPECT_NEAR(c["accuracy"].get<double>(), c["correct"].get<double>() / 500.0, 1e-12) << p;
+  }
+  EXPECT_EQ(results["protocols"]["few_shot_3"]["shots"], 3);
+  EXPECT_EQ(results["protocols"]["few_shot_3"]["n"], 20);
+  // The run's plugins include the protocols (a changed protocol build makes experiments retrain).
+  const json info = json::parse(read_all(run / "run.json"));
+  EXPECT_TRUE(info["plugins"].contains("few_shot_binding"));
+  // eval reproduces every figure from the saved run.
+  auto e = modalkit("eval '" + file.string() + "' --run '" + run.string() + "' --json");
+  ASSERT_EQ(e.rc, 0) << e.err;
+  EXPECT_EQ(json::parse(e.out)["protocols"], results["protocols"]);
+  // A protocol name that is a task's, and a protocol plugin that is not one, are refused at validate.
+  auto bad = example_variant("frozen-fashion-mnist", "fashion-mnist", "frozen-bad", [&](json& d) {
+    d["artifacts"]["tokenizer"] = source("data/embedded/text-corpus/tokenizer.model").string();
+    d["artifacts"]["language_model"] = (lm_run / "language_model.pt").string();
+    d["evaluate"]["protocols"]["label"] = {{"plugin", "captioning"}};
+    d["evaluate"]["protocols"]["oops"] = {{"plugin", "concat"}};
+  });
+  auto v = modalkit("validate '" + bad.string() + "'");
+  EXPECT_NE(v.rc, 0);
+  EXPECT_TRUE(has(v.err, "/evaluate/protocols/label: has the name of a task")) << v.err;
+  EXPECT_TRUE(has(v.err, "/evaluate/protocols/oops/plugin: plugin \"concat\" is a fusion plugin, expected an evaluation plugin")) << v.err;
+  for (const auto& f : {lm_file, file, bad}) fs::remove(f);
+  fs::remove_all(lm_run);
+  fs::remove_all(run);
+}
+
 TEST(Cli, WordVectorsPretrainOnAStreamAndPublishATypedArtifact) {
   auto file = word_vectors_variant("wv", [](json& d) {
     d["train"]["epochs"] = 3;

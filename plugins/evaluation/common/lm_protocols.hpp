@@ -82,7 +82,8 @@ inline std::pair<double, double> wilson95(int64_t k, int64_t n) {
   const double z = 1.959963984540054, p = static_cast<double>(k) / static_cast<double>(n), nn = static_cast<double>(n);
   const double centre = (p + z * z / (2 * nn)) / (1 + z * z / nn);
   const double half = z * std::sqrt(p * (1 - p) / nn + z * z / (4 * nn * nn)) / (1 + z * z / nn);
-  return {std::max(0.0, centre - half), std::min(1.0, centre + half)};
+  // Exact ends when k is 0 or n (the formula leaves rounding residue there).
+  return {k == 0 ? 0.0 : std::max(0.0, centre - half), k == n ? 1.0 : std::min(1.0, centre + half)};
 }
 
 /// One-sided exact binomial test: P(X >= k) for X ~ Binomial(n, p).
