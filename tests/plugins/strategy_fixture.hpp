@@ -16,6 +16,19 @@
 #include "modality_fixture.hpp"
 #include "modalkit/strategy.hpp"
 
+/// What the host gives plugin `plugin` when it creates it: `config` with the manifest's defaults
+/// filled in (as validate does), its JSON pointer, `context` and the instance name.
+inline modalkit::CreateArgs plugin_args(modalkit::host::PluginRegistry& registry, const std::string& plugin,
+                                        nlohmann::json config, const std::string& pointer, modalkit::Context* context) {
+  if (config.is_null()) config = nlohmann::json::object();
+  registry.find(plugin)->config_validator->fill_defaults(config);
+  modalkit::CreateArgs a;
+  a.config = modalkit::Config(config, pointer);
+  a.context = context;
+  a.instance = plugin;
+  return a;
+}
+
 /// A context with a silent logger, a run directory, artifacts and named components.
 class LoggingContext : public TestContext {
  public:

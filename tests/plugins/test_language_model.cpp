@@ -59,13 +59,7 @@ class LmFixture : public ::testing::Test {
   void TearDown() override { std::filesystem::remove_all(dir); }
 
   modalkit::CreateArgs args(const std::string& plugin, json config, const std::string& pointer) {
-    if (config.is_null()) config = json::object();
-    registry->find(plugin)->config_validator->fill_defaults(config);
-    modalkit::CreateArgs a;
-    a.config = modalkit::Config(config, pointer);
-    a.context = &context;
-    a.instance = plugin;
-    return a;
+    return plugin_args(*registry, plugin, std::move(config), pointer, &context);
   }
 
   std::vector<modalkit::FieldRef> refs(const std::vector<std::string>& texts) {

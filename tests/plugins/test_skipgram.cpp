@@ -10,7 +10,7 @@
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 
-#include "modality_fixture.hpp"
+#include "strategy_fixture.hpp"
 #include "modalkit/strategy.hpp"
 #include "modalkit/stream.hpp"
 #include "modalkit/word_vectors.hpp"
@@ -40,13 +40,7 @@ class SkipGram : public ::testing::Test {
   }
 
   modalkit::CreateArgs args(const std::string& plugin, json config, const std::string& pointer) {
-    if (config.is_null()) config = json::object();
-    registry->find(plugin)->config_validator->fill_defaults(config);
-    modalkit::CreateArgs a;
-    a.config = modalkit::Config(config, pointer);
-    a.context = &context;
-    a.instance = plugin;
-    return a;
+    return plugin_args(*registry, plugin, std::move(config), pointer, &context);
   }
 
   /// A stream with `config`, fitted on `train` and with split "train" opened.

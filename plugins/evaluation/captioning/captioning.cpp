@@ -15,9 +15,7 @@ namespace lp = modalkit::lm_protocols;
 class Captioning : public modalkit::EvaluationProtocol {
  public:
   explicit Captioning(const modalkit::CreateArgs& args)
-      : task_(args.config.get<std::string>("task")),
-        condition_(lp::parse_condition(args.config.get<std::string>("condition"))),
-        class_text_(args.config.get<std::string>("class_text")),
+      : config_(args.config),
         prompt_(args.config.get<std::string>("prompt")),
         max_tokens_(args.config.get<int64_t>("max_tokens")),
         examples_(args.config.get<int64_t>("examples")) {}
@@ -34,9 +32,9 @@ class Captioning : public modalkit::EvaluationProtocol {
     options.max_tokens = max_tokens_;
     options.eos = c.tokenizer().eos();
     data.for_each(split, modalities, [&](const modalkit::Batch& batch) {
-      const lp::Prompts p = lp::prompts(c, batch, task_, condition_, prompt_, class_text_);
+      const lp::Prompts p = lp::prompts(c, batch, config_, prompt_);
       const auto out = modalkit::generate(c.language_model(), p.embeds, p.mask, options, p.hooks);
-      const at::Tensor y = batch.targets.at(task_).to(at::kCPU);
+      const at::Tensor y = batch.targets.at(config_.task).to(at::kCPU);
       for (size_t r = 0; r < out.size(); ++r) {
         const int64_t truth = y[static_cast<int64_t>(r)].item<int64_t>();
         const std::string text = c.tokenizer().decode(out[r]);
@@ -62,9 +60,8 @@ class Captioning : public modalkit::EvaluationProtocol {
   }
 
  private:
-  std::string task_;
-  lp::Condition condition_;
-  std::string class_text_, prompt_;
+  lp::PromptConfig config_;
+  std::string prompt_;
   int64_t max_tokens_, examples_;
 };
 

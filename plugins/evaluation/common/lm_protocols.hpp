@@ -17,6 +17,7 @@
 #include <nlohmann/json.hpp>
 
 #include "modalkit/batch.hpp"
+#include "modalkit/config.hpp"
 #include "modalkit/errors.hpp"
 #include "modalkit/language_model.hpp"
 #include "modalkit/strategy.hpp"
@@ -40,6 +41,16 @@ enum class Condition { kInput, kNone, kClassName };
 inline Condition parse_condition(const std::string& s) {
   return s == "none" ? Condition::kNone : s == "class_name" ? Condition::kClassName : Condition::kInput;
 }
+
+/// The config keys every prompting protocol reads: `task`, `condition`, `class_text`.
+struct PromptConfig {
+  explicit PromptConfig(const Config& c)
+      : task(c.get<std::string>("task")), condition(parse_condition(c.get<std::string>("condition"))),
+        class_text(c.get<std::string>("class_text")) {}
+  std::string task;
+  Condition condition;
+  std::string class_text;
+};
 
 /// Lower-cased words of `text` (runs of letters, digits, '-' and '/').
 inline std::vector<std::string> words_of(const std::string& text) {
@@ -137,8 +148,10 @@ struct Prompts {
   at::Tensor embeds, mask;
   LmHooks hooks;
 };
-inline Prompts prompts(ConditionedLanguageModel& model, const Batch& batch, const std::string& task, Condition condition,
-                       const std::string& text, const std::string& class_text) {
+inline Prompts prompts(ConditionedLanguageModel& model, const Batch& batch, const PromptConfig& config, const std::string& text) {
+  const std::string& task = config.task;
+  const Condition condition = config.condition;
+  const std::string& class_text = config.class_text;
   const int64_t b = batch.size();
   const auto device = batch.inputs.empty() ? batch.targets.at(task).device() : batch.inputs.begin()->second.data.device();
   Prompts out;
@@ -159,9 +172,7 @@ inline Prompts prompts(ConditionedLanguageModel& model, const Batch& batch, cons
   int64_t longest = 0;
   for (int64_t r = 0; r < b; ++r) {
     const std::string name = model.class_names().at(static_cast<size_t>(y[r].item<int64_t>()));
-    const auto at = class_text.find("{}");
-    const std::string filled = at == std::string::npos ? class_text : class_text.substr(0, at) + name + class_text.substr(at + 2);
-    rows.push_back(embed_text(model, filled + text, true, device).squeeze(0));
+    rows.push_back(embed_text(model, fill_template(class_text, name) + text, true, device).squeeze(0));
     longest = std::max(longest, rows.back().size(0));
   }
   const int64_t d = model.language_model().width();

@@ -90,7 +90,7 @@ class FewShotBinding : public modalkit::EvaluationProtocol {
       std::vector<at::Tensor> parts{lp::embed_text(c, "", true, device)};
       for (const auto& [w, at] : supports) {
         parts.push_back(prefix_of(at));
-        parts.push_back(lp::embed_text(c, fill(support_, words[static_cast<size_t>(w)]), false, device));
+        parts.push_back(lp::embed_text(c, modalkit::fill_template(support_, words[static_cast<size_t>(w)]), false, device));
       }
       parts.push_back(prefix_of(query));
       parts.push_back(lp::embed_text(c, query_, false, device));
@@ -114,11 +114,6 @@ class FewShotBinding : public modalkit::EvaluationProtocol {
   }
 
  private:
-  static std::string fill(const std::string& t, const std::string& w) {
-    const auto at = t.find("{}");
-    return t.substr(0, at) + w + t.substr(at + 2);
-  }
-
   std::string task_;
   int64_t ways_, shots_, episodes_;
   std::vector<std::string> words_;

@@ -23,9 +23,7 @@ struct Question {
 class KnowledgeQuestions : public modalkit::EvaluationProtocol {
  public:
   explicit KnowledgeQuestions(const modalkit::CreateArgs& args)
-      : task_(args.config.get<std::string>("task")),
-        condition_(lp::parse_condition(args.config.get<std::string>("condition"))),
-        class_text_(args.config.get<std::string>("class_text")),
+      : config_(args.config),
         template_(args.config.get<std::string>("template")),
         max_tokens_(args.config.get<int64_t>("max_tokens")) {
     if (template_.find("{}") == std::string::npos) {
@@ -54,14 +52,14 @@ class KnowledgeQuestions : public modalkit::EvaluationProtocol {
     options.max_tokens = max_tokens_;
     options.eos = c.tokenizer().eos();
     data.for_each(split, modalities, [&](const modalkit::Batch& batch) {
-      const at::Tensor y = batch.targets.at(task_).to(at::kCPU);
+      const at::Tensor y = batch.targets.at(config_.task).to(at::kCPU);
       for (const auto& [cls, qs] : of_class) {
         const at::Tensor rows = y.eq(cls).nonzero().view({-1});
         if (rows.numel() == 0) continue;
         const modalkit::Batch sub = lp::select_rows(batch, rows);
         for (const size_t q : qs) {
-          const std::string text = fill(template_, questions_[q].question);
-          const lp::Prompts p = lp::prompts(c, sub, task_, condition_, text, class_text_);
+          const std::string text = modalkit::fill_template(template_, questions_[q].question);
+          const lp::Prompts p = lp::prompts(c, sub, config_, text);
           const auto out = modalkit::generate(c.language_model(), p.embeds, p.mask, options, p.hooks);
           for (const auto& ids : out) {
             const auto words = lp::words_of(c.tokenizer().decode(ids));
@@ -86,11 +84,6 @@ class KnowledgeQuestions : public modalkit::EvaluationProtocol {
   }
 
  private:
-  static std::string fill(const std::string& t, const std::string& q) {
-    const auto at = t.find("{}");
-    return t.substr(0, at) + q + t.substr(at + 2);
-  }
-
   void read_questions(const std::filesystem::path& file) {
     file_ = file.string();
     std::ifstream in(file);
@@ -114,9 +107,8 @@ class KnowledgeQuestions : public modalkit::EvaluationProtocol {
     if (questions_.empty()) throw modalkit::DataError(file_, "holds no questions");
   }
 
-  std::string task_;
-  lp::Condition condition_;
-  std::string class_text_, template_;
+  lp::PromptConfig config_;
+  std::string template_;
   int64_t max_tokens_;
   std::string file_;
   std::vector<Question> questions_;

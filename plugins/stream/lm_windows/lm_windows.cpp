@@ -21,19 +21,6 @@
 
 namespace {
 
-uint64_t mix(uint64_t x) {  // splitmix64
-  x += 0x9e3779b97f4a7c15ULL;
-  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
-  x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
-  return x ^ (x >> 31);
-}
-
-uint64_t hash_name(const std::string& s) {  // FNV-1a: stable across builds, unlike std::hash
-  uint64_t h = 1469598103934665603ULL;
-  for (const unsigned char c : s) h = (h ^ c) * 1099511628211ULL;
-  return h;
-}
-
 class LmWindows : public modalkit::BatchStream {
  public:
   explicit LmWindows(const modalkit::CreateArgs& args)
@@ -80,7 +67,7 @@ class LmWindows : public modalkit::BatchStream {
     std::vector<int64_t> order(static_cast<size_t>(n));
     std::iota(order.begin(), order.end(), 0);
     if (epoch > 0) {
-      std::mt19937_64 rng(mix(mix(seed_ ^ hash_name(split)) + static_cast<uint64_t>(epoch)));
+      std::mt19937_64 rng(modalkit::mix_seed(modalkit::mix_seed(seed_ ^ modalkit::stable_hash(split)) + static_cast<uint64_t>(epoch)));
       std::shuffle(order.begin(), order.end(), rng);
     }
     const int64_t b = last - first;

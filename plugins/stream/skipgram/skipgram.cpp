@@ -49,20 +49,6 @@ std::vector<std::string> words_of(const std::string& text) {
   return out;
 }
 
-/// splitmix64: mixes the seed with a purpose so that generators of different purposes differ.
-uint64_t mix(uint64_t x) {
-  x += 0x9e3779b97f4a7c15ULL;
-  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
-  x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
-  return x ^ (x >> 31);
-}
-
-uint64_t hash_name(const std::string& s) {  // FNV-1a: stable across builds, unlike std::hash
-  uint64_t h = 1469598103934665603ULL;
-  for (const unsigned char c : s) h = (h ^ c) * 1099511628211ULL;
-  return h;
-}
-
 /// One split's words as vocabulary ids, documents back to back.
 struct SplitText {
   std::vector<int32_t> ids;
@@ -170,7 +156,7 @@ class SkipGramStream : public modalkit::BatchStream {
       o[i] = pairs->context[k];
       n[i] = first + i;
     }
-    std::mt19937_64 rng(mix(mix(mix(seed_ ^ hash_name(split)) + static_cast<uint64_t>(epoch)) + static_cast<uint64_t>(index)));
+    std::mt19937_64 rng(modalkit::mix_seed(modalkit::mix_seed(modalkit::mix_seed(seed_ ^ modalkit::stable_hash(split)) + static_cast<uint64_t>(epoch)) + static_cast<uint64_t>(index)));
     std::uniform_real_distribution<double> u(0.0, 1.0);
     auto negatives = at::empty({b, negatives_}, at::kLong);
     auto* g = negatives.data_ptr<int64_t>();
@@ -239,7 +225,7 @@ class SkipGramStream : public modalkit::BatchStream {
   /// Subsamples frequent words, draws each center's window, pairs it with the kept words around
   /// it in the same document, and shuffles: all from one generator for (seed, split, epoch).
   EpochPairs make_pairs(const std::string& split, const SplitText& t, int64_t epoch) const {
-    std::mt19937_64 rng(mix(mix(seed_ ^ hash_name(split)) + static_cast<uint64_t>(epoch) * 0x100000001b3ULL));
+    std::mt19937_64 rng(modalkit::mix_seed(modalkit::mix_seed(seed_ ^ modalkit::stable_hash(split)) + static_cast<uint64_t>(epoch) * 0x100000001b3ULL));
     std::uniform_real_distribution<double> u(0.0, 1.0);
     std::uniform_int_distribution<int64_t> span(1, window_);
     std::vector<double> keep(counts_.size(), 1.0);

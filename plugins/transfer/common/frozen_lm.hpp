@@ -22,12 +22,6 @@
 
 namespace modalkit::frozen_lm {
 
-/// `caption_template` with its "{}" replaced by `name`.
-inline std::string fill(const std::string& tmpl, const std::string& name) {
-  const auto at = tmpl.find("{}");
-  return at == std::string::npos ? tmpl : tmpl.substr(0, at) + name + tmpl.substr(at + 2);
-}
-
 /// The base of a strategy that trains a model to caption its modality through a language model.
 /// Config keys it reads (each manifest declares them): modality, task, caption_template,
 /// class_names, freeze_lm, lm_lr.
@@ -97,7 +91,7 @@ class CaptioningStrategy : public TransferStrategy, public ConditionedLanguageMo
     encoder_ = parts.encoders.at(modality_);
     encoders->register_module(modality_, encoder_.module());
     std::vector<std::string> captions;
-    for (const auto& n : names_) captions.push_back(fill(template_, n));
+    for (const auto& n : names_) captions.push_back(fill_template(template_, n));
     const TokenRows rows = encode_rows(*tokenizer_, captions);
     captions_ = rows.ids.to(context_->device());
     caption_mask_ = rows.mask.to(context_->device());
@@ -143,7 +137,7 @@ class CaptioningStrategy : public TransferStrategy, public ConditionedLanguageMo
   LanguageModel& language_model() override { return *lm_; }
   const Tokenizer& tokenizer() const override { return *tokenizer_; }
   const std::vector<std::string>& class_names() const override { return names_; }
-  std::string caption(int64_t label) const override { return fill(template_, names_.at(static_cast<size_t>(label))); }
+  std::string caption(int64_t label) const override { return fill_template(template_, names_.at(static_cast<size_t>(label))); }
 
  protected:
   /// Creates the layers that turn the encoder's sequence (width `in_width`) into conditioning.

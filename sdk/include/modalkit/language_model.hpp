@@ -69,6 +69,12 @@ class LanguageModel : public torch::nn::Module {
   virtual nlohmann::json config() const = 0;
 };
 
+/// `tmpl` with its first "{}" replaced by `value` (caption and prompt templates). Inline.
+inline std::string fill_template(const std::string& tmpl, const std::string& value) {
+  const auto at = tmpl.find("{}");
+  return at == std::string::npos ? tmpl : tmpl.substr(0, at) + value + tmpl.substr(at + 2);
+}
+
 /// Piece ids of `texts` (each followed by EOS when the tokenizer has one), right-padded with 0:
 /// `ids` `[N, C]` and `mask` `[N, C]`.
 /// Texts as padded rows of piece ids.

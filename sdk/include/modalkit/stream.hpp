@@ -16,6 +16,23 @@
 
 namespace modalkit {
 
+/// Mixes a seed with a purpose (splitmix64's finaliser), so that generators seeded for different
+/// purposes (split, epoch, batch index) differ: what a stream's batch() seeds its generators
+/// with. Inline: no new SDK symbol.
+inline uint64_t mix_seed(uint64_t x) {
+  x += 0x9e3779b97f4a7c15ULL;
+  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
+  x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
+  return x ^ (x >> 31);
+}
+
+/// FNV-1a of `s`: stable across builds and runs, unlike std::hash (a split's name in a seed).
+inline uint64_t stable_hash(const std::string& s) {
+  uint64_t h = 1469598103934665603ULL;
+  for (const unsigned char c : s) h = (h ^ c) * 1099511628211ULL;
+  return h;
+}
+
 /// A data set split into batches by its plugin (pipeline `/data/stream`). The host calls fit
 /// (or load_fitted_state) once, then open for each split it uses, then batches and batch.
 ///
