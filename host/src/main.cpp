@@ -16,6 +16,7 @@
 #include "experiments.hpp"
 #include "interrupt.hpp"
 #include "modalkit/errors.hpp"
+#include "modalkit/tokenizer.hpp"
 #include "pipeline.hpp"
 #include "prepare.hpp"
 #include "report.hpp"
@@ -421,7 +422,7 @@ int cmd_bench(const std::vector<std::string>& argv, modalkit::host::PluginRegist
   return kOk;
 }
 
-int cmd_prepare(const po::variables_map& vm, const modalkit::host::PluginRegistry& registry) {
+int cmd_prepare(const po::variables_map& vm) {
   if (vm.count("list")) {
     for (const auto& [name, description] : modalkit::host::list_recipes()) {
       std::cout << name << std::string(name.size() < 18 ? 18 - name.size() : 1, ' ') << description << "\n";
@@ -440,7 +441,7 @@ int cmd_prepare(const po::variables_map& vm, const modalkit::host::PluginRegistr
       throw UsageError(e.what());
     }
   }
-  if (const auto* text = registry.find("text")) options.spm_helper = text->file.parent_path() / "modalkit-spm";
+  options.spm_helper = modalkit::spm_helper_path();  // main() points it at the text plugin's helper
   const auto file = modalkit::host::prepare_dataset(name, options);
   spdlog::info("wrote {}", file.string());
   std::cout << file.string() << "\n";
@@ -456,7 +457,7 @@ int cmd_data(const std::vector<std::string>& argv, modalkit::host::PluginRegistr
       "subset", po::value<std::string>(), "prepare: N or SPLIT=N,...")("list", "prepare: list recipes");
   auto vm = parse(argv, opts, 2);
   const std::string sub = need_arg(vm, 0, "data subcommand (validate, inspect or prepare)");
-  if (sub == "prepare") return cmd_prepare(vm, registry);
+  if (sub == "prepare") return cmd_prepare(vm);
   if (sub != "validate" && sub != "inspect") {
     throw UsageError("unknown data subcommand \"" + sub + "\" (expected validate, inspect or prepare)");
   }

@@ -115,9 +115,18 @@ inline nlohmann::json accuracy_figures(int64_t k, int64_t n) {
           {"ci95_low", lo}, {"ci95_high", hi}};
 }
 
-/// Rows `rows` of `batch` (inputs and targets).
+/// The device a batch's tensors are on.
+inline c10::Device device_of(const Batch& batch) {
+  if (!batch.inputs.empty()) return batch.inputs.begin()->second.data.device();
+  return batch.targets.empty() ? c10::Device(c10::kCPU) : batch.targets.begin()->second.device();
+}
+
+/// Rows `rows` of `batch` (inputs, targets, indices, task). Coordination's private rows_of is
+/// its twin; both belong in the SDK when coordination is next rebuilt (a rebuild makes its
+/// finished experiment runs stale).
 inline Batch select_rows(const Batch& batch, const at::Tensor& rows) {
   Batch out;
+  out.task_id = batch.task_id;
   const at::Tensor r = rows.to(at::kLong);
   for (const auto& [name, in] : batch.inputs) {
     ModalityInput sub;
@@ -153,7 +162,7 @@ inline Prompts prompts(ConditionedLanguageModel& model, const Batch& batch, cons
   const Condition condition = config.condition;
   const std::string& class_text = config.class_text;
   const int64_t b = batch.size();
-  const auto device = batch.inputs.empty() ? batch.targets.at(task).device() : batch.inputs.begin()->second.data.device();
+  const auto device = device_of(batch);
   Prompts out;
   if (condition != Condition::kClassName) {
     at::Tensor body = embed_text(model, text, true, device).expand({b, -1, -1});

@@ -63,7 +63,7 @@ class FewShotBinding : public modalkit::EvaluationProtocol {
                             std::to_string(shots_) + " samples; " + std::to_string(ways_) + " are needed");
     }
     auto& lm = c.language_model();
-    const auto device = batches.front().inputs.empty() ? c10::Device(c10::kCPU) : batches.front().inputs.begin()->second.data.device();
+    const auto device = lp::device_of(batches.front());
     auto prefix_of = [&](const std::pair<size_t, int64_t>& at) {
       const modalkit::Batch one = lp::select_rows(batches[at.first], at::tensor({at.second}, at::kLong));
       return c.condition(one).prefix;

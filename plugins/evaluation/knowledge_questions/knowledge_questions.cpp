@@ -18,6 +18,7 @@ namespace lp = modalkit::lm_protocols;
 
 struct Question {
   std::string cls, question, answer;
+  int line;  // in the questions file, for messages
 };
 
 class KnowledgeQuestions : public modalkit::EvaluationProtocol {
@@ -42,7 +43,7 @@ class KnowledgeQuestions : public modalkit::EvaluationProtocol {
     for (size_t q = 0; q < questions_.size(); ++q) {
       const auto it = std::find(names.begin(), names.end(), questions_[q].cls);
       if (it == names.end()) {
-        throw modalkit::DataError(file_ + ":" + std::to_string(q + 1), "class \"" + questions_[q].cls +
+        throw modalkit::DataError(file_ + ":" + std::to_string(questions_[q].line), "class \"" + questions_[q].cls +
                                                                             "\" is not one of the model's class names");
       }
       of_class[it - names.begin()].push_back(q);
@@ -102,7 +103,7 @@ class KnowledgeQuestions : public modalkit::EvaluationProtocol {
       }
       const auto answer = lp::words_of(doc.at("answer").get<std::string>());
       if (answer.size() != 1) throw modalkit::DataError(where, "the answer must be one word (the first generated word is scored)");
-      questions_.push_back({doc.at("class"), doc.at("question"), answer.front()});
+      questions_.push_back({doc.at("class"), doc.at("question"), answer.front(), line_no});
     }
     if (questions_.empty()) throw modalkit::DataError(file_, "holds no questions");
   }

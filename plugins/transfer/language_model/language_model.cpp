@@ -56,10 +56,8 @@ class LanguageModelPretraining : public modalkit::TransferStrategy {
   }
 
   modalkit::LossTerms loss(const modalkit::Batch& batch) override {
-    const at::Tensor& tokens = batch.inputs.at("tokens").data;  // [B, C + 1]
-    const int64_t c = tokens.size(1) - 1;
-    const at::Tensor logits = lm_->forward(lm_->embed(tokens.narrow(1, 0, c)), {}, {});
-    return {{"lm", at::cross_entropy_loss(logits.reshape({-1, logits.size(-1)}), tokens.narrow(1, 1, c).reshape({-1}))}};
+    const auto [logits, targets] = next_piece(batch);
+    return {{"lm", at::cross_entropy_loss(logits, targets)}};
   }
 
   modalkit::Predictions predict(const modalkit::Batch& /*batch*/) override { return {}; }
@@ -83,6 +81,15 @@ class LanguageModelPretraining : public modalkit::TransferStrategy {
   }
 
  private:
+  /// A window batch's next-piece logits `[B C, V]` and the pieces they predict `[B C]`: each of
+  /// the first C pieces of a window `[B, C + 1]` predicts the one after it.
+  std::pair<at::Tensor, at::Tensor> next_piece(const modalkit::Batch& batch) {
+    const at::Tensor& tokens = batch.inputs.at("tokens").data;
+    const int64_t c = tokens.size(1) - 1;
+    const at::Tensor logits = lm_->forward(lm_->embed(tokens.narrow(1, 0, c)), {}, {});
+    return {logits.reshape({-1, logits.size(-1)}), tokens.narrow(1, 1, c).reshape({-1})};
+  }
+
   /// Mean negative log-likelihood per predicted piece on `split`; NaN when it has no batches.
   double mean_nll(modalkit::BatchSource& data, const std::string& split) {
     torch::NoGradGuard no_grad;
@@ -92,13 +99,9 @@ class LanguageModelPretraining : public modalkit::TransferStrategy {
     int64_t count = 0;
     try {
       data.for_each(split, {}, [&](const modalkit::Batch& batch) {
-        const at::Tensor& tokens = batch.inputs.at("tokens").data;
-        const int64_t c = tokens.size(1) - 1;
-        const at::Tensor logits = lm_->forward(lm_->embed(tokens.narrow(1, 0, c)), {}, {});
-        sum += at::cross_entropy_loss(logits.reshape({-1, logits.size(-1)}), tokens.narrow(1, 1, c).reshape({-1}),
-                                      /*weight=*/{}, at::Reduction::Sum)
-                   .item<double>();
-        count += tokens.size(0) * c;
+        const auto [logits, targets] = next_piece(batch);
+        sum += at::cross_entropy_loss(logits, targets, /*weight=*/{}, at::Reduction::Sum).item<double>();
+        count += targets.numel();
       });
     } catch (const modalkit::Error&) {
       count = 0;  // the split was not opened by this run
