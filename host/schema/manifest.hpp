@@ -29,6 +29,8 @@ struct Manifest {
   nlohmann::json produces;       ///< array of `{name, type, file, description}` written to the run directory (default `[]`)
   /// Modality plugins: the data set field types the plugin reads (empty: not declared).
   std::vector<std::string> field_types;
+  /// Transfer plugins: the task types the strategy trains (default: all but generation).
+  std::vector<std::string> task_types;
   /// The manifest exactly as written (no defaults), so it can be compared with the copy
   /// embedded in the library.
   nlohmann::json raw;

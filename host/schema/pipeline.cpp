@@ -72,7 +72,7 @@ void check_component(json& component, const std::string& pointer, const std::str
 
 std::vector<std::string> metrics_for(const std::string& task_type) {
   if (task_type == "regression") return {"mae", "pearson_r"};
-  if (task_type == "generation") return {};
+  if (task_type == "generation") return {"accuracy", "exact_match"};
   if (task_type == "multilabel") return {"subset_accuracy", "micro_f1", "macro_f1", "auroc", "auprc"};
   if (task_type == "binary") return {"accuracy", "macro_f1", "auroc", "auprc"};
   return {"accuracy", "macro_f1"};  // multiclass: the ranking metrics are defined for one score per sample
@@ -138,6 +138,27 @@ std::vector<SchemaError> validate_pipeline(nlohmann::json& pipeline, const Manif
   }
   check_component(doc.at("transfer"), "/transfer", "transfer", lookup, known_plugins, doc.at("artifacts"), explain_unknown, errors);
 
+  // The strategy must train every task's type (a generation task needs one that conditions a
+  // language model); said with the plugins that do.
+  const Manifest* strategy = lookup ? lookup(doc.at("transfer").at("plugin").get<std::string>()) : nullptr;
+  for (const auto& [task, spec] : doc.at("tasks").items()) {
+    const std::string type = spec.at("type").get<std::string>();
+    if (strategy == nullptr || strategy->kind != "transfer" ||
+        std::find(strategy->task_types.begin(), strategy->task_types.end(), type) != strategy->task_types.end()) {
+      continue;
+    }
+    std::vector<std::string> able;
+    for (const auto& name : known_plugins) {
+      const Manifest* m = lookup(name);
+      if (m != nullptr && m->kind == "transfer" && std::find(m->task_types.begin(), m->task_types.end(), type) != m->task_types.end()) {
+        able.push_back(name);
+      }
+    }
+    errors.push_back({append_pointer("/tasks", task) + "/type",
+                      "transfer plugin " + quoted(strategy->name) + " does not train " + type + " tasks (it trains " +
+                          join_names(strategy->task_types) + ")" +
+                          (able.empty() ? std::string() : "; " + join_names(able) + " do")});
+  }
   for (const auto& [task, spec] : doc.at("tasks").items()) {
     const std::string type = spec.at("type").get<std::string>();
     const json& metrics = spec.at("metrics");

@@ -28,8 +28,10 @@
 #include "interrupt.hpp"
 #include "metrics.hpp"
 #include "schema/json_schema.hpp"
+#include "schema/pipeline.hpp"
 #include "modalkit/errors.hpp"
 #include "modalkit/evaluation.hpp"
+#include "modalkit/language_model.hpp"
 
 namespace modalkit::host {
 
@@ -148,17 +150,71 @@ nlohmann::json loss_on(TransferStrategy& model, BatchSource& data, const std::st
   return {{"split", split}, {"samples", count}, {"loss", total / static_cast<double>(count)}, {"loss_terms", terms}};
 }
 
+namespace {
+
+/// The strategy's language-model side, which a generation task's output is read through.
+ConditionedLanguageModel& text_model(TransferStrategy& model, const std::string& task) {
+  auto* c = dynamic_cast<ConditionedLanguageModel*>(&model);
+  if (c == nullptr) {
+    throw PluginError(model.plugin_name(), "task " + task + " is a generation task, but the strategy does not condition a "
+                                           "language model, so its output cannot be read as text");
+  }
+  return *c;
+}
+
+}  // namespace
+
+std::string generated_text(TransferStrategy& model, const std::string& task, const at::Tensor& ids, int64_t row) {
+  if (ids.dim() != 2 || ids.scalar_type() != at::kLong) {
+    throw PluginError(model.plugin_name(), "predict() for generation task " + task + " gave " + c10::str(ids.sizes()) + " " +
+                                               std::string(c10::toString(ids.scalar_type())) +
+                                               ", expected int64 piece ids [N, T] padded with -1");
+  }
+  return text_model(model, task).tokenizer().decode(generated_row(ids, row));
+}
+
+void GeneratedText::add(TransferStrategy& model, const std::string& task, const at::Tensor& ids, const at::Tensor& y) {
+  ConditionedLanguageModel& c = text_model(model, task);
+  const at::Tensor truth = y.to(at::kCPU).to(at::kLong);
+  for (int64_t r = 0; r < truth.size(0); ++r) {
+    const int64_t label = truth[r].item<int64_t>();
+    const std::string text = generated_text(model, task, ids, r);
+    const bool named = mentioned_class(text, c.class_names()) == label;
+    const bool exact = caption_words(text) == caption_words(c.caption(label));
+    right += named ? 1 : 0;
+    exact_matches += exact ? 1 : 0;
+    ++n;
+    if (examples.size() < 10) examples.push_back({{"class", c.class_names().at(static_cast<size_t>(label))}, {"text", text}, {"right", named}});
+  }
+}
+
+nlohmann::json GeneratedText::metrics(const TaskSpec& spec) const {
+  nlohmann::json out = nlohmann::json::object();
+  const double total = static_cast<double>(std::max<int64_t>(n, 1));
+  for (const auto& name : spec.metrics) {
+    if (name == "accuracy") out[name] = static_cast<double>(right) / total;
+    else if (name == "exact_match") out[name] = static_cast<double>(exact_matches) / total;
+    else throw Error("task " + spec.name + ": " + schema::metric_mismatch(name, "generation"));
+  }
+  return out;
+}
+
 nlohmann::json HeldOutProtocol::evaluate(TransferStrategy& model, BatchSource& data, const std::string& split,
                                          const std::vector<std::string>& modalities) {
   torch::NoGradGuard no_grad;
   const bool was_training = model.is_training();
   model.eval();
   std::map<std::string, std::vector<at::Tensor>> outputs, targets;
+  std::map<std::string, GeneratedText> generated;
   int64_t count = 0;
   data.for_each(split, modalities, [&](const Batch& batch) {
     Predictions p = guard(model.plugin_name(), [&] { return model.predict(batch); });
     for (const auto& [task, spec] : tasks_) {
       if (!p.count(task)) throw PluginError(model.plugin_name(), "predict() gave no output for task " + task);
+      if (spec.type == TaskType::kGeneration) {
+        generated[task].add(model, task, p.at(task), batch.targets.at(task));
+        continue;
+      }
       outputs[task].push_back(p.at(task).to(at::kCPU));
       targets[task].push_back(batch.targets.at(task).to(at::kCPU));
     }
@@ -167,6 +223,11 @@ nlohmann::json HeldOutProtocol::evaluate(TransferStrategy& model, BatchSource& d
   model.train(was_training);
   nlohmann::json out = {{"split", split}, {"samples", count}, {"modalities", modalities}, {"tasks", nlohmann::json::object()}};
   for (const auto& [task, spec] : tasks_) {
+    if (spec.type == TaskType::kGeneration) {
+      out["tasks"][task] = generated[task].metrics(spec);
+      out["examples"][task] = generated[task].examples;
+      continue;
+    }
     const at::Tensor o = at::cat(outputs[task]), y = at::cat(targets[task]);
     const int64_t k = static_cast<int64_t>(spec.labels.size());
     if ((spec.type == TaskType::kMulticlass || spec.type == TaskType::kMultilabel) && (o.dim() != 2 || o.size(1) != k)) {
@@ -346,18 +407,17 @@ void check_against_dataset(const ResolvedPipeline& pipeline, const Dataset& data
     const std::string at = schema::append_pointer("/tasks", name);
     const std::string type = t.at("type");
     const std::string target = t.at("target");
-    if (type == "generation") {
-      errors.push_back({at + "/type", "task type \"generation\" is not trained by this version of modalkit (supported: "
-                                      "multiclass, binary, multilabel, regression)"});
-      continue;
-    }
     if (!fields.contains(target)) {
       errors.push_back({at + "/target", "no field \"" + target + "\"" + where + " (fields: " + schema::join_keys(fields) + ")"});
       continue;
     }
     const std::string field_type = fields.at(target).at("type");
     const bool classification = type == "multiclass" || type == "binary";
-    if (classification && field_type != "label") {
+    if (type == "generation" && field_type != "label") {
+      errors.push_back({at + "/target", "field \"" + target + "\"" + where + " is of type " + field_type +
+                                            ", a generation task needs a label field (the reference text is the "
+                                            "transfer strategy's caption of the sample's class)"});
+    } else if (classification && field_type != "label") {
       errors.push_back({at + "/target", "field \"" + target + "\"" + where + " is of type " + field_type + ", a " +
                                             type + " task needs a label field"});
     } else if (type == "multilabel" && field_type != "label_set") {
@@ -422,7 +482,10 @@ std::map<std::string, TaskSpec> resolve_tasks(const nlohmann::json& pipeline, co
     spec.type = parse_task_type(t.at("type"));
     spec.target = t.at("target");
     spec.metrics = t.at("metrics").get<std::vector<std::string>>();
-    if (spec.type == TaskType::kMulticlass || spec.type == TaskType::kBinary || spec.type == TaskType::kMultilabel) {
+    if (spec.type == TaskType::kGeneration) {
+      spec.labels = dataset.labels(spec.target);
+      spec.num_outputs = 0;  // text, from the strategy's language model: no head
+    } else if (spec.type == TaskType::kMulticlass || spec.type == TaskType::kBinary || spec.type == TaskType::kMultilabel) {
       spec.labels = dataset.labels(spec.target);
       spec.num_outputs = spec.type == TaskType::kBinary ? 1 : static_cast<int64_t>(spec.labels.size());
     } else {
@@ -547,8 +610,11 @@ void build_networks(const ResolvedPipeline& pipeline, PluginRegistry& registry, 
     context.add_component("fusion", model.fusion);
     parts.fusion = FusionRef(model.fusion, fusion_spec.at("plugin"));
     const int64_t fused_width = guard(model.fusion->plugin_name(), [&] { return model.fusion->output_width(); });
-    for (const auto& [name, spec] : model.tasks) parts.heads.emplace(name, make_task_head(spec, fused_width));
+    for (const auto& [name, spec] : model.tasks) {
+      if (spec.type != TaskType::kGeneration) parts.heads.emplace(name, make_task_head(spec, fused_width));
+    }
   }
+  parts.tasks = model.tasks;
 
   const auto& transfer = doc.at("transfer");
   model.strategy = registry.create<TransferStrategy>(transfer.at("plugin"), MODALKIT_KIND_TRANSFER,
@@ -761,7 +827,7 @@ nlohmann::json evaluate(const ResolvedPipeline& pipeline, PluginRegistry& regist
   nlohmann::json skipped = nlohmann::json::object();
   if (r.model.stream) {
     open_stream_split(*r.model.stream, *r.dataset, doc.at("data").at("stream").at("field"), split);
-    source = std::make_unique<StreamSource>(*r.model.stream, doc.at("train").at("batch_size"), r.device);
+    source = std::make_unique<StreamSource>(*r.model.stream, std::set<std::string>{split}, doc.at("train").at("batch_size"), r.device);
   } else {
     f = SplitFeatures::build(*r.dataset, split, bindings_for(r.model, modalities), r.model.tasks,
                              {doc.at("train").at("loader_threads"), false, options.skip_bad, {}});
@@ -805,6 +871,13 @@ int64_t predict(const ResolvedPipeline& pipeline, PluginRegistry& registry, cons
       for (const auto& [task, spec] : r.model.tasks) {
         if (!p.count(task)) throw PluginError(model.plugin_name(), "predict() gave no output for task " + task);
         const at::Tensor o = p.at(task)[b].to(at::kCPU).to(at::kDouble);
+        if (spec.type == TaskType::kGeneration) {
+          // The text, and the label of the class it names (as the accuracy metric reads it).
+          const std::string text = generated_text(model, task, p.at(task), b);
+          const int64_t named = mentioned_class(text, text_model(model, task).class_names());
+          line[task] = {{"text", text}, {"label", named >= 0 ? nlohmann::json(spec.labels.at(static_cast<size_t>(named))) : nlohmann::json()}};
+          continue;
+        }
         if (spec.type == TaskType::kMulticlass) {
           const at::Tensor prob = o.softmax(0);
           nlohmann::json probs = nlohmann::json::object();

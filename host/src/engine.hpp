@@ -5,6 +5,7 @@
 #include <iosfwd>
 #include <map>
 #include <memory>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -122,13 +123,15 @@ void open_stream_split(BatchStream& stream, Dataset& dataset, const std::string&
 class StreamSource : public BatchSource {
  public:
   /// Batches of `batch_size` from `stream` (its splits opened), moved to `device`.
-  StreamSource(const BatchStream& stream, int64_t batch_size, c10::Device device)
-      : stream_(stream), batch_size_(batch_size), device_(device) {}
+  StreamSource(const BatchStream& stream, std::set<std::string> opened, int64_t batch_size, c10::Device device)
+      : stream_(stream), opened_(std::move(opened)), batch_size_(batch_size), device_(device) {}
   void for_each(const std::string& split, const std::vector<std::string>& modalities,
                 const std::function<void(const Batch&)>& fn) override;
+  bool has_split(const std::string& split) const override { return opened_.count(split) != 0; }
 
  private:
   const BatchStream& stream_;
+  std::set<std::string> opened_;
   int64_t batch_size_;
   c10::Device device_;
 };
@@ -148,6 +151,7 @@ class SplitSource : public BatchSource {
               std::vector<std::string> all_modalities, c10::Device device);
   void for_each(const std::string& split, const std::vector<std::string>& modalities,
                 const std::function<void(const Batch&)>& fn) override;
+  bool has_split(const std::string& split) const override { return splits_.count(split) != 0; }
 
  private:
   std::map<std::string, const SplitFeatures*> splits_;
@@ -161,6 +165,23 @@ class SplitSource : public BatchSource {
 /// protocols under `protocols.<name>`. `modalities`: those present.
 nlohmann::json held_out_figures(const BuiltModel& model, BatchSource& data, const std::string& split,
                                 const std::vector<std::string>& modalities);
+
+/// A generation task's output row `row` as text: `ids` are the piece ids predict() gave
+/// (`[N, T]`, -1 after each row's end), decoded with the tokenizer of the strategy's language
+/// model (a PluginError when it has none or the shape is wrong).
+std::string generated_text(TransferStrategy& model, const std::string& task, const at::Tensor& ids, int64_t row);
+
+/// A generation task's texts on a split, scored as they are generated: `accuracy` (the text names
+/// the sample's class, as the captioning protocol scores) and `exact_match` (its words are the
+/// reference caption's: the strategy's caption of the class).
+struct GeneratedText {
+  int64_t right = 0, exact_matches = 0, n = 0;
+  nlohmann::json examples = nlohmann::json::array();  ///< the first 10 texts with their class
+  /// Scores the batch's texts (`ids` from predict, `y` the class indices).
+  void add(TransferStrategy& model, const std::string& task, const at::Tensor& ids, const at::Tensor& y);
+  /// The task's metrics.
+  nlohmann::json metrics(const TaskSpec& spec) const;
+};
 
 /// The built-in protocol: predictions on every sample of a held-out split, then the task's
 /// metrics. Other protocols (zero-shot, captioning, few-shot) come as plugins.

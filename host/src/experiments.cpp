@@ -383,18 +383,31 @@ std::string run_experiment(const fs::path& file, PluginRegistry& registry, const
     }
     return std::pair<double, json>{res.at(where).at(task).at(metric).get<double>(), res};
   };
+  // A protocol that does not apply to a row's model says so (`applicable: false`, e.g. few-shot
+  // episodes for a model conditioned through hooks): its cell is n/a, not an error.
+  auto not_applicable = [&](const PlannedRun& run, const std::string& metric_path) {
+    const json res = read_json_or_null(run.dir / "results.json");
+    const std::string task = task_of(metric_path);
+    return res.is_object() && res.contains("protocols") && res.at("protocols").contains(task) &&
+           res.at("protocols").at(task).is_object() && res.at("protocols").at(task).value("applicable", true) == false;
+  };
+  bool any_not_applicable = false;
   // Differences in percentage points for rates; in the metric's own units otherwise.
   auto scale_of = [&](const std::string& metric_path) {
     const std::string metric = metric_of(metric_path);
     return metric != "mae" && metric != "pearson_r" ? 100.0 : 1.0;  // every other metric is a fraction in [0, 1]
   };
   const bool several = metric_paths.size() > 1;
+  // Column names: the metric, or TASK/METRIC when two columns share a metric name.
+  std::set<std::string> metric_names;
+  for (const auto& m : metric_paths) metric_names.insert(metric_of(m));
+  auto column_of = [&](const std::string& m) { return metric_names.size() == metric_paths.size() ? metric_of(m) : m; };
   std::ostringstream t;
   t << "### " << name << (options.quick ? " (--quick: embedded data, not a result)" : "") << "\n\n";
   if (exp.contains("description")) t << exp["description"].get<std::string>() << "\n\n";
   t << "| row |";
   for (const auto& s : exp.at("settings")) {
-    for (const auto& m : metric_paths) t << " " << s.at("name").get<std::string>() << (several ? ": " + metric_of(m) : "") << " |";
+    for (const auto& m : metric_paths) t << " " << s.at("name").get<std::string>() << (several ? ": " + column_of(m) : "") << " |";
   }
   t << "\n|---|";
   for (size_t c = 0; c < exp.at("settings").size() * metric_paths.size(); ++c) t << "---|";
@@ -404,6 +417,15 @@ std::string run_experiment(const fs::path& file, PluginRegistry& registry, const
     t << "| " << exp["rows"][r]["name"].get<std::string>() << (r == baseline ? " (baseline)" : "") << " |";
     for (size_t s = 0; s < exp.at("settings").size(); ++s) {
       for (const auto& metric_path : metric_paths) {
+        bool applies = true;
+        for (const auto& run : runs) {
+          if (run.row == r && run.setting == s && not_applicable(run, metric_path)) applies = false;
+        }
+        if (!applies) {
+          t << " n/a |";
+          any_not_applicable = true;
+          continue;
+        }
         std::vector<double> v, d;
         for (uint64_t seed : seeds) {
           const PlannedRun* mine = nullptr;
@@ -416,10 +438,12 @@ std::string run_experiment(const fs::path& file, PluginRegistry& registry, const
           const auto [x, res] = value_of(*mine, metric_path);
           steps_per_setting[s].insert(res.value("steps", int64_t{-1}));
           v.push_back(x);
-          d.push_back((x - value_of(*base_run, metric_path).first) * scale_of(metric_path));
+          if (r != baseline && !not_applicable(*base_run, metric_path)) {
+            d.push_back((x - value_of(*base_run, metric_path).first) * scale_of(metric_path));
+          }
         }
         t << " " << fmt("%.3f ± %.3f", mean_of(v), std_of(v));
-        if (r != baseline) {
+        if (r != baseline && !d.empty()) {
           const double p = paired_t_p(d);
           t << " (" << fmt("%+.1f", mean_of(d)) << (std::isnan(p) ? "" : fmt(", p=%.2f", p)) << ")";
         }
@@ -439,7 +463,8 @@ std::string run_experiment(const fs::path& file, PluginRegistry& registry, const
   t << "\n" << what << " on the test split (mean ± std over seeds " << json(seeds).dump()
     << "); in brackets the mean paired difference to the baseline in "
     << (all_rates ? "points" : no_rates ? "units" : "points (rates) or units") << " and the two-sided paired t-test p-value (n = "
-    << seeds.size() << "). Checkpoints selected on validation only. "
+    << seeds.size() << "). " << (any_not_applicable ? "n/a: the protocol does not apply to the row's model (it reports applicable: false). " : "")
+    << "Checkpoints selected on validation only. "
     << "Optimiser steps per run:";
   for (const auto& [s, st] : steps_per_setting) {
     t << " " << exp["settings"][s]["name"].get<std::string>() << " ";

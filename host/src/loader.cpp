@@ -102,7 +102,7 @@ double read_target(const Sample& sample, const TaskSpec& task) {
     throw Error("task " + task.name + ": a multilabel target is a label set (read_label_set), not one number");
   }
   const nlohmann::json& v = target_value(sample, task);
-  if (task.type == TaskType::kMulticlass || task.type == TaskType::kBinary) {
+  if (task.type == TaskType::kMulticlass || task.type == TaskType::kBinary || task.type == TaskType::kGeneration) {
     const int64_t k = label_index(v, sample, task);
     if (k < 0) throw DataError(sample.origin, "target \"" + task.target + "\" must be a label name or index, found " + v.dump());
     return static_cast<double>(k);
@@ -287,7 +287,9 @@ SplitFeatures SplitFeatures::build(Dataset& dataset, const std::string& split,
     for (size_t i : keep) values.insert(values.end(), target_values[name][i].begin(), target_values[name][i].end());
     at::Tensor t = at::tensor(values, at::kDouble);
     if (task.type == TaskType::kMultilabel) t = t.view({static_cast<int64_t>(keep.size()), width});
-    out.targets_[name] = (task.type == TaskType::kMulticlass) ? t.to(at::kLong) : t.to(at::kFloat);
+    // Class indices: multiclass, and generation (the reference is the class's caption).
+    const bool index = task.type == TaskType::kMulticlass || task.type == TaskType::kGeneration;
+    out.targets_[name] = index ? t.to(at::kLong) : t.to(at::kFloat);
   }
   return out;
 }

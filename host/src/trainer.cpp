@@ -573,12 +573,11 @@ nlohmann::json train(const ResolvedPipeline& pipeline, PluginRegistry& registry,
       const std::vector<FieldRef> values = stream_values(dataset, field, train_split);
       guard(stream.plugin_name(), [&] { stream.fit(values); });
     }
-    for (const auto& split : std::set<std::string>{train_split, val_split, eval_split}) {
-      open_stream_split(stream, dataset, field, split);
-    }
+    const std::set<std::string> opened{train_split, val_split, eval_split};
+    for (const auto& split : opened) open_stream_split(stream, dataset, field, split);
     build_networks(pipeline, registry, context, model);
     feed = std::make_unique<StreamFeed>(stream, train_split, batch_size);
-    source = std::make_unique<StreamSource>(stream, batch_size, device);
+    source = std::make_unique<StreamSource>(stream, opened, batch_size, device);
     log->info("stream {}: {} batches of {} per epoch ({:.1f} s to open)", stream.plugin_name(), feed->steps_per_epoch(),
               batch_size, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
   } else {

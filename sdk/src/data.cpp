@@ -36,6 +36,26 @@ Batch Batch::to(const c10::Device& device) const {
   return out;
 }
 
+const ModalityInput& Batch::input(const std::string& name, const std::string& who, const std::string& role) const {
+  const auto it = inputs.find(name);
+  if (it != inputs.end()) return it->second;
+  std::string present;
+  for (const auto& [m, in] : inputs) present += (present.empty() ? "" : ", ") + m;
+  throw Error(who + ": the batch lacks the " + (role.empty() ? "" : role + " ") + "modality \"" + name + "\" (it has: " +
+              (present.empty() ? "none" : present) + ")");
+}
+
+Batch Batch::select(const at::Tensor& rows) const {
+  const at::Tensor r = rows.to(at::kLong);
+  auto pick = [&](const at::Tensor& t) { return t.defined() ? t.index_select(0, r.to(t.device())) : t; };
+  Batch out;
+  for (const auto& [name, in] : inputs) out.inputs.emplace(name, ModalityInput{pick(in.data), pick(in.mask), pick(in.present)});
+  for (const auto& [name, y] : targets) out.targets.emplace(name, pick(y));
+  out.task_id = task_id;
+  out.index = pick(index);
+  return out;
+}
+
 Encoder::~Encoder() = default;
 ModalityPlugin::~ModalityPlugin() = default;
 

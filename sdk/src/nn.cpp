@@ -174,6 +174,7 @@ void register_parts(torch::nn::Module& owner, const ModelParts& parts,
 
 FusionOperator::~FusionOperator() = default;
 BatchSource::~BatchSource() = default;
+bool BatchSource::has_split(const std::string& /*split*/) const { return true; }
 TransferStrategy::~TransferStrategy() = default;
 EvaluationProtocol::~EvaluationProtocol() = default;
 

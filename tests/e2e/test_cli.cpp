@@ -21,6 +21,8 @@
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
+#include "modalkit/abi.h"  // the ABI version --version must print
+
 namespace fs = std::filesystem;
 using nlohmann::json;
 
@@ -122,7 +124,8 @@ TEST(Cli, VersionNamesLibTorchThreadsAndBlas) {
   EXPECT_TRUE(has(r.out, "LibTorch: 1.13")) << r.out;
   EXPECT_TRUE(has(r.out, "threads: ")) << r.out;
   EXPECT_TRUE(has(r.out, "BLAS: ")) << r.out;
-  EXPECT_TRUE(has(r.out, "(ABI 1.2)")) << r.out;
+  EXPECT_TRUE(has(r.out, "(ABI " + std::to_string(MODALKIT_SDK_ABI_MAJOR) + "." + std::to_string(MODALKIT_SDK_ABI_MINOR) + ")"))
+      << r.out;
 }
 
 TEST(Cli, PluginsListJsonHasKindVersionAbi) {
@@ -573,9 +576,12 @@ TEST(Cli, FrozenTrainsFromJsonOnAPretrainedModelAndRunsItsProtocols) {
   auto file = example_variant("frozen-fashion-mnist", "fashion-mnist", "frozen", [&](json& d) {
     d["artifacts"]["tokenizer"] = source("data/embedded/text-corpus/tokenizer.model").string();
     d["artifacts"]["language_model"] = (lm_run / "language_model.pt").string();
+    d["artifacts"]["questions"] = source("data/artifacts/fashion-knowledge-questions.jsonl").string();
     d["train"]["epochs"] = 1;
     d["train"]["max_steps"] = 15;
     for (const char* p : {"few_shot_1", "few_shot_3"}) d["evaluate"]["protocols"][p]["config"]["episodes"] = 20;
+    // The knowledge protocols run in the frozen-lm quick experiment's test.
+    for (const char* p : {"knowledge", "knowledge_blind", "knowledge_text"}) d["evaluate"]["protocols"].erase(p);
   });
   const fs::path run = fs::current_path() / ("run-frozen-" + std::to_string(::getpid()));
   fs::remove_all(run);
@@ -591,6 +597,28 @@ TEST(Cli, FrozenTrainsFromJsonOnAPretrainedModelAndRunsItsProtocols) {
   }
   EXPECT_EQ(results["protocols"]["few_shot_3"]["shots"], 3);
   EXPECT_EQ(results["protocols"]["few_shot_3"]["n"], 20);
+  // The generation task generates what the captioning protocol generates (same prompt, same
+  // 12 pieces), so its accuracy is the protocol's, to the sample.
+  EXPECT_DOUBLE_EQ(results["tasks"]["caption"]["accuracy"].get<double>(), results["protocols"]["captioning"]["accuracy"].get<double>());
+  EXPECT_GE(results["tasks"]["caption"]["exact_match"].get<double>(), 0.0);
+  EXPECT_LE(results["tasks"]["caption"]["exact_match"].get<double>(), results["tasks"]["caption"]["accuracy"].get<double>())
+      << "the trained caption names the class";
+  ASSERT_EQ(results["examples"]["caption"].size(), 10u);
+  EXPECT_EQ(results["examples"]["caption"][0]["text"], results["protocols"]["captioning"]["examples"][0]["caption"]);
+  // predict writes each sample's generated text and the label of the class it names.
+  const fs::path input = predict_input(source("data/embedded/fashion-mnist"), {"image"}, 3);
+  auto p = modalkit("predict '" + file.string() + "' --run '" + run.string() + "' --input '" + input.string() + "'");
+  ASSERT_EQ(p.rc, 0) << p.err;
+  std::istringstream lines(p.out);
+  size_t n = 0;
+  for (std::string line; std::getline(lines, line); ++n) {
+    const json l = json::parse(line);
+    EXPECT_TRUE(l["caption"]["text"].is_string()) << line;
+    EXPECT_TRUE(l["caption"]["label"].is_null() || l["caption"]["label"].is_string()) << line;
+    EXPECT_TRUE(l["label"].contains("probabilities")) << line;
+  }
+  EXPECT_EQ(n, 3u);
+  fs::remove(input);
   // The run's plugins include the protocols (a changed protocol build makes experiments retrain).
   const json info = json::parse(read_all(run / "run.json"));
   EXPECT_TRUE(info["plugins"].contains("few_shot_binding"));
@@ -602,14 +630,25 @@ TEST(Cli, FrozenTrainsFromJsonOnAPretrainedModelAndRunsItsProtocols) {
   auto bad = example_variant("frozen-fashion-mnist", "fashion-mnist", "frozen-bad", [&](json& d) {
     d["artifacts"]["tokenizer"] = source("data/embedded/text-corpus/tokenizer.model").string();
     d["artifacts"]["language_model"] = (lm_run / "language_model.pt").string();
+    d["artifacts"]["questions"] = source("data/artifacts/fashion-knowledge-questions.jsonl").string();
     d["evaluate"]["protocols"]["label"] = {{"plugin", "captioning"}};
     d["evaluate"]["protocols"]["oops"] = {{"plugin", "concat"}};
+    d["tasks"]["caption"]["metrics"] = {"macro_f1"};
   });
   auto v = modalkit("validate '" + bad.string() + "'");
   EXPECT_NE(v.rc, 0);
+  EXPECT_TRUE(has(v.err, "/tasks/caption/metrics/0: metric \"macro_f1\" does not apply to a generation task (use accuracy, exact_match)")) << v.err;
   EXPECT_TRUE(has(v.err, "/evaluate/protocols/label: has the name of a task")) << v.err;
   EXPECT_TRUE(has(v.err, "/evaluate/protocols/oops/plugin: plugin \"concat\" is a fusion plugin, expected an evaluation plugin")) << v.err;
-  for (const auto& f : {lm_file, file, bad}) fs::remove(f);
+  // A generation task needs a strategy that conditions a language model, and a label field.
+  auto plain = example_variant("fashion-mnist-image", "fashion-mnist", "generation-bad", [&](json& d) {
+    d["tasks"]["caption"] = {{"type", "generation"}, {"target", "label"}};
+  });
+  v = modalkit("validate '" + plain.string() + "'");
+  EXPECT_NE(v.rc, 0);
+  EXPECT_TRUE(has(v.err, "/tasks/caption/type: transfer plugin \"supervised\" does not train generation tasks (it trains "
+                         "multiclass, binary, multilabel, regression); prefix_tuning, representation_tuning do")) << v.err;
+  for (const auto& f : {lm_file, file, bad, plain}) fs::remove(f);
   fs::remove_all(lm_run);
   fs::remove_all(run);
 }
@@ -1040,6 +1079,40 @@ TEST(Cli, ExperimentsRunResumeCompareAndKeepQuickTablesOutOfTheResults) {
   EXPECT_TRUE(has(quick.out, "(--quick: embedded data, not a result)")) << quick.out;
   EXPECT_EQ(read_all(results_doc), before);
   fs::remove_all(dir);
+}
+
+TEST(Cli, FrozenLmQuickExperimentFillsEveryColumn) {
+  // issue 6's experiment end to end on the embedded images and the committed tiny LM
+  // (data/artifacts/tiny-lm): four rows, seven columns, few-shot n/a for the hook models.
+  const fs::path out = fs::current_path() / ("exp-frozen-lm-" + std::to_string(::getpid()));
+  fs::remove_all(out);
+  auto r = modalkit("experiments run '" + source("examples/experiments/frozen-lm.json").string() + "' --quick --out '" +
+                    out.string() + "'");
+  ASSERT_EQ(r.rc, 0) << r.err;
+  std::map<std::string, std::string> rows;
+  std::istringstream lines(r.out);
+  for (std::string line; std::getline(lines, line);) {
+    for (const char* row : {"prefix tuning (Frozen)", "pseudo-self-attention", "adaptation gate (MAG)", "prefix tuning, LM fine-tuned"}) {
+      if (line.rfind(std::string("| ") + row + " ", 0) == 0) rows[row] = line;
+    }
+  }
+  ASSERT_EQ(rows.size(), 4u) << r.out;
+  auto count = [](const std::string& s, const std::string& what) {
+    size_t n = 0;
+    for (size_t at = s.find(what); at != std::string::npos; at = s.find(what, at + 1)) ++n;
+    return n;
+  };
+  for (const auto& [row, line] : rows) {
+    const bool hooks = row == "pseudo-self-attention" || row == "adaptation gate (MAG)";
+    EXPECT_EQ(count(line, " n/a |"), hooks ? 2u : 0u) << line;
+    EXPECT_EQ(count(line, " ± "), hooks ? 5u : 7u) << line;
+  }
+  EXPECT_TRUE(has(r.out, "n/a: the protocol does not apply to the row's model")) << r.out;
+  // Each run's results hold the figures the table was made from.
+  const json res = json::parse(read_all(out / "adaptation-gate-mag" / "fashion-mnist" / "seed-1" / "results.json"));
+  EXPECT_EQ(res["protocols"]["few_shot_3"]["applicable"], false);
+  EXPECT_TRUE(res["protocols"]["knowledge_text"].contains("accuracy"));
+  fs::remove_all(out);
 }
 
 TEST(Cli, QuickTablesNeverReachDocsResults) {

@@ -331,7 +331,7 @@ TEST(Validation, CascadesAreFolded) {
   EXPECT_EQ(lines(ours), (std::vector<std::string>{
                              "/modalities/image/sha256: must match the pattern ^[0-9a-f]{64}$ (got \"abc\")",
                              "/tasks/label/metrics/1: must be one of \"accuracy\", \"subset_accuracy\", "
-                             "\"micro_f1\", \"macro_f1\", \"auroc\", \"auprc\", \"mae\", \"pearson_r\" "
+                             "\"micro_f1\", \"macro_f1\", \"auroc\", \"auprc\", \"mae\", \"pearson_r\", \"exact_match\" "
                              "(got \"precision\")"}));
   ASSERT_EQ(reference.size(), 2u) << format_errors(reference, "");
   EXPECT_EQ(reference[0].pointer, "/modalities/image/sha256");

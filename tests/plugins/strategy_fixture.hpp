@@ -58,6 +58,7 @@ class MemorySource : public modalkit::BatchSource {
       fn(only);
     }
   }
+  bool has_split(const std::string& split) const override { return splits.count(split) != 0; }
 };
 
 /// An encoder for vector features `[B, F]`: one token, a linear map to d_model (16 by default).
@@ -79,6 +80,7 @@ inline modalkit::Batch make_batch(const std::map<std::string, at::Tensor>& input
   modalkit::Batch b;
   for (const auto& [m, x] : inputs) b.inputs.emplace(m, modalkit::ModalityInput{x, {}, {}});
   b.targets.emplace("label", y);
+  b.targets.emplace("caption", y);  // a generation task over the same classes reads the same targets
   b.index = at::arange(first_row, first_row + y.size(0), at::kLong);
   return b;
 }

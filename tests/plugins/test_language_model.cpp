@@ -228,6 +228,16 @@ TEST_F(LmFixture, PretrainingMemorisesACorpusAndWritesALoadableArtifact) {
   std::ifstream(dir / "perplexity.json") >> report;
   EXPECT_NEAR(report.at("val").at("perplexity").get<double>(), std::exp(nll / static_cast<double>(count)), 1e-3);
   EXPECT_EQ(report.at("config").at("width"), 32);
+  EXPECT_NEAR(report.at("test").at("perplexity").get<double>(), report.at("val").at("perplexity").get<double>(), 1e-9);
+
+  // A split the run did not load is left out, not an error; a failing split is an error.
+  source.splits.erase("test");
+  model->finalize(source);
+  std::ifstream(dir / "perplexity.json") >> report;
+  EXPECT_TRUE(report.contains("val"));
+  EXPECT_FALSE(report.contains("test")) << report.dump();
+  source.splits["test"] = {modalkit::Batch{}};  // no "tokens": the model cannot read it
+  EXPECT_THROW(model->finalize(source), modalkit::Error);
 
   json samples;
   std::ifstream(dir / "samples.json") >> samples;
@@ -317,7 +327,9 @@ class TransferFixture : public LmFixture {
     modalkit::save_language_model(*written, file);
   }
 
-  std::shared_ptr<modalkit::TransferStrategy> strategy(const std::string& plugin, json config) {
+  /// The strategy built over a multiclass task "label" and, when `caption_task`, a generation
+  /// task "caption" over the same classes.
+  std::shared_ptr<modalkit::TransferStrategy> strategy(const std::string& plugin, json config, bool caption_task = false) {
     config["class_names"] = kClasses;
     const std::vector<std::string> modalities{"image"};
     modalkit::CreateArgs a = args(plugin, config, "/transfer/config");
@@ -330,6 +342,8 @@ class TransferFixture : public LmFixture {
     parts.encoders["image"] = modalkit::EncoderRef(std::make_shared<LinearEncoder>(8), "test");
     modalkit::TaskSpec spec{"label", modalkit::TaskType::kMulticlass, "label", {"a", "b", "c"}, 3, {"accuracy"}};
     parts.heads["label"] = modalkit::make_task_head(spec, 16);
+    parts.tasks["label"] = spec;
+    if (caption_task) parts.tasks["caption"] = {"caption", modalkit::TaskType::kGeneration, "label", {"a", "b", "c"}, 0, {"accuracy"}};
     model->build(parts);
     return model;
   }
@@ -412,6 +426,35 @@ TEST_F(TransferFixture, PrefixTuningTrainsTheEncoderThroughAFrozenModel) {
   EXPECT_EQ(dynamic_cast<modalkit::ConditionedLanguageModel&>(*model).caption(1), "this is a boot.");
 }
 
+TEST_F(TransferFixture, AGenerationTaskIsPredictedByGeneratingTheCaption) {
+  auto model = strategy("prefix_tuning", {{"prefix_length", 2}}, /*caption_task=*/true);
+  train(*model, 40);
+  torch::NoGradGuard no_grad;
+  const modalkit::Predictions p = model->predict(make_batch({{"image", x}}, y, 0));
+  ASSERT_EQ(p.at("label").sizes(), (std::vector<int64_t>{90, 3})) << "the multiclass task is still ranked";
+  const at::Tensor ids = p.at("caption");
+  ASSERT_EQ(ids.scalar_type(), at::kLong);
+  ASSERT_EQ(ids.size(0), 90);
+  auto& c = dynamic_cast<modalkit::ConditionedLanguageModel&>(*model);
+  int named = 0, exact = 0;
+  for (int64_t r = 0; r < 90; ++r) {
+    const std::vector<int64_t> row = modalkit::generated_row(ids, r);
+    ASSERT_LE(static_cast<int64_t>(row.size()), 12) << "caption_tokens caps the length";
+    for (const int64_t id : row) ASSERT_GE(id, 0);
+    const std::string text = c.tokenizer().decode(row);
+    const int64_t label = y[r].item<int64_t>();
+    named += modalkit::mentioned_class(text, kClasses) == label ? 1 : 0;
+    exact += modalkit::caption_words(text) == modalkit::caption_words(c.caption(label)) ? 1 : 0;
+  }
+  EXPECT_GT(named, 80) << "the generated captions name the image's class";
+  EXPECT_GT(exact, 70) << "and are the trained caption";
+  // The padding convention round trips.
+  const at::Tensor padded = modalkit::pad_generated({{4, 5}, {}, {6}});
+  EXPECT_TRUE(at::equal(padded, torch::tensor({4, 5, -1, -1, 6, -1}, torch::kLong).view({3, 2})));
+  EXPECT_EQ(modalkit::generated_row(padded, 0), (std::vector<int64_t>{4, 5}));
+  EXPECT_TRUE(modalkit::generated_row(padded, 1).empty());
+}
+
 TEST_F(TransferFixture, AFineTunedModelChangesAndIsSavedWithTheRun) {
   auto model = strategy("prefix_tuning", {{"freeze_lm", false}, {"lm_lr", 1e-3}});
   auto& lm = dynamic_cast<modalkit::ConditionedLanguageModel&>(*model).language_model();
@@ -487,10 +530,10 @@ TEST(LmProtocols, StatisticsAndMatchingAgreeWithHandComputations) {
   EXPECT_NEAR(lp::binomial_p_at_least(7, 10, 0.5), 176.0 / 1024.0, 1e-12);  // C(10,7..10) / 2^10
   EXPECT_NEAR(lp::binomial_p_at_least(0, 10, 0.5), 1.0, 1e-12);
   const std::vector<std::string> names{"boot", "ankle boot", "t-shirt/top"};
-  EXPECT_EQ(lp::mentioned_class("This is an Ankle boot.", names), 1) << "the longest name wins";
-  EXPECT_EQ(lp::mentioned_class("a boot, surely", names), 0);
-  EXPECT_EQ(lp::mentioned_class("a t-shirt/top", names), 2);
-  EXPECT_EQ(lp::mentioned_class("bootleg", names), -1) << "whole words only";
+  EXPECT_EQ(modalkit::mentioned_class("This is an Ankle boot.", names), 1) << "the longest name wins";
+  EXPECT_EQ(modalkit::mentioned_class("a boot, surely", names), 0);
+  EXPECT_EQ(modalkit::mentioned_class("a t-shirt/top", names), 2);
+  EXPECT_EQ(modalkit::mentioned_class("bootleg", names), -1) << "whole words only";
 }
 
 namespace {

@@ -38,7 +38,7 @@ class Captioning : public modalkit::EvaluationProtocol {
       for (size_t r = 0; r < out.size(); ++r) {
         const int64_t truth = y[static_cast<int64_t>(r)].item<int64_t>();
         const std::string text = c.tokenizer().decode(out[r]);
-        const bool ok = lp::mentioned_class(text, names) == truth;
+        const bool ok = modalkit::mentioned_class(text, names) == truth;
         right[static_cast<size_t>(truth)] += ok ? 1 : 0;
         seen[static_cast<size_t>(truth)] += 1;
         if (static_cast<int64_t>(examples.size()) < examples_) {

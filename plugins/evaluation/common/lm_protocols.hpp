@@ -8,7 +8,6 @@
 #pragma once
 
 #include <algorithm>
-#include <cctype>
 #include <cmath>
 #include <string>
 #include <vector>
@@ -52,41 +51,6 @@ struct PromptConfig {
   std::string class_text;
 };
 
-/// Lower-cased words of `text` (runs of letters, digits, '-' and '/').
-inline std::vector<std::string> words_of(const std::string& text) {
-  std::vector<std::string> out;
-  std::string w;
-  for (const char ch : text + " ") {
-    const auto c = static_cast<unsigned char>(ch);
-    if (std::isalnum(c) != 0 || c == '-' || c == '/') {
-      w += static_cast<char>(std::tolower(c));
-    } else if (!w.empty()) {
-      out.push_back(w);
-      w.clear();
-    }
-  }
-  return out;
-}
-
-/// The class whose name `text` mentions as whole words; the longest name wins ("ankle boot"
-/// over "boot"); -1 when none is mentioned.
-inline int64_t mentioned_class(const std::string& text, const std::vector<std::string>& names) {
-  const auto words = words_of(text);
-  int64_t best = -1;
-  size_t best_len = 0;
-  for (size_t k = 0; k < names.size(); ++k) {
-    const auto name = words_of(names[k]);
-    if (name.empty() || name.size() > words.size()) continue;
-    for (size_t i = 0; i + name.size() <= words.size(); ++i) {
-      if (std::equal(name.begin(), name.end(), words.begin() + static_cast<std::ptrdiff_t>(i)) && name.size() > best_len) {
-        best = static_cast<int64_t>(k);
-        best_len = name.size();
-      }
-    }
-  }
-  return best;
-}
-
 /// Wilson's 95 % interval for k successes in n trials.
 inline std::pair<double, double> wilson95(int64_t k, int64_t n) {
   if (n == 0) return {0.0, 1.0};
@@ -119,25 +83,6 @@ inline nlohmann::json accuracy_figures(int64_t k, int64_t n) {
 inline c10::Device device_of(const Batch& batch) {
   if (!batch.inputs.empty()) return batch.inputs.begin()->second.data.device();
   return batch.targets.empty() ? c10::Device(c10::kCPU) : batch.targets.begin()->second.device();
-}
-
-/// Rows `rows` of `batch` (inputs, targets, indices, task). Coordination's private rows_of is
-/// its twin; both belong in the SDK when coordination is next rebuilt (a rebuild makes its
-/// finished experiment runs stale).
-inline Batch select_rows(const Batch& batch, const at::Tensor& rows) {
-  Batch out;
-  out.task_id = batch.task_id;
-  const at::Tensor r = rows.to(at::kLong);
-  for (const auto& [name, in] : batch.inputs) {
-    ModalityInput sub;
-    sub.data = in.data.index_select(0, r.to(in.data.device()));
-    if (in.mask.defined()) sub.mask = in.mask.index_select(0, r.to(in.mask.device()));
-    if (in.present.defined()) sub.present = in.present.index_select(0, r.to(in.present.device()));
-    out.inputs.emplace(name, sub);
-  }
-  for (const auto& [task, y] : batch.targets) out.targets.emplace(task, y.index_select(0, r.to(y.device())));
-  if (batch.index.defined()) out.index = batch.index.index_select(0, r.to(batch.index.device()));
-  return out;
 }
 
 /// Embedded pieces of `text` (with BOS first when `bos`) as `[1, T, D]`.

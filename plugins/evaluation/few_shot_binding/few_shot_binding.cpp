@@ -65,7 +65,7 @@ class FewShotBinding : public modalkit::EvaluationProtocol {
     auto& lm = c.language_model();
     const auto device = lp::device_of(batches.front());
     auto prefix_of = [&](const std::pair<size_t, int64_t>& at) {
-      const modalkit::Batch one = lp::select_rows(batches[at.first], at::tensor({at.second}, at::kLong));
+      const modalkit::Batch one = batches[at.first].select(at::tensor({at.second}, at::kLong));
       return c.condition(one).prefix;
     };
     std::mt19937_64 rng(seed_ ^ 0x6461785f66657773ULL);  // "dax_fews"

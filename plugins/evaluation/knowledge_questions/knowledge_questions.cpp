@@ -57,13 +57,13 @@ class KnowledgeQuestions : public modalkit::EvaluationProtocol {
       for (const auto& [cls, qs] : of_class) {
         const at::Tensor rows = y.eq(cls).nonzero().view({-1});
         if (rows.numel() == 0) continue;
-        const modalkit::Batch sub = lp::select_rows(batch, rows);
+        const modalkit::Batch sub = batch.select(rows);
         for (const size_t q : qs) {
           const std::string text = modalkit::fill_template(template_, questions_[q].question);
           const lp::Prompts p = lp::prompts(c, sub, config_, text);
           const auto out = modalkit::generate(c.language_model(), p.embeds, p.mask, options, p.hooks);
           for (const auto& ids : out) {
-            const auto words = lp::words_of(c.tokenizer().decode(ids));
+            const auto words = modalkit::caption_words(c.tokenizer().decode(ids));
             right[q] += !words.empty() && words.front() == questions_[q].answer ? 1 : 0;
             asked[q] += 1;
           }
@@ -101,7 +101,7 @@ class KnowledgeQuestions : public modalkit::EvaluationProtocol {
           throw modalkit::DataError(where, std::string("needs a non-empty string \"") + key + "\"");
         }
       }
-      const auto answer = lp::words_of(doc.at("answer").get<std::string>());
+      const auto answer = modalkit::caption_words(doc.at("answer").get<std::string>());
       if (answer.size() != 1) throw modalkit::DataError(where, "the answer must be one word (the first generated word is scored)");
       questions_.push_back({doc.at("class"), doc.at("question"), answer.front(), line_no});
     }

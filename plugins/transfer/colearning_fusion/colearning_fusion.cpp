@@ -63,9 +63,8 @@ class CoLearningFusion : public modalkit::TransferStrategy {
 
  private:
   modalkit::Predictions forward(const modalkit::Batch& batch) {
-    TORCH_CHECK(batch.has(primary_), "colearning_fusion: the batch lacks the primary modality ", primary_);
+    const auto device = batch.input(primary_, "colearning_fusion", "primary").data.device();
     const int64_t n = batch.size();
-    const auto device = batch.inputs.at(primary_).data.device();
     std::map<std::string, modalkit::Sequence> encoded;
     for (const auto& [m, encoder] : encoders_) {
       const bool secondary = m != primary_;

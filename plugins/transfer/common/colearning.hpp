@@ -49,8 +49,7 @@ inline Features features_from(const Config& config, const std::string& key) {
 /// `who` prefixes errors (the plugin's name).
 inline at::Tensor feature_vectors(Features kind, const Batch& batch, const std::string& modality,
                                   const EncoderRef* encoder, const std::string& who) {
-  if (!batch.has(modality)) throw Error(who + ": the batch lacks modality \"" + modality + "\"");
-  const ModalityInput& input = batch.inputs.at(modality);
+  const ModalityInput& input = batch.input(modality, who);
   const int64_t n = input.data.size(0);
   if (kind != Features::kEncoder && !at::isFloatingType(input.data.scalar_type())) {
     throw Error(who + ": modality \"" + modality + "\" has integer features (token ids?), which are not values to predict " +

@@ -24,7 +24,7 @@ namespace modalkit::frozen_lm {
 
 /// The base of a strategy that trains a model to caption its modality through a language model.
 /// Config keys it reads (each manifest declares them): modality, task, caption_template,
-/// class_names, freeze_lm, lm_lr.
+/// caption_tokens, class_names, freeze_lm, lm_lr.
 class CaptioningStrategy : public TransferStrategy, public ConditionedLanguageModel {
  public:
   explicit CaptioningStrategy(const CreateArgs& args)
@@ -33,6 +33,7 @@ class CaptioningStrategy : public TransferStrategy, public ConditionedLanguageMo
         modality_(args.config.get_or<std::string>("modality", args.modalities.empty() ? "" : args.modalities.front())),
         task_(args.config.get_or<std::string>("task", "")),
         template_(args.config.get<std::string>("caption_template")),
+        caption_tokens_(args.config.get<int64_t>("caption_tokens")),
         names_(args.config.get_or<std::vector<std::string>>("class_names", {})),
         freeze_lm_(args.config.get<bool>("freeze_lm")),
         lm_lr_(args.config.get<double>("lm_lr")) {
@@ -55,21 +56,34 @@ class CaptioningStrategy : public TransferStrategy, public ConditionedLanguageMo
   }
 
   void build(const ModelParts& parts) override {
-    // The task: the one multiclass task, or the configured one.
-    std::vector<std::string> multiclass;
-    for (const auto& [name, head] : parts.heads) {
-      if (head->spec().type == TaskType::kMulticlass) multiclass.push_back(name);
+    // The captioned task: the configured one, else the only generation task, else the only
+    // multiclass task.
+    std::vector<std::string> generation, multiclass;
+    for (const auto& [name, spec] : parts.tasks) {
+      if (spec.type == TaskType::kGeneration) generation.push_back(name);
+      if (spec.type == TaskType::kMulticlass) multiclass.push_back(name);
     }
     if (task_.empty()) {
-      if (multiclass.size() != 1) {
-        throw ConfigError(pointer_ + "/task", "the pipeline has " + std::to_string(multiclass.size()) +
+      const auto& candidates = generation.size() == 1 ? generation : multiclass;
+      if (candidates.size() != 1) {
+        throw ConfigError(pointer_ + "/task", "the pipeline has " + std::to_string(generation.size()) + " generation and " +
+                                                  std::to_string(multiclass.size()) +
                                                   " multiclass tasks; name the one whose classes are captioned");
       }
-      task_ = multiclass.front();
-    } else if (std::find(multiclass.begin(), multiclass.end(), task_) == multiclass.end()) {
-      throw ConfigError(pointer_ + "/task", "\"" + task_ + "\" is not a multiclass task of the pipeline");
+      task_ = candidates.front();
+    } else if (!parts.tasks.count(task_) || (parts.tasks.at(task_).type != TaskType::kGeneration &&
+                                             parts.tasks.at(task_).type != TaskType::kMulticlass)) {
+      throw ConfigError(pointer_ + "/task", "\"" + task_ + "\" is not a generation or multiclass task of the pipeline");
     }
-    const TaskSpec& spec = parts.heads.at(task_)->spec();
+    const TaskSpec& spec = parts.tasks.at(task_);
+    // Every task is predicted from the same captions, so it must be over the same classes.
+    for (const auto& [name, other] : parts.tasks) {
+      if (other.labels != spec.labels) {
+        throw ConfigError(pointer_ + "/task", "task " + name + " is not over the classes of the captioned task " + task_ +
+                                                  " (" + plugin_name() + " predicts every task from the class captions)");
+      }
+      (other.type == TaskType::kGeneration ? generated_tasks_ : ranked_tasks_).push_back(name);
+    }
     if (names_.empty()) names_ = spec.labels;
     if (names_.size() != spec.labels.size()) {
       throw ConfigError(pointer_ + "/class_names", "has " + std::to_string(names_.size()) + " names for the " +
@@ -108,17 +122,30 @@ class CaptioningStrategy : public TransferStrategy, public ConditionedLanguageMo
     return {{"caption", -lp.sum() / mask.sum()}};
   }
 
-  /// Scores per class: the log-likelihood of each class's caption (ranking, as a classifier).
+  /// Multiclass tasks: scores per class, the log-likelihood of each class's caption (ranking,
+  /// as a classifier). Generation tasks: the caption generated greedily (pad_generated ids).
   Predictions predict(const Batch& batch) override {
     const Conditioning c = condition(batch);
     const int64_t b = batch.size();
     const at::Tensor prefix = prompt(c, b);
-    std::vector<at::Tensor> scores;
-    for (int64_t k = 0; k < captions_.size(0); ++k) {
-      const at::Tensor ids = captions_[k].unsqueeze(0).expand({b, -1}), mask = caption_mask_[k].unsqueeze(0).expand({b, -1});
-      scores.push_back(continuation_log_probs(*lm_, prefix, {}, ids, mask, c.hooks).sum(1));
+    Predictions out;
+    if (!ranked_tasks_.empty()) {
+      std::vector<at::Tensor> scores;
+      for (int64_t k = 0; k < captions_.size(0); ++k) {
+        const at::Tensor ids = captions_[k].unsqueeze(0).expand({b, -1}), mask = caption_mask_[k].unsqueeze(0).expand({b, -1});
+        scores.push_back(continuation_log_probs(*lm_, prefix, {}, ids, mask, c.hooks).sum(1));
+      }
+      const at::Tensor ranked = at::stack(scores, 1);
+      for (const auto& task : ranked_tasks_) out[task] = ranked;
     }
-    return {{task_, at::stack(scores, 1)}};
+    if (!generated_tasks_.empty()) {
+      GenerateOptions options;
+      options.max_tokens = caption_tokens_;
+      options.eos = tokenizer_->eos();
+      const at::Tensor ids = pad_generated(generate(*lm_, prefix, {}, options, c.hooks));
+      for (const auto& task : generated_tasks_) out[task] = ids;
+    }
+    return out;
   }
 
   std::vector<ParameterGroup> parameter_groups() override {
@@ -145,9 +172,7 @@ class CaptioningStrategy : public TransferStrategy, public ConditionedLanguageMo
 
   /// The conditioning modality's encoded sequence of `batch`.
   Sequence encode(const Batch& batch) const {
-    const auto it = batch.inputs.find(modality_);
-    if (it == batch.inputs.end()) throw Error("batch lacks the " + modality_ + " modality the language model is conditioned on");
-    return encoder_(it->second);
+    return encoder_(batch.input(modality_, plugin_name(), "conditioning"));
   }
 
   /// The prompt before a caption: the conditioning prefix, then the embedded BOS (so the model
@@ -159,7 +184,8 @@ class CaptioningStrategy : public TransferStrategy, public ConditionedLanguageMo
 
   Context* context_;
   std::string pointer_, modality_, task_, template_;
-  std::vector<std::string> names_;
+  int64_t caption_tokens_;
+  std::vector<std::string> names_, ranked_tasks_, generated_tasks_;
   bool freeze_lm_;
   double lm_lr_;
   std::unique_ptr<Tokenizer> tokenizer_;

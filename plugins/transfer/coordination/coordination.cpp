@@ -143,7 +143,7 @@ class Coordination : public modalkit::TransferStrategy {
       }
       return {{"task/" + task_, zero}, {"coordination", zero}};
     }
-    const Forward f = forward(rows_of(batch, seen_rows.nonzero().squeeze(1)));
+    const Forward f = forward(batch.select(seen_rows.nonzero().squeeze(1)));
     const at::Tensor ys = y.index({seen_rows});
     const at::Tensor logits = seen_only(f.logits);
     modalkit::LossTerms terms{{"task/" + task_, at::cross_entropy_loss(logits, ys)}};
@@ -223,25 +223,11 @@ class Coordination : public modalkit::TransferStrategy {
   };
 
   Forward forward(const modalkit::Batch& batch) {
-    if (!batch.has(primary_)) throw modalkit::Error("coordination: the batch lacks the primary modality \"" + primary_ + "\"");
+    const modalkit::ModalityInput& input = batch.input(primary_, "coordination", "primary");
     if (class_vectors_.numel() == 0) throw modalkit::Error("coordination: no class vectors (the prepare stage has not run)");
-    const modalkit::Sequence seq = encoder_(batch.inputs.at(primary_));
+    const modalkit::Sequence seq = encoder_(input);
     const modalkit::Sequence fused = fusion_({{primary_, seq}});
     return {heads_.at(task_)->forward(fused), mapping_->forward(modalkit::masked_mean_pool(seq))};
-  }
-
-  /// The rows `rows` (int64 [N]) of `batch`: inputs and targets.
-  static modalkit::Batch rows_of(const modalkit::Batch& batch, const at::Tensor& rows) {
-    modalkit::Batch out;
-    for (const auto& [m, in] : batch.inputs) {
-      const at::Tensor r = rows.to(in.data.device());
-      out.inputs.emplace(m, modalkit::ModalityInput{in.data.index_select(0, r), in.mask.defined() ? in.mask.index_select(0, r) : at::Tensor(),
-                                                    in.present.defined() ? in.present.index_select(0, r) : at::Tensor()});
-    }
-    for (const auto& [t, y] : batch.targets) out.targets.emplace(t, y.index_select(0, rows.to(y.device())));
-    out.index = batch.index.index_select(0, rows.to(batch.index.device()));
-    out.task_id = batch.task_id;
-    return out;
   }
 
   /// Logits with the unseen classes' set to -inf.

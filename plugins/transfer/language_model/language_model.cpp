@@ -84,28 +84,26 @@ class LanguageModelPretraining : public modalkit::TransferStrategy {
   /// A window batch's next-piece logits `[B C, V]` and the pieces they predict `[B C]`: each of
   /// the first C pieces of a window `[B, C + 1]` predicts the one after it.
   std::pair<at::Tensor, at::Tensor> next_piece(const modalkit::Batch& batch) {
-    const at::Tensor& tokens = batch.inputs.at("tokens").data;
+    const at::Tensor& tokens = batch.input("tokens", "language_model", "stream").data;
     const int64_t c = tokens.size(1) - 1;
     const at::Tensor logits = lm_->forward(lm_->embed(tokens.narrow(1, 0, c)), {}, {});
     return {logits.reshape({-1, logits.size(-1)}), tokens.narrow(1, 1, c).reshape({-1})};
   }
 
-  /// Mean negative log-likelihood per predicted piece on `split`; NaN when it has no batches.
+  /// Mean negative log-likelihood per predicted piece on `split`; NaN when the run did not load
+  /// it or it has no batches.
   double mean_nll(modalkit::BatchSource& data, const std::string& split) {
+    if (!data.has_split(split)) return std::nan("");
     torch::NoGradGuard no_grad;
     const bool was_training = is_training();
     eval();
     double sum = 0;
     int64_t count = 0;
-    try {
-      data.for_each(split, {}, [&](const modalkit::Batch& batch) {
-        const auto [logits, targets] = next_piece(batch);
-        sum += at::cross_entropy_loss(logits, targets, /*weight=*/{}, at::Reduction::Sum).item<double>();
-        count += targets.numel();
-      });
-    } catch (const modalkit::Error&) {
-      count = 0;  // the split was not opened by this run
-    }
+    data.for_each(split, {}, [&](const modalkit::Batch& batch) {
+      const auto [logits, targets] = next_piece(batch);
+      sum += at::cross_entropy_loss(logits, targets, /*weight=*/{}, at::Reduction::Sum).item<double>();
+      count += targets.numel();
+    });
     train(was_training);
     return count > 0 ? sum / static_cast<double>(count) : std::nan("");
   }

@@ -121,8 +121,7 @@ class Translation : public TransferStrategy {
 
  private:
   const ModalityInput& source_input(const Batch& batch) const {
-    if (!batch.has(source_)) throw Error(name_ + ": the batch lacks the source modality \"" + source_ + "\"");
-    return batch.inputs.at(source_);
+    return batch.input(source_, name_, "source");
   }
 
   Context* context_;

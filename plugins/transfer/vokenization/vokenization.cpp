@@ -136,8 +136,7 @@ class Vokenization : public modalkit::TransferStrategy {
 
  private:
   const modalkit::ModalityInput& primary_input(const modalkit::Batch& batch) const {
-    if (!batch.has(primary_)) throw modalkit::Error("vokenization: the batch lacks the primary modality \"" + primary_ + "\"");
-    return batch.inputs.at(primary_);
+    return batch.input(primary_, "vokenization", "primary");
   }
 
   modalkit::Context* context_;

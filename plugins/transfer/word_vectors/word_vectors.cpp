@@ -42,9 +42,9 @@ class WordVectors : public modalkit::TransferStrategy {
   }
 
   modalkit::LossTerms loss(const modalkit::Batch& batch) override {
-    const at::Tensor c = center_.index_select(0, batch.inputs.at("center").data);             // [B, D]
-    const at::Tensor o = context_vectors_.index_select(0, batch.inputs.at("context").data);   // [B, D]
-    const at::Tensor& neg = batch.inputs.at("negatives").data;                                 // [B, K]
+    const at::Tensor c = center_.index_select(0, batch.input("center", "word_vectors", "stream").data);             // [B, D]
+    const at::Tensor o = context_vectors_.index_select(0, batch.input("context", "word_vectors", "stream").data);   // [B, D]
+    const at::Tensor& neg = batch.input("negatives", "word_vectors", "stream").data;                                 // [B, K]
     const at::Tensor n = context_vectors_.index_select(0, neg.reshape({-1})).view({neg.size(0), neg.size(1), dim_});
     const at::Tensor positive = at::log_sigmoid((c * o).sum(-1));                              // [B]
     const at::Tensor negative = at::log_sigmoid(-at::bmm(n, c.unsqueeze(-1)).squeeze(-1)).sum(-1);

@@ -13,7 +13,7 @@
 #define MODALKIT_SDK_ABI_MAJOR 1
 /// SDK ABI minor: bumped on additions a built plugin cannot notice (new free functions, new
 /// classes, new factory kinds). The host loads plugins whose minor is <= its own.
-#define MODALKIT_SDK_ABI_MINOR 2
+#define MODALKIT_SDK_ABI_MINOR 3
 /// The SDK release, as in `modalkit --version` and `modalkit-sdk.pc`.
 #define MODALKIT_SDK_VERSION "0.1.0"
 /// The name of the one exported entry (a Boost.DLL alias) every plugin library carries.

@@ -52,6 +52,12 @@ struct Batch {
   Batch to(const c10::Device& device) const;
   /// Whether modality `name` is in the batch at all.
   bool has(const std::string& name) const { return inputs.count(name) != 0; }
+  /// Modality `name`'s input; an Error when the batch lacks it, saying that `who` (a plugin's
+  /// name) needs it as `role` (e.g. "primary") and which modalities the batch has. Since ABI 1.3.
+  const ModalityInput& input(const std::string& name, const std::string& who, const std::string& role = "") const;
+  /// The rows `rows` (`[N]` integer indices) of every input, target and index, the task id kept.
+  /// Since ABI 1.3.
+  Batch select(const at::Tensor& rows) const;
 };
 
 }  // namespace modalkit

@@ -7,6 +7,7 @@
 #pragma once
 
 #include <algorithm>
+#include <cctype>
 #include <cstdint>
 #include <filesystem>
 #include <functional>
@@ -14,6 +15,7 @@
 #include <string>
 #include <vector>
 
+#include <ATen/ATen.h>
 #include <nlohmann/json.hpp>
 
 #include "modalkit/batch.hpp"
@@ -77,7 +79,6 @@ inline std::string fill_template(const std::string& tmpl, const std::string& val
 
 /// Piece ids of `texts` (each followed by EOS when the tokenizer has one), right-padded with 0:
 /// `ids` `[N, C]` and `mask` `[N, C]`.
-/// Texts as padded rows of piece ids.
 struct TokenRows {
   at::Tensor ids, mask;
 };
@@ -108,6 +109,63 @@ struct Conditioning {
   /// Hooks for every forward pass over these rows.
   LmHooks hooks;
 };
+
+/// Lower-cased words of `text` (runs of letters, digits, '-' and '/'): what captions are compared by.
+inline std::vector<std::string> caption_words(const std::string& text) {
+  std::vector<std::string> out;
+  std::string w;
+  for (const char ch : text + " ") {
+    const auto c = static_cast<unsigned char>(ch);
+    if (std::isalnum(c) != 0 || c == '-' || c == '/') {
+      w += static_cast<char>(std::tolower(c));
+    } else if (!w.empty()) {
+      out.push_back(w);
+      w.clear();
+    }
+  }
+  return out;
+}
+
+/// The class whose name `text` mentions as whole words; the longest name wins ("ankle boot"
+/// over "boot"); -1 when none is mentioned. A generated caption is right when this is its
+/// sample's class (Frozen's 0-shot captioning, scored by the class it names).
+inline int64_t mentioned_class(const std::string& text, const std::vector<std::string>& names) {
+  const auto words = caption_words(text);
+  int64_t best = -1;
+  size_t best_len = 0;
+  for (size_t k = 0; k < names.size(); ++k) {
+    const auto name = caption_words(names[k]);
+    if (name.empty() || name.size() > words.size()) continue;
+    for (size_t i = 0; i + name.size() <= words.size(); ++i) {
+      if (std::equal(name.begin(), name.end(), words.begin() + static_cast<std::ptrdiff_t>(i)) && name.size() > best_len) {
+        best = static_cast<int64_t>(k);
+        best_len = name.size();
+      }
+    }
+  }
+  return best;
+}
+
+/// Generated ids as the output of a generation task: `[N, T]` int64, each row's ids then -1
+/// (T = the longest row, at least 1). What TransferStrategy::predict returns for such a task.
+inline at::Tensor pad_generated(const std::vector<std::vector<int64_t>>& rows) {
+  size_t longest = 1;
+  for (const auto& r : rows) longest = std::max(longest, r.size());
+  at::Tensor out = at::full({static_cast<int64_t>(rows.size()), static_cast<int64_t>(longest)}, -1, at::kLong);
+  auto a = out.accessor<int64_t, 2>();
+  for (size_t i = 0; i < rows.size(); ++i) {
+    for (size_t j = 0; j < rows[i].size(); ++j) a[static_cast<int64_t>(i)][static_cast<int64_t>(j)] = rows[i][j];
+  }
+  return out;
+}
+
+/// The ids of row `row` of a generation task's output (pad_generated's inverse for that row).
+inline std::vector<int64_t> generated_row(const at::Tensor& ids, int64_t row) {
+  const at::Tensor r = ids[row].to(at::kCPU).to(at::kLong).contiguous();
+  std::vector<int64_t> out;
+  for (int64_t j = 0; j < r.size(0) && r.data_ptr<int64_t>()[j] >= 0; ++j) out.push_back(r.data_ptr<int64_t>()[j]);
+  return out;
+}
 
 /// A transfer strategy that conditions a language model on another modality (prefix tuning,
 /// pseudo-self-attention, the adaptation gate): what evaluation protocols caption, question and

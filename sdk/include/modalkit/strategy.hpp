@@ -67,6 +67,9 @@ struct ModelParts {
   std::map<std::string, std::shared_ptr<TaskHead>> heads;
   /// The pipeline's d_model.
   int64_t d_model = 64;
+  /// Task name → its spec: every task of the pipeline, including generation tasks, which have
+  /// no head (their text comes from a language model). Since ABI 1.3.
+  std::map<std::string, TaskSpec> tasks;
 };
 
 /// Registers `parts` under `owner` with stable checkpoint names: `encoders.<modality>.*` (only
@@ -101,6 +104,9 @@ class BatchSource {
   /// `modalities` present (empty = all the pipeline's modalities).
   virtual void for_each(const std::string& split, const std::vector<std::string>& modalities,
                         const std::function<void(const Batch&)>& fn) = 0;
+  /// Whether `split` can be iterated (a run loads only the splits it uses). The default, for
+  /// sources that do not say, is true: for_each then names a missing split. Since ABI 1.3.
+  virtual bool has_split(const std::string& split) const;
 };
 
 /// The strategy config's `modalities` (default: all of the pipeline's), each checked to be one
