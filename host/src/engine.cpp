@@ -164,21 +164,26 @@ ConditionedLanguageModel& text_model(TransferStrategy& model, const std::string&
 
 }  // namespace
 
-std::string generated_text(TransferStrategy& model, const std::string& task, const at::Tensor& ids, int64_t row) {
+std::vector<std::string> generated_texts(TransferStrategy& model, const std::string& task, const at::Tensor& ids) {
   if (ids.dim() != 2 || ids.scalar_type() != at::kLong) {
     throw PluginError(model.plugin_name(), "predict() for generation task " + task + " gave " + c10::str(ids.sizes()) + " " +
                                                std::string(c10::toString(ids.scalar_type())) +
                                                ", expected int64 piece ids [N, T] padded with -1");
   }
-  return text_model(model, task).tokenizer().decode(generated_row(ids, row));
+  const Tokenizer& tokenizer = text_model(model, task).tokenizer();
+  const at::Tensor rows = ids.to(at::kCPU).contiguous();  // once per batch, not per row
+  std::vector<std::string> out;
+  for (int64_t r = 0; r < rows.size(0); ++r) out.push_back(tokenizer.decode(generated_row(rows, r)));
+  return out;
 }
 
 void GeneratedText::add(TransferStrategy& model, const std::string& task, const at::Tensor& ids, const at::Tensor& y) {
-  ConditionedLanguageModel& c = text_model(model, task);
+  const ConditionedLanguageModel& c = text_model(model, task);
+  const std::vector<std::string> texts = generated_texts(model, task, ids);
   const at::Tensor truth = y.to(at::kCPU).to(at::kLong);
   for (int64_t r = 0; r < truth.size(0); ++r) {
     const int64_t label = truth[r].item<int64_t>();
-    const std::string text = generated_text(model, task, ids, r);
+    const std::string& text = texts.at(static_cast<size_t>(r));
     const bool named = mentioned_class(text, c.class_names()) == label;
     const bool exact = caption_words(text) == caption_words(c.caption(label));
     right += named ? 1 : 0;
@@ -866,18 +871,22 @@ int64_t predict(const ResolvedPipeline& pipeline, PluginRegistry& registry, cons
   const auto& lines = samples.samples("input");
   source.for_each("input", modalities, [&](const Batch& batch) {
     Predictions p = guard(model.plugin_name(), [&] { return model.predict(batch); });
+    std::map<std::string, std::vector<std::string>> texts;  // generation tasks, decoded once per batch
+    for (const auto& [task, spec] : r.model.tasks) {
+      if (!p.count(task)) throw PluginError(model.plugin_name(), "predict() gave no output for task " + task);
+      if (spec.type == TaskType::kGeneration) texts[task] = generated_texts(model, task, p.at(task));
+    }
     for (int64_t b = 0; b < batch.size(); ++b, ++row) {
       nlohmann::json line = {{"sample", lines[static_cast<size_t>(row)].origin}};
       for (const auto& [task, spec] : r.model.tasks) {
-        if (!p.count(task)) throw PluginError(model.plugin_name(), "predict() gave no output for task " + task);
-        const at::Tensor o = p.at(task)[b].to(at::kCPU).to(at::kDouble);
         if (spec.type == TaskType::kGeneration) {
           // The text, and the label of the class it names (as the accuracy metric reads it).
-          const std::string text = generated_text(model, task, p.at(task), b);
+          const std::string& text = texts.at(task).at(static_cast<size_t>(b));
           const int64_t named = mentioned_class(text, text_model(model, task).class_names());
           line[task] = {{"text", text}, {"label", named >= 0 ? nlohmann::json(spec.labels.at(static_cast<size_t>(named))) : nlohmann::json()}};
           continue;
         }
+        const at::Tensor o = p.at(task)[b].to(at::kCPU).to(at::kDouble);
         if (spec.type == TaskType::kMulticlass) {
           const at::Tensor prob = o.softmax(0);
           nlohmann::json probs = nlohmann::json::object();

@@ -166,10 +166,10 @@ class SplitSource : public BatchSource {
 nlohmann::json held_out_figures(const BuiltModel& model, BatchSource& data, const std::string& split,
                                 const std::vector<std::string>& modalities);
 
-/// A generation task's output row `row` as text: `ids` are the piece ids predict() gave
+/// A generation task's output as text, a string per row: `ids` are the piece ids predict() gave
 /// (`[N, T]`, -1 after each row's end), decoded with the tokenizer of the strategy's language
 /// model (a PluginError when it has none or the shape is wrong).
-std::string generated_text(TransferStrategy& model, const std::string& task, const at::Tensor& ids, int64_t row);
+std::vector<std::string> generated_texts(TransferStrategy& model, const std::string& task, const at::Tensor& ids);
 
 /// A generation task's texts on a split, scored as they are generated: `accuracy` (the text names
 /// the sample's class, as the captioning protocol scores) and `exact_match` (its words are the
