@@ -49,6 +49,7 @@ Manifest parse_manifest(const nlohmann::json& doc, const std::filesystem::path& 
   if (filled.contains("field_types")) m.field_types = filled.at("field_types").get<std::vector<std::string>>();
   m.task_types = filled.contains("task_types") ? filled.at("task_types").get<std::vector<std::string>>()
                                                : std::vector<std::string>{"multiclass", "binary", "multilabel", "regression"};
+  m.uses_fusion = filled.value("uses_fusion", true);
   m.raw = doc;
   m.file = origin;
   return m;

@@ -31,6 +31,8 @@ struct Manifest {
   std::vector<std::string> field_types;
   /// Transfer plugins: the task types the strategy trains (default: all but generation).
   std::vector<std::string> task_types;
+  /// Transfer plugins: whether the strategy reads the pipeline's fusion operator (default true).
+  bool uses_fusion = true;
   /// The manifest exactly as written (no defaults), so it can be compared with the copy
   /// embedded in the library.
   nlohmann::json raw;

@@ -1,6 +1,7 @@
 #include "schema/pipeline.hpp"
 
 #include <algorithm>
+#include <map>
 #include <memory>
 #include <utility>
 
@@ -68,6 +69,77 @@ void check_component(json& component, const std::string& pointer, const std::str
   for (SchemaError& e : config_errors) errors.push_back({pointer + "/config" + e.pointer, std::move(e.message)});
 }
 
+/// Where the samples come from: one data set (`/data/dataset`, each modality naming its field),
+/// or, in a multitask pipeline, one per task (`/tasks/<task>/data`, each task mapping the
+/// modalities it sees to its data set's fields). Mixing the two forms is an error.
+void check_data_sources(const json& doc, std::vector<SchemaError>& errors) {
+  const json& tasks = doc.at("tasks");
+  const json& modalities = doc.at("modalities");
+  std::vector<std::string> with_data;
+  for (const auto& [task, spec] : tasks.items()) {
+    if (spec.contains("data")) with_data.push_back(task);
+  }
+  if (with_data.empty()) {
+    if (!doc.at("data").contains("dataset")) {
+      errors.push_back({"/data", "missing required field \"dataset\" (or give every task its own, /tasks/<task>/data, "
+                                 "for a multitask pipeline)"});
+    }
+    for (const auto& [m, spec] : modalities.items()) {
+      if (!spec.contains("field")) {
+        errors.push_back({append_pointer("/modalities", m), "missing required field \"field\" (the data set field it reads)"});
+      }
+    }
+    for (const auto& [task, spec] : tasks.items()) {
+      for (const char* key : {"modalities", "weight"}) {
+        if (spec.contains(key)) {
+          errors.push_back({append_pointer("/tasks", task) + "/" + key,
+                            "only for a multitask pipeline, whose tasks name their own data sets (/tasks/" + task + "/data)"});
+        }
+      }
+    }
+    if (doc.at("train").contains("task_sampling")) {
+      errors.push_back({"/train/task_sampling", "only for a multitask pipeline, whose tasks name their own data sets "
+                                                "(/tasks/<task>/data)"});
+    }
+    return;
+  }
+  const std::string& first = with_data.front();  // const: a plain std::string& would pick std::quoted by ADL
+  const std::string multitask = " in a multitask pipeline (task " + quoted(first) + " names its own data set)";
+  if (doc.at("data").contains("dataset")) {
+    errors.push_back({"/data/dataset", "must be absent" + multitask + "; give every task its /tasks/<task>/data"});
+  }
+  std::map<std::string, int> seen;  // modality -> tasks that map it
+  for (const auto& [task, spec] : tasks.items()) {
+    const std::string at = append_pointer("/tasks", task);
+    if (!spec.contains("data")) {
+      errors.push_back({at, "missing required field \"data\"" + multitask + ": every task names its data set"});
+    }
+    if (!spec.contains("modalities")) {
+      errors.push_back({at, "missing required field \"modalities\"" + multitask +
+                                ": the modalities this task sees, each mapped to a field of its data set"});
+      continue;
+    }
+    for (const auto& [m, field] : spec.at("modalities").items()) {
+      if (!modalities.contains(m)) {
+        errors.push_back({append_pointer(at + "/modalities", m), "unknown modality " + quoted(m) + " (declared in /modalities: " +
+                                                                    join_keys(modalities) + ")"});
+      }
+      ++seen[m];
+    }
+  }
+  for (const auto& [m, spec] : modalities.items()) {
+    if (spec.contains("field")) {
+      errors.push_back({append_pointer("/modalities", m) + "/field",
+                        "must be absent" + multitask + ": each task maps the modality to its data set's field in "
+                                                       "/tasks/<task>/modalities"});
+    }
+    if (!seen.count(m)) {
+      errors.push_back({append_pointer("/modalities", m), "no task sees modality " + quoted(m) +
+                                                             " (map it in some /tasks/<task>/modalities, or remove it)"});
+    }
+  }
+}
+
 }  // namespace
 
 std::vector<std::string> metrics_for(const std::string& task_type) {
@@ -124,10 +196,18 @@ std::vector<SchemaError> validate_pipeline(nlohmann::json& pipeline, const Manif
       errors.push_back({"/modalities", "declares no modality; a pipeline needs at least one, or a /data/stream that "
                                        "yields whole batches"});
     }
-    if (!doc.contains("fusion")) {
-      errors.push_back({"", "missing required field \"fusion\" (a pipeline with modalities needs a fusion operator, "
-                            "e.g. {\"plugin\": \"concat\"})"});
-    }
+    check_data_sources(doc, errors);
+  }
+  // A strategy with its own shared backbone (multitask) reads no fusion operator; every other
+  // strategy needs one when the pipeline has modalities.
+  const Manifest* transfer = lookup ? lookup(doc.at("transfer").at("plugin").get<std::string>()) : nullptr;
+  const bool uses_fusion = transfer == nullptr || transfer->kind != "transfer" || transfer->uses_fusion;
+  if (!uses_fusion && doc.contains("fusion")) {
+    errors.push_back({"/fusion", "must be absent: transfer plugin " + quoted(transfer->name) +
+                                     " fuses the modalities in its own backbone and reads no fusion operator"});
+  } else if (uses_fusion && !doc.at("data").contains("stream") && !doc.contains("fusion")) {
+    errors.push_back({"", "missing required field \"fusion\" (a pipeline with modalities needs a fusion operator, "
+                          "e.g. {\"plugin\": \"concat\"})"});
   }
   for (auto& [modality, component] : doc.at("modalities").items()) {
     check_component(component, append_pointer("/modalities", modality), "modality", lookup, known_plugins,

@@ -274,10 +274,15 @@ nlohmann::json run_bench(PluginRegistry& registry, const BenchOptions& options) 
   for (const auto& file : options.pipelines) {
     ResolvedPipeline pipeline = load_pipeline(file, {}, registry);
     const nlohmann::json& doc = pipeline.doc;
-    Dataset dataset = Dataset::open(pipeline.dataset);
+    if (pipeline.multitask) {
+      throw UsageError("bench --loader times one data set's loading; " + file.string() +
+                       " is a multitask pipeline (time each task's data set with its own pipeline)");
+    }
+    std::vector<Dataset> datasets = open_datasets(pipeline);
+    Dataset& dataset = datasets.at(0);
     HostContext context(spdlog::default_logger(), doc.at("seed"), c10::Device(c10::kCPU), scratch,
                         pipeline_artifacts(pipeline));
-    BuiltModel model = create_modalities(pipeline, registry, dataset, context);
+    BuiltModel model = create_modalities(pipeline, registry, datasets, context);
     const std::string split = doc.at("data").at("splits").at("train");
     const int64_t batch_size = doc.at("train").at("batch_size");
     if (model.stream) {  // no per-sample decoding: time a whole epoch of the stream's batches

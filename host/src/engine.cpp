@@ -25,6 +25,7 @@
 #include <torch/nn/utils/clip_grad.h>
 #include <torch/utils.h>
 
+#include "hashing.hpp"
 #include "interrupt.hpp"
 #include "metrics.hpp"
 #include "schema/json_schema.hpp"
@@ -85,18 +86,30 @@ std::optional<std::string> pin_of(const nlohmann::json& component) {
 
 SplitSource::SplitSource(std::map<std::string, const SplitFeatures*> splits, int64_t batch_size,
                          std::vector<std::string> all_modalities, c10::Device device)
+    : batch_size_(batch_size), all_(std::move(all_modalities)), device_(device) {
+  for (const auto& [name, f] : splits) splits_[name].push_back(f);
+}
+
+SplitSource::SplitSource(std::map<std::string, std::vector<const SplitFeatures*>> splits, int64_t batch_size,
+                         std::vector<std::string> all_modalities, c10::Device device)
     : splits_(std::move(splits)), batch_size_(batch_size), all_(std::move(all_modalities)), device_(device) {}
 
 void SplitSource::for_each(const std::string& split, const std::vector<std::string>& modalities,
                            const std::function<void(const Batch&)>& fn) {
   auto it = splits_.find(split);
   if (it == splits_.end()) throw Error("split \"" + split + "\" is not loaded in this run");
-  const SplitFeatures& f = *it->second;
-  const auto& mods = modalities.empty() ? all_ : modalities;
-  for (int64_t start = 0; start < f.size(); start += batch_size_) {
-    std::vector<int64_t> rows;
-    for (int64_t r = start; r < std::min(f.size(), start + batch_size_); ++r) rows.push_back(r);
-    fn(f.batch(rows, mods).to(device_));
+  const auto& wanted = modalities.empty() ? all_ : modalities;
+  for (const SplitFeatures* f : it->second) {  // a multitask run: each task's data set in turn
+    std::vector<std::string> mods;  // of those asked for, the ones this data set holds
+    const auto held = f->modalities();
+    for (const auto& m : wanted) {
+      if (std::find(held.begin(), held.end(), m) != held.end()) mods.push_back(m);
+    }
+    for (int64_t start = 0; start < f->size(); start += batch_size_) {
+      std::vector<int64_t> rows;
+      for (int64_t r = start; r < std::min(f->size(), start + batch_size_); ++r) rows.push_back(r);
+      fn(f->batch(rows, mods).to(device_));
+    }
   }
 }
 
@@ -211,11 +224,14 @@ nlohmann::json HeldOutProtocol::evaluate(TransferStrategy& model, BatchSource& d
   model.eval();
   std::map<std::string, std::vector<at::Tensor>> outputs, targets;
   std::map<std::string, GeneratedText> generated;
+  std::map<std::string, int64_t> task_samples;  // rows, counted per batch below
   int64_t count = 0;
   data.for_each(split, modalities, [&](const Batch& batch) {
     Predictions p = guard(model.plugin_name(), [&] { return model.predict(batch); });
     for (const auto& [task, spec] : tasks_) {
+      if (!batch.targets.count(task)) continue;  // a multitask run: another task's data set
       if (!p.count(task)) throw PluginError(model.plugin_name(), "predict() gave no output for task " + task);
+      task_samples[task] += batch.size();
       if (spec.type == TaskType::kGeneration) {
         generated[task].add(model, task, p.at(task), batch.targets.at(task));
         continue;
@@ -227,6 +243,12 @@ nlohmann::json HeldOutProtocol::evaluate(TransferStrategy& model, BatchSource& d
   });
   model.train(was_training);
   nlohmann::json out = {{"split", split}, {"samples", count}, {"modalities", modalities}, {"tasks", nlohmann::json::object()}};
+  bool partial = false;  // some batches held only some tasks (a multitask run): say how many each had
+  for (const auto& [task, spec] : tasks_) {
+    if (task_samples[task] == 0) throw Error("task " + task + " has no samples in split \"" + split + "\"");
+    partial = partial || task_samples[task] != count;
+  }
+  if (partial) out["task_samples"] = task_samples;
   for (const auto& [task, spec] : tasks_) {
     if (spec.type == TaskType::kGeneration) {
       out["tasks"][task] = generated[task].metrics(spec);
@@ -402,13 +424,36 @@ std::vector<ModalityBinding> bindings_for(const BuiltModel& model, const std::ve
   return out;
 }
 
+std::vector<ModalityBinding> source_bindings(const BuiltModel& model, const DataSource& source,
+                                             const std::vector<std::string>& names) {
+  std::vector<ModalityBinding> out;
+  for (ModalityBinding b : bindings_for(model, names)) {
+    const auto it = source.fields.find(b.name);
+    if (it == source.fields.end()) continue;  // this task does not see the modality
+    b.field = it->second;
+    out.push_back(std::move(b));
+  }
+  return out;
+}
 
-void check_against_dataset(const ResolvedPipeline& pipeline, const Dataset& dataset, const PluginRegistry& registry) {
+std::map<std::string, TaskSpec> source_tasks(const BuiltModel& model, const DataSource& source) {
+  std::map<std::string, TaskSpec> out;
+  for (const auto& t : source.tasks) out.emplace(t, model.tasks.at(t));
+  return out;
+}
+
+
+namespace {
+
+/// check_against_dataset for one data source: its tasks' targets, its modalities' fields, its
+/// splits; errors are appended, pointing where the pipeline names each.
+void check_source(const ResolvedPipeline& pipeline, const DataSource& source, const Dataset& dataset,
+                  const PluginRegistry& registry, std::vector<schema::SchemaError>& errors) {
   const nlohmann::json& doc = pipeline.doc;
   const nlohmann::json& fields = dataset.doc().at("fields");
   const std::string where = " of " + dataset.file().string();
-  std::vector<schema::SchemaError> errors;
-  for (const auto& [name, t] : doc.at("tasks").items()) {
+  for (const auto& name : source.tasks) {
+    const nlohmann::json& t = doc.at("tasks").at(name);
     const std::string at = schema::append_pointer("/tasks", name);
     const std::string type = t.at("type");
     const std::string target = t.at("target");
@@ -450,38 +495,78 @@ void check_against_dataset(const ResolvedPipeline& pipeline, const Dataset& data
       }
     }
   }
-  // A modality or the stream at `at` reads field `m/field`: it must exist and have a type its
-  // plugin's manifest says it reads.
-  auto check_field = [&](const std::string& at, const nlohmann::json& m) {
-    const std::string field = m.at("field");
+  // A modality or the stream, named at `at`, reads `field` with `plugin`: the field must exist
+  // and have a type the plugin's manifest says it reads.
+  auto check_field = [&](const std::string& at, const std::string& field, const std::string& plugin) {
     if (!fields.contains(field)) {
-      errors.push_back({at + "/field", "no field \"" + field + "\"" + where + " (fields: " + schema::join_keys(fields) + ")"});
+      errors.push_back({at, "no field \"" + field + "\"" + where + " (fields: " + schema::join_keys(fields) + ")"});
       return;
     }
     const std::string field_type = fields.at(field).at("type");
-    const schema::Manifest* manifest = registry.find(m.at("plugin"));
+    const schema::Manifest* manifest = registry.find(plugin);
     if (manifest != nullptr && !manifest->field_types.empty() &&
         std::find(manifest->field_types.begin(), manifest->field_types.end(), field_type) ==
             manifest->field_types.end()) {
-      errors.push_back({at + "/field", "field \"" + field + "\"" + where + " is of type " + field_type +
-                                           ", plugin \"" + manifest->name + "\" reads " +
-                                           schema::join_names(manifest->field_types)});
+      errors.push_back({at, "field \"" + field + "\"" + where + " is of type " + field_type + ", plugin \"" +
+                                manifest->name + "\" reads " + schema::join_names(manifest->field_types)});
     }
   };
-  for (const auto& [name, m] : doc.at("modalities").items()) check_field(schema::append_pointer("/modalities", name), m);
-  if (doc.at("data").contains("stream")) check_field("/data/stream", doc.at("data").at("stream"));
-  for (const auto& [role, split] : doc.at("data").at("splits").items()) {
+  for (const auto& [m, field] : source.fields) {
+    check_field(source.pointers.at(m), field, doc.at("modalities").at(m).at("plugin"));
+  }
+  if (doc.at("data").contains("stream")) {
+    const nlohmann::json& stream = doc.at("data").at("stream");
+    check_field("/data/stream/field", stream.at("field"), stream.at("plugin"));
+  }
+  for (const auto& [role, split] : source.splits) {
     if (!dataset.has_split(split)) {
-      errors.push_back({"/data/splits/" + role, "no split \"" + split.get<std::string>() + "\"" + where +
-                                                    " (splits: " + schema::join_keys(dataset.doc().at("splits")) + ")"});
+      errors.push_back({source.split_pointers.at(role), "no split \"" + split + "\"" + where + " (splits: " +
+                                                            schema::join_keys(dataset.doc().at("splits")) + ")"});
     }
   }
+}
+
+}  // namespace
+
+std::vector<Dataset> open_datasets(const ResolvedPipeline& pipeline) {
+  std::vector<Dataset> out;
+  for (const auto& source : pipeline.sources) out.push_back(Dataset::open(source.file));
+  return out;
+}
+
+std::string data_sha256(const ResolvedPipeline& pipeline, const std::vector<std::string>& shas) {
+  if (!pipeline.multitask) return shas.at(0);
+  std::string lines;  // one line per task: a task's data set changing changes the run's data
+  for (size_t i = 0; i < shas.size(); ++i) lines += pipeline.sources.at(i).tasks.at(0) + " " + shas[i] + "\n";
+  return sha256_text(lines);
+}
+
+std::string data_sha256(const ResolvedPipeline& pipeline, const std::vector<Dataset>& datasets) {
+  std::vector<std::string> shas;
+  for (const auto& d : datasets) shas.push_back(d.sha256());
+  return data_sha256(pipeline, shas);
+}
+
+void check_against_dataset(const ResolvedPipeline& pipeline, const std::vector<Dataset>& datasets,
+                           const PluginRegistry& registry) {
+  std::vector<schema::SchemaError> errors;
+  for (size_t i = 0; i < pipeline.sources.size(); ++i) check_source(pipeline, pipeline.sources[i], datasets.at(i), registry, errors);
   if (!errors.empty()) throw schema::ValidationFailed(pipeline.file.string(), std::move(errors));
 }
 
-std::map<std::string, TaskSpec> resolve_tasks(const nlohmann::json& pipeline, const Dataset& dataset) {
+std::map<std::string, TaskSpec> resolve_tasks(const ResolvedPipeline& pipeline, const std::vector<Dataset>& datasets) {
   std::map<std::string, TaskSpec> tasks;
-  for (const auto& [name, t] : pipeline.at("tasks").items()) {
+  for (size_t i = 0; i < pipeline.sources.size(); ++i) {
+    for (const auto& [name, spec] : resolve_tasks(pipeline.doc, datasets.at(i), pipeline.sources[i].tasks)) tasks.emplace(name, spec);
+  }
+  return tasks;
+}
+
+std::map<std::string, TaskSpec> resolve_tasks(const nlohmann::json& pipeline, const Dataset& dataset,
+                                              const std::vector<std::string>& names) {
+  std::map<std::string, TaskSpec> tasks;
+  for (const auto& name : names) {
+    const nlohmann::json& t = pipeline.at("tasks").at(name);
     TaskSpec spec;
     spec.name = name;
     spec.type = parse_task_type(t.at("type"));
@@ -558,19 +643,20 @@ void check_pipeline_artifacts(const ResolvedPipeline& pipeline, const PluginRegi
   }
 }
 
-BuiltModel create_modalities(const ResolvedPipeline& pipeline, PluginRegistry& registry, const Dataset& dataset,
+BuiltModel create_modalities(const ResolvedPipeline& pipeline, PluginRegistry& registry, const std::vector<Dataset>& datasets,
                              HostContext& context) {
   const nlohmann::json& doc = pipeline.doc;
   BuiltModel model;
-  check_against_dataset(pipeline, dataset, registry);
+  check_against_dataset(pipeline, datasets, registry);
   check_pipeline_artifacts(pipeline, registry);
-  model.tasks = resolve_tasks(doc, dataset);
+  model.tasks = resolve_tasks(pipeline, datasets);
   model.class_groups = resolve_class_groups(doc, model.tasks);
   for (const auto& [m, spec] : doc.at("modalities").items()) {
     auto made = registry.create<ModalityPlugin>(spec.at("plugin"), MODALKIT_KIND_MODALITY,
                                                 create_args(doc, context, "/modalities/" + m, spec, m), pin_of(spec));
     context.add_component(m, made);
-    model.modalities.push_back(ModalityBinding{m, spec.at("field"), made});
+    // A multitask pipeline's modality reads another field in each task's data set (source_bindings).
+    model.modalities.push_back(ModalityBinding{m, spec.value("field", ""), made});
   }
   if (doc.at("data").contains("stream")) {
     const nlohmann::json& spec = doc.at("data").at("stream");
@@ -614,9 +700,13 @@ void build_networks(const ResolvedPipeline& pipeline, PluginRegistry& registry, 
                                                    pin_of(fusion_spec));
     context.add_component("fusion", model.fusion);
     parts.fusion = FusionRef(model.fusion, fusion_spec.at("plugin"));
-    const int64_t fused_width = guard(model.fusion->plugin_name(), [&] { return model.fusion->output_width(); });
+  }
+  // Heads read the fused width, or d_model under a strategy with its own backbone (no fusion).
+  if (!names.empty()) {
+    const int64_t head_width =
+        model.fusion ? guard(model.fusion->plugin_name(), [&] { return model.fusion->output_width(); }) : d_model;
     for (const auto& [name, spec] : model.tasks) {
-      if (spec.type != TaskType::kGeneration) parts.heads.emplace(name, make_task_head(spec, fused_width));
+      if (spec.type != TaskType::kGeneration) parts.heads.emplace(name, make_task_head(spec, head_width));
     }
   }
   parts.tasks = model.tasks;
@@ -712,10 +802,10 @@ OpenedRun open_run(const ResolvedPipeline& pipeline, PluginRegistry& registry, c
   }
   configure_runtime(doc);
   out.device = device_of(doc);
-  out.dataset = std::make_unique<Dataset>(Dataset::open(pipeline.dataset));
+  out.datasets = open_datasets(pipeline);
   out.context = std::make_unique<HostContext>(spdlog::default_logger(), doc.at("seed").get<uint64_t>(), out.device,
                                               run_dir, pipeline_artifacts(pipeline));
-  out.model = create_modalities(pipeline, registry, *out.dataset, *out.context);
+  out.model = create_modalities(pipeline, registry, out.datasets, *out.context);
   restore_fitted_state(out.model, run_dir);
   build_networks(pipeline, registry, *out.context, out.model);
   load_weights(*out.model.strategy, run_dir / "model.pt");
@@ -774,7 +864,7 @@ nlohmann::json robustness_sweep(const ResolvedPipeline& pipeline, OpenedRun& r, 
     LoadOptions lo{threads, false, options.skip_bad, {}};
     lo.perturb = perturb;
     lo.perturb_seed = doc.at("seed").get<uint64_t>();
-    SplitFeatures f = SplitFeatures::build(*r.dataset, split, bindings_for(r.model, present), r.model.tasks, lo);
+    SplitFeatures f = SplitFeatures::build(r.datasets.at(0), split, bindings_for(r.model, present), r.model.tasks, lo);
     SplitSource source({{split, &f}}, batch, present, r.device);
     return protocol.evaluate(*r.model.strategy, source, split, present)["tasks"][task][metric].get<double>();
   };
@@ -816,6 +906,10 @@ nlohmann::json evaluate(const ResolvedPipeline& pipeline, PluginRegistry& regist
   if (options.robustness && r.model.tasks.empty()) {
     throw UsageError("--robustness scores a task; " + pipeline.file.string() + " has none");
   }
+  if (options.robustness && pipeline.multitask) {
+    throw UsageError("--robustness sweeps one data set's modalities; " + pipeline.file.string() +
+                     " is a multitask pipeline (evaluate a run trained on one task's data set instead)");
+  }
   std::vector<std::string> modalities = options.modalities.empty() ? r.model.test_modalities : options.modalities;
   for (const auto& m : modalities) {
     bool known = false;
@@ -823,21 +917,33 @@ nlohmann::json evaluate(const ResolvedPipeline& pipeline, PluginRegistry& regist
     if (!known) throw UsageError("--modalities: \"" + m + "\" is not a modality of " + pipeline.file.string());
   }
   const auto& splits = doc.at("data").at("splits");
-  const std::string split = splits.at(options.split.empty() ? doc.at("evaluate").at("split").get<std::string>() : options.split);
+  const std::string role = options.split.empty() ? doc.at("evaluate").at("split").get<std::string>() : options.split;
+  const std::string split = splits.at(role);
   // A task-less run's figure is its loss, computed as training did: on what the strategy trains with.
   if (r.model.tasks.empty() && options.modalities.empty()) modalities = r.model.train_modalities;
   // The batches: the stream's (a pretraining run), or the split decoded into memory.
-  std::optional<SplitFeatures> f;
+  std::vector<SplitFeatures> features;  // one per data source
   std::unique_ptr<BatchSource> source;
   nlohmann::json skipped = nlohmann::json::object();
   if (r.model.stream) {
-    open_stream_split(*r.model.stream, *r.dataset, doc.at("data").at("stream").at("field"), split);
+    open_stream_split(*r.model.stream, r.datasets.at(0), doc.at("data").at("stream").at("field"), split);
     source = std::make_unique<StreamSource>(*r.model.stream, std::set<std::string>{split}, doc.at("train").at("batch_size"), r.device);
   } else {
-    f = SplitFeatures::build(*r.dataset, split, bindings_for(r.model, modalities), r.model.tasks,
-                             {doc.at("train").at("loader_threads"), false, options.skip_bad, {}});
-    skipped[split] = report_skipped(split, *f);
-    source = std::make_unique<SplitSource>(std::map<std::string, const SplitFeatures*>{{split, &*f}},
+    std::vector<LoadJob> jobs;
+    for (size_t i = 0; i < pipeline.sources.size(); ++i) {
+      const DataSource& s = pipeline.sources[i];
+      jobs.push_back(LoadJob{&r.datasets[i], s.splits.at(role), source_bindings(r.model, s, modalities), source_tasks(r.model, s),
+                             LoadOptions(doc.at("train").at("loader_threads"), false, options.skip_bad), static_cast<int64_t>(i)});
+    }
+    features = SplitFeatures::build_all(jobs);
+    std::vector<const SplitFeatures*> held;
+    int64_t dropped = 0;
+    for (size_t i = 0; i < features.size(); ++i) {
+      dropped += report_skipped(jobs[i].split, features[i]);
+      held.push_back(&features[i]);
+    }
+    skipped[split] = dropped;
+    source = std::make_unique<SplitSource>(std::map<std::string, std::vector<const SplitFeatures*>>{{split, held}},
                                            doc.at("train").at("batch_size"), modalities, r.device);
   }
   nlohmann::json result = held_out_figures(r.model, *source, split, modalities);
@@ -857,9 +963,14 @@ int64_t predict(const ResolvedPipeline& pipeline, PluginRegistry& registry, cons
     throw UsageError(pipeline.file.string() + " has no tasks, so its runs predict nothing (a pretraining run's "
                      "output is its artifacts and weights)");
   }
+  if (pipeline.multitask) {
+    throw UsageError("predict reads one data set's fields, and " + pipeline.file.string() + " is a multitask pipeline "
+                     "whose tasks read different data sets; `eval` scores each task on its own, and a run fine-tuned on "
+                     "one task (init_from) predicts");
+  }
   OpenedRun r = open_run(pipeline, registry, run_dir);
   const std::vector<std::string>& modalities = r.model.test_modalities;
-  Dataset samples = r.dataset->for_samples(input, "input");
+  Dataset samples = r.datasets.at(0).for_samples(input, "input");
   // No targets are read: the input needs only the fields of the modalities the model tests with.
   SplitFeatures f = SplitFeatures::build(samples, "input", bindings_for(r.model, modalities), {},
                                          LoadOptions(doc.at("train").at("loader_threads"), false, false));

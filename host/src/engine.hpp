@@ -75,21 +75,34 @@ struct BuiltModel {
   std::vector<std::pair<std::string, std::shared_ptr<EvaluationProtocol>>> protocols;
 };
 
-/// Checks what only the data set can tell, every error at once: each task's target exists and
-/// has a type its task needs (a label field with 2 labels for binary), its task type is one this
-/// host trains; each modality's field exists and has a type its plugin reads (manifest
-/// `field_types`); the splits of `/data/splits` exist. Throws schema::ValidationFailed naming the
-/// pipeline file, with JSON pointers into the pipeline.
-void check_against_dataset(const ResolvedPipeline& pipeline, const Dataset& dataset, const PluginRegistry& registry);
+/// The data sets of the pipeline's sources, opened, in source order.
+std::vector<Dataset> open_datasets(const ResolvedPipeline& pipeline);
+
+/// What identifies a run's data: the data set's sha256, or for a multitask pipeline the sha256
+/// of its tasks' data sets' (one line per task), so changing any of them changes it.
+std::string data_sha256(const ResolvedPipeline& pipeline, const std::vector<Dataset>& datasets);
+/// The same from each source's data set sha256, in source order.
+std::string data_sha256(const ResolvedPipeline& pipeline, const std::vector<std::string>& shas);
+
+/// Checks what only the data sets can tell, every error at once: each task's target exists in
+/// its data set and has a type its task needs (a label field with 2 labels for binary); each
+/// modality's field exists and has a type its plugin reads (manifest `field_types`); each
+/// source's splits exist. Throws schema::ValidationFailed naming the pipeline file, with JSON
+/// pointers into the pipeline. `datasets`: open_datasets(pipeline).
+void check_against_dataset(const ResolvedPipeline& pipeline, const std::vector<Dataset>& datasets,
+                           const PluginRegistry& registry);
 
 /// Checks each artifact the pipeline names against the type the plugins using it declare in
 /// their manifests, and its sha256 against its sidecar (artifacts.hpp); throws naming the first
 /// that fails.
 void check_pipeline_artifacts(const ResolvedPipeline& pipeline, const PluginRegistry& registry);
 
-/// Task specs from the pipeline, resolved against the data set's fields (label names). Call
+/// Task specs from the pipeline, each resolved against its data set's fields (label names). Call
 /// check_against_dataset first.
-std::map<std::string, TaskSpec> resolve_tasks(const nlohmann::json& pipeline, const Dataset& dataset);
+std::map<std::string, TaskSpec> resolve_tasks(const ResolvedPipeline& pipeline, const std::vector<Dataset>& datasets);
+/// The specs of tasks `names` of the pipeline document, resolved against `dataset`.
+std::map<std::string, TaskSpec> resolve_tasks(const nlohmann::json& pipeline, const Dataset& dataset,
+                                              const std::vector<std::string>& names);
 
 /// The results.json name of class group `group`'s accuracy: `<group>_accuracy`.
 std::string group_accuracy_metric(const std::string& group);
@@ -102,8 +115,8 @@ ClassGroups resolve_class_groups(const nlohmann::json& pipeline, const std::map<
 
 /// First half of building `pipeline`'s model: checks it against the data set, resolves the tasks
 /// and creates the modality plugins (no networks yet: fit or load_fitted_state comes next).
-BuiltModel create_modalities(const ResolvedPipeline& pipeline, PluginRegistry& registry, const Dataset& dataset,
-                             HostContext& context);
+BuiltModel create_modalities(const ResolvedPipeline& pipeline, PluginRegistry& registry,
+                             const std::vector<Dataset>& datasets, HostContext& context);
 
 /// Second half, once the modalities are fitted: encoders, fusion, task heads and the transfer
 /// strategy, moved to the context's device.
@@ -149,12 +162,16 @@ class SplitSource : public BatchSource {
   /// what an empty modality list means.
   SplitSource(std::map<std::string, const SplitFeatures*> splits, int64_t batch_size,
               std::vector<std::string> all_modalities, c10::Device device);
+  /// A multitask run's: each split name → every task's features of it, iterated in turn; a
+  /// batch holds only the asked-for modalities its data set has.
+  SplitSource(std::map<std::string, std::vector<const SplitFeatures*>> splits, int64_t batch_size,
+              std::vector<std::string> all_modalities, c10::Device device);
   void for_each(const std::string& split, const std::vector<std::string>& modalities,
                 const std::function<void(const Batch&)>& fn) override;
   bool has_split(const std::string& split) const override { return splits_.count(split) != 0; }
 
  private:
-  std::map<std::string, const SplitFeatures*> splits_;
+  std::map<std::string, std::vector<const SplitFeatures*>> splits_;
   int64_t batch_size_;
   std::vector<std::string> all_;
   c10::Device device_;
@@ -226,6 +243,11 @@ nlohmann::json plugin_versions(const PluginRegistry& registry, const nlohmann::j
 std::vector<std::string> needed_modalities(const BuiltModel& model, const nlohmann::json& doc);
 /// The model's bindings of `names`, in pipeline order.
 std::vector<ModalityBinding> bindings_for(const BuiltModel& model, const std::vector<std::string>& names);
+/// Those of `names` that `source` holds, each reading its field in the source's data set.
+std::vector<ModalityBinding> source_bindings(const BuiltModel& model, const DataSource& source,
+                                             const std::vector<std::string>& names);
+/// The specs of the tasks whose targets `source` holds.
+std::map<std::string, TaskSpec> source_tasks(const BuiltModel& model, const DataSource& source);
 /// Logs what --skip-bad left out of a split; returns the count.
 int64_t report_skipped(const std::string& split, const SplitFeatures& f);
 
@@ -260,7 +282,7 @@ nlohmann::json evaluate(const ResolvedPipeline& pipeline, PluginRegistry& regist
 /// loaded (plugin versions checked against the run's).
 struct OpenedRun {
   nlohmann::json run;                       ///< run.json
-  std::unique_ptr<Dataset> dataset;         ///< the pipeline's data set
+  std::vector<Dataset> datasets;            ///< the pipeline's data sets, one per source
   std::unique_ptr<HostContext> context;     ///< outlives the plugins that point to it
   BuiltModel model;                         ///< with weights loaded
   c10::Device device{c10::kCPU};

@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstdio>
 #include <fstream>
+#include <functional>
 #include <map>
 #include <set>
 #include <regex>
@@ -30,6 +31,8 @@ namespace {
 /// One training run of the experiment.
 struct PlannedRun {
   size_t row = 0, setting = 0;
+  size_t part = 0;       ///< which of the row's pipelines
+  size_t candidate = 0;  ///< which combination of the search's candidates
   uint64_t seed = 0;
   fs::path pipeline_file;
   std::vector<std::string> sets;
@@ -45,10 +48,6 @@ std::string slug(const std::string& text) {
   }
   while (!out.empty() && out.back() == '-') out.pop_back();
   return out.empty() ? "x" : out;
-}
-
-void add_sets(std::vector<std::string>& sets, const json& object) {
-  for (const auto& [path, value] : object.items()) sets.push_back(path + "=" + value.dump());
 }
 
 json read_json_or_null(const fs::path& p) {
@@ -194,7 +193,7 @@ std::string run_experiment(const fs::path& file, PluginRegistry& registry, const
     return tables;
   }
   exp_schema.fill_defaults(exp);
-  for (const char* needed : {"dataset", "metric", "rows"}) {
+  for (const char* needed : {"metric", "rows"}) {
     if (!exp.contains(needed)) {
       throw schema::ValidationFailed(file.string(), {{"", "an experiment needs /" + std::string(needed) +
                                                               " (or /experiments, for a suite of experiment files)"}});
@@ -213,11 +212,14 @@ std::string run_experiment(const fs::path& file, PluginRegistry& registry, const
                                                                  std::to_string(baselines)}});
   }
   const json& quick = exp.at("quick");
-  if (options.quick && !quick.contains("dataset")) {
+  if (options.quick && exp.contains("dataset") && !quick.contains("dataset")) {
     throw UsageError(file.string() + ": has no /quick/dataset, so it cannot run with --quick");
   }
-  const fs::path dataset = fs::absolute(base / (options.quick ? quick.at("dataset") : exp.at("dataset")).get<std::string>())
-                               .lexically_normal();
+  // One data set for every row, or (none named) each row's pipelines' own.
+  fs::path dataset;
+  if (exp.contains("dataset")) {
+    dataset = fs::absolute(base / (options.quick ? quick.at("dataset") : exp.at("dataset")).get<std::string>()).lexically_normal();
+  }
   const std::vector<uint64_t> seeds =
       (options.quick && quick.contains("seeds") ? quick.at("seeds") : exp.at("seeds")).get<std::vector<uint64_t>>();
   const fs::path out = options.out.empty() ? fs::path("runs/experiments") / (name + (options.quick ? "-quick" : "")) : options.out;
@@ -239,63 +241,140 @@ std::string run_experiment(const fs::path& file, PluginRegistry& registry, const
       }
     }
   }
-
-  if (!fs::exists(dataset)) {
+  if (!dataset.empty() && !fs::exists(dataset)) {
     throw Error(file.string() + ": data set " + dataset.string() + " does not exist" +
                 (options.quick ? "" : " (build it with `modalkit data prepare`, see docs/data.md, or run with --quick)"));
   }
-  Dataset data = Dataset::open(dataset);
-  const std::string data_sha = data.sha256();
+  // Each data set opened and hashed once, however many runs read it.
+  std::map<std::string, Dataset> opened;
+  auto dataset_at = [&](const fs::path& path) -> Dataset& {
+    const std::string key = fs::absolute(path).lexically_normal().string();
+    auto it = opened.find(key);
+    if (it == opened.end()) {
+      if (!fs::exists(key)) {
+        throw Error(file.string() + ": data set " + key + " does not exist" +
+                    (options.quick ? "" : " (build it with `modalkit data prepare`, see docs/data.md, or run with --quick)"));
+      }
+      it = opened.emplace(key, Dataset::open(key)).first;
+    }
+    return it->second;
+  };
+  auto data_sha_of = [&](const ResolvedPipeline& p) {
+    std::vector<std::string> shas;
+    for (const auto& src : p.sources) shas.push_back(dataset_at(src.file).sha256());
+    return data_sha256(p, shas);
+  };
 
-  // Plan every run: common budget, then --quick's, then the setting's, then the row's own.
+  // {seed}, {runs} and {quick} in string values: a row may start from another experiment's run.
+  const std::string runs_root = fs::absolute(out).lexically_normal().parent_path().string();
+  std::function<json(const json&, uint64_t)> expand = [&](const json& v, uint64_t seed) -> json {
+    if (v.is_string()) {
+      std::string text = v.get<std::string>();
+      for (const auto& [key, value] : std::map<std::string, std::string>{
+               {"{seed}", std::to_string(seed)}, {"{runs}", runs_root}, {"{quick}", options.quick ? "-quick" : ""}}) {
+        for (auto at = text.find(key); at != std::string::npos; at = text.find(key, at + value.size())) text.replace(at, key.size(), value);
+      }
+      return text;
+    }
+    if (!v.is_structured()) return v;
+    json copy = v;
+    for (auto& item : copy.items()) item.value() = expand(item.value(), seed);
+    return copy;
+  };
+  auto add = [&](std::vector<std::string>& sets, const json& object, uint64_t seed) {
+    for (const auto& [path, value] : object.items()) sets.push_back(path + "=" + expand(value, seed).dump());
+  };
+  // The search grid: every combination of the candidates, in the order the file names them.
+  std::vector<json> candidates{json::object()};
+  for (const auto& [path, values] : exp.at("search").items()) {
+    std::vector<json> grown;
+    for (const auto& c : candidates) {
+      for (const auto& v : values) {
+        json g = c;
+        g[path] = v;
+        grown.push_back(g);
+      }
+    }
+    candidates = std::move(grown);
+  }
+  const bool searching = !exp.at("search").empty();
+  auto pipelines_of = [&](size_t r) {
+    const json& row = exp["rows"][r];
+    return row.contains("pipelines") ? row.at("pipelines").get<std::vector<std::string>>()
+                                     : std::vector<std::string>{row.at("pipeline").get<std::string>()};
+  };
+
+  // Plan every run: common budget, then --quick's, then the setting's, then the row's own, then
+  // the search candidate's.
   std::vector<PlannedRun> runs;
   for (size_t s = 0; s < exp.at("settings").size(); ++s) {
     for (size_t r = 0; r < exp.at("rows").size(); ++r) {
+      const auto parts = pipelines_of(r);
       for (uint64_t seed : seeds) {
-        PlannedRun run;
-        run.row = r;
-        run.setting = s;
-        run.seed = seed;
-        run.pipeline_file = base / exp["rows"][r].at("pipeline").get<std::string>();
-        add_sets(run.sets, exp.at("set"));
-        add_sets(run.sets, exp["settings"][s].at("set"));
-        add_sets(run.sets, exp["rows"][r].at("set"));
-        // --quick's budget is for the embedded set: it has the last word over every setting.
-        if (options.quick) add_sets(run.sets, quick.at("set"));
-        run.sets.push_back("data.dataset=" + json(dataset.string()).dump());
-        run.sets.push_back("seed=" + std::to_string(seed));
-        run.dir = out / slug(exp["rows"][r].at("name")) / slug(exp["settings"][s].at("name")) / ("seed-" + std::to_string(seed));
-        runs.push_back(std::move(run));
+        for (size_t part = 0; part < parts.size(); ++part) {
+          for (size_t c = 0; c < candidates.size(); ++c) {
+            PlannedRun run;
+            run.row = r;
+            run.setting = s;
+            run.part = part;
+            run.candidate = c;
+            run.seed = seed;
+            run.pipeline_file = base / parts[part];
+            add(run.sets, exp.at("set"), seed);
+            add(run.sets, exp["settings"][s].at("set"), seed);
+            add(run.sets, exp["rows"][r].at("set"), seed);
+            // --quick's budget is for the embedded set: it has the last word over every setting.
+            if (options.quick) add(run.sets, quick.at("set"), seed);
+            add(run.sets, candidates[c], seed);
+            if (!dataset.empty()) run.sets.push_back("data.dataset=" + json(dataset.string()).dump());
+            run.sets.push_back("seed=" + std::to_string(seed));
+            run.dir = out / slug(exp["rows"][r].at("name")) / slug(exp["settings"][s].at("name")) / ("seed-" + std::to_string(seed));
+            if (parts.size() > 1) run.dir /= slug(fs::path(parts[part]).stem().string());
+            if (searching) run.dir /= slug(candidates[c].dump());
+            runs.push_back(std::move(run));
+          }
+        }
       }
     }
   }
 
   // What is done already: results whose pipeline, data and plugin builds match.
   std::vector<ResolvedPipeline> resolved;
+  std::vector<std::string> data_shas;
   std::vector<bool> done;
   double known_seconds = 0, known_steps = 0;
-  for (const auto& run : runs) {
+  // Whether a run's pipeline computes TASK/METRIC: a metric of the task's list, <group>_accuracy
+  // of one of its class groups, or any metric of an evaluation protocol of that name.
+  auto computes = [&](const ResolvedPipeline& p, const std::string& metric_path) {
+    const json& tasks = p.doc.at("tasks");
+    const std::string task = task_of(metric_path), metric = metric_of(metric_path);
+    const bool group_metric = tasks.contains(task) && tasks.at(task).contains("class_groups") &&
+                              !group_of_metric(metric).empty() && tasks.at(task).at("class_groups").contains(group_of_metric(metric));
+    const bool protocol_metric = evaluation_protocols(p.doc).contains(task);
+    const bool task_metric = tasks.contains(task) && tasks.at(task).contains("metrics") &&
+                             std::find(tasks.at(task).at("metrics").begin(), tasks.at(task).at("metrics").end(), metric) !=
+                                 tasks.at(task).at("metrics").end();
+    return group_metric || protocol_metric || task_metric;
+  };
+  for (auto& run : runs) {
     resolved.push_back(load_pipeline(run.pipeline_file, run.sets, registry));
-    const json& tasks = resolved.back().doc.at("tasks");
-    for (const auto& metric_path : metric_paths) {
-      const std::string task = task_of(metric_path), metric = metric_of(metric_path);
-      // A metric of the task's list, or <group>_accuracy of one of its class groups.
-      const bool group_metric = tasks.contains(task) && tasks.at(task).contains("class_groups") &&
-                                !group_of_metric(metric).empty() && tasks.at(task).at("class_groups").contains(group_of_metric(metric));
-      // Or any metric of an evaluation protocol of that name (its metrics are its plugin's).
-      const bool protocol_metric = evaluation_protocols(resolved.back().doc).contains(task);
-      if (!group_metric && !protocol_metric && (!tasks.contains(task) || !tasks.at(task).contains("metrics") ||
-                            std::find(tasks.at(task).at("metrics").begin(), tasks.at(task).at("metrics").end(), metric) ==
-                                tasks.at(task).at("metrics").end())) {
-        throw schema::ValidationFailed(file.string(), {{"/metric", "row \"" + exp["rows"][run.row]["name"].get<std::string>() +
-                                                                       "\" (" + run.pipeline_file.string() + ") does not compute " +
-                                                                       metric_path + " (see its /tasks and /evaluate/protocols)"}});
+    // /datasets: each data set the run reads, by name, swapped for the full one.
+    if (!options.quick && exp.contains("datasets")) {
+      bool swapped = false;
+      for (const auto& src : resolved.back().sources) {
+        const std::string data_name = dataset_at(src.file).doc().at("name");
+        if (!exp.at("datasets").contains(data_name)) continue;
+        const fs::path full = fs::absolute(base / exp.at("datasets").at(data_name).get<std::string>()).lexically_normal();
+        run.sets.push_back(src.pointer + "/dataset=" + json(full.string()).dump());
+        swapped = true;
       }
+      if (swapped) resolved.back() = load_pipeline(run.pipeline_file, run.sets, registry);
     }
+    data_shas.push_back(data_sha_of(resolved.back()));
     const json info = read_json_or_null(run.dir / "run.json");
     const json results = read_json_or_null(run.dir / "results.json");
     const bool same = !info.is_null() && !results.is_null() && info.value("pipeline_hash", "") == resolved.back().hash &&
-                      info.value("dataset_sha256", "") == data_sha &&
+                      info.value("dataset_sha256", "") == data_shas.back() &&
                       info.value("plugins", json()) == plugin_versions(registry, resolved.back().doc);
     done.push_back(same);
     if (same) {
@@ -308,19 +387,48 @@ std::string run_experiment(const fs::path& file, PluginRegistry& registry, const
       }
     }
   }
+  // Each column's figure comes from exactly one pipeline of each row.
+  std::vector<std::vector<size_t>> part_of(exp.at("rows").size(), std::vector<size_t>(metric_paths.size(), 0));
+  for (size_t r = 0; r < exp.at("rows").size(); ++r) {
+    const auto parts = pipelines_of(r);
+    for (size_t m = 0; m < metric_paths.size(); ++m) {
+      std::vector<size_t> hits;
+      for (size_t part = 0; part < parts.size(); ++part) {
+        for (size_t i = 0; i < runs.size(); ++i) {
+          if (runs[i].row == r && runs[i].part == part) {
+            if (computes(resolved[i], metric_paths[m])) hits.push_back(part);
+            break;
+          }
+        }
+      }
+      const std::string row_name = exp["rows"][r]["name"].get<std::string>();
+      if (hits.empty()) {
+        throw schema::ValidationFailed(file.string(), {{"/metric", "row \"" + row_name + "\" (" + json(parts).dump() +
+                                                                       ") does not compute " + metric_paths[m] +
+                                                                       " (see its /tasks and /evaluate/protocols)"}});
+      }
+      if (hits.size() > 1) {
+        throw schema::ValidationFailed(file.string(), {{"/rows/" + std::to_string(r) + "/pipelines",
+                                                        "row \"" + row_name + "\": " + parts[hits[0]] + " and " + parts[hits[1]] +
+                                                            " both compute " + metric_paths[m] + "; a column needs one source"}});
+      }
+      part_of[r][m] = hits.front();
+    }
+  }
 
   if (options.dry_run) {
     std::ostringstream o;
     double todo_steps = 0;
     size_t todo = 0;
     o << "experiment " << name << (options.quick ? " (--quick)" : "") << ": " << runs.size() << " runs, data "
-      << dataset.string() << "\n";
+      << (dataset.empty() ? std::string("of each pipeline") : dataset.string()) << "\n";
     for (size_t i = 0; i < runs.size(); ++i) {
       const json& tr = resolved[i].doc.at("train");
-      const double n_train =
-          static_cast<double>(data.samples(resolved[i].doc.at("data").at("splits").at("train").get<std::string>()).size());
-      const double labeled = std::max(1.0, std::round(n_train * resolved[i].doc.at("data").at("label_fraction").get<double>()));
-      const double per_epoch = std::ceil(labeled / tr.at("batch_size").get<double>());
+      double per_epoch = 0;  // each data source's labelled batches (a multitask run has several)
+      for (const auto& src : resolved[i].sources) {
+        const double n_train = static_cast<double>(dataset_at(src.file).samples(src.splits.at("train")).size());
+        per_epoch += std::ceil(std::max(1.0, std::round(n_train * src.label_fraction)) / tr.at("batch_size").get<double>());
+      }
       double steps = per_epoch * tr.at("epochs").get<double>();
       if (tr.at("max_steps").get<int64_t>() > 0) steps = std::min(steps, tr.at("max_steps").get<double>());
       o << (done[i] ? "  done  " : "  run   ") << runs[i].dir.string() << "  (" << static_cast<int64_t>(steps)
@@ -353,15 +461,18 @@ std::string run_experiment(const fs::path& file, PluginRegistry& registry, const
       const json info = read_json_or_null(runs[i].dir / "run.json");
       t.resume = !info.is_null() && info.value("pipeline_hash", "") == resolved[i].hash &&
                  info.value("plugins", json()) == plugin_versions(registry, resolved[i].doc) &&
-                 info.value("dataset_sha256", "") == data_sha;
+                 info.value("dataset_sha256", "") == data_shas[i];
     }
     if (!t.resume && fs::exists(runs[i].dir)) {
       spdlog::info("[{}/{}] {}: stale (pipeline, data or plugins changed), training again", i + 1, runs.size(),
                    runs[i].dir.string());
       fs::remove_all(runs[i].dir);
     }
-    spdlog::info("[{}/{}] {} / {} / seed {}{}", i + 1, runs.size(), exp["rows"][runs[i].row]["name"].get<std::string>(),
-                 exp["settings"][runs[i].setting]["name"].get<std::string>(), runs[i].seed, t.resume ? " (resuming)" : "");
+    const auto parts = pipelines_of(runs[i].row);
+    spdlog::info("[{}/{}] {} / {} / seed {}{}{}{}", i + 1, runs.size(), exp["rows"][runs[i].row]["name"].get<std::string>(),
+                 exp["settings"][runs[i].setting]["name"].get<std::string>(), runs[i].seed,
+                 parts.size() > 1 ? " / " + parts[runs[i].part] : "", searching ? " / " + candidates[runs[i].candidate].dump() : "",
+                 t.resume ? " (resuming)" : "");
     try {
       train(resolved[i], registry, t);
     } catch (const Interrupted&) {
@@ -371,6 +482,36 @@ std::string run_experiment(const fs::path& file, PluginRegistry& registry, const
     }
   }
 
+  // The run a cell reads: of the search candidates, the one best on its own validation split.
+  // Forward declared so that the `best` links below can name it.
+  auto chosen = [&](size_t r, size_t part, size_t s, uint64_t seed) -> const PlannedRun& {
+    const PlannedRun* best = nullptr;
+    double best_value = NAN;
+    for (const auto& run : runs) {
+      if (run.row != r || run.part != part || run.setting != s || run.seed != seed) continue;
+      const json res = read_json_or_null(run.dir / "results.json");
+      const json sel = res.is_object() ? res.value("selected_on", json::object()) : json::object();
+      const double v = sel.contains("value") && sel.at("value").is_number() ? sel.at("value").get<double>() : NAN;
+      const bool higher = higher_is_better(sel.value("metric", std::string("accuracy")));
+      if (best == nullptr || (std::isfinite(v) && (!std::isfinite(best_value) || (higher ? v > best_value : v < best_value)))) {
+        best = &run;
+        best_value = v;
+      }
+    }
+    return *best;
+  };
+  // With a search, SEED-DIR/best links to the chosen candidate, so that another experiment can
+  // start from the chosen run ({runs}/NAME/ROW/SETTING/seed-{seed}/best).
+  if (searching) {
+    for (const auto& run : runs) {
+      if (run.candidate != 0) continue;
+      const PlannedRun& pick = chosen(run.row, run.part, run.setting, run.seed);
+      const fs::path link = run.dir.parent_path() / "best";
+      std::error_code ec;
+      fs::remove(link, ec);
+      fs::create_directory_symlink(pick.dir.filename(), link);
+    }
+  }
   // The table: rows x (settings x metrics), mean ± std over seeds, paired difference against
   // the baseline.
   auto value_of = [&](const PlannedRun& run, const std::string& metric_path) {
@@ -397,50 +538,82 @@ std::string run_experiment(const fs::path& file, PluginRegistry& registry, const
     const std::string metric = metric_of(metric_path);
     return metric != "mae" && metric != "pearson_r" ? 100.0 : 1.0;  // every other metric is a fraction in [0, 1]
   };
-  const bool several = metric_paths.size() > 1;
+  const bool mean_column = exp.at("mean_column").get<bool>();
+  // The columns of a setting: its metrics, then (mean_column) their mean, index metric_paths.size().
+  const size_t columns = metric_paths.size() + (mean_column ? 1 : 0);
+  const bool several = columns > 1;
   // Column names: the metric, or TASK/METRIC when two columns share a metric name.
   std::set<std::string> metric_names;
   for (const auto& m : metric_paths) metric_names.insert(metric_of(m));
-  auto column_of = [&](const std::string& m) { return metric_names.size() == metric_paths.size() ? metric_of(m) : m; };
+  auto column_of = [&](size_t k) {
+    if (k == metric_paths.size()) return std::string("mean");
+    return metric_names.size() == metric_paths.size() ? metric_of(metric_paths[k]) : metric_paths[k];
+  };
+  // A cell's value for one seed: a metric of the chosen run of the pipeline that computes it,
+  // or the mean of the row's metric columns. NaN: not applicable.
+  std::map<size_t, std::set<int64_t>> steps_per_setting;
+  auto cell = [&](size_t r, size_t s, uint64_t seed, size_t k) {
+    if (k == metric_paths.size()) {
+      double sum = 0;
+      for (size_t m = 0; m < metric_paths.size(); ++m) {
+        const PlannedRun& run = chosen(r, part_of[r][m], s, seed);
+        if (not_applicable(run, metric_paths[m])) return static_cast<double>(NAN);
+        sum += value_of(run, metric_paths[m]).first;
+      }
+      return sum / static_cast<double>(metric_paths.size());
+    }
+    const PlannedRun& run = chosen(r, part_of[r][k], s, seed);
+    if (not_applicable(run, metric_paths[k])) return static_cast<double>(NAN);
+    const auto [x, res] = value_of(run, metric_paths[k]);
+    steps_per_setting[s].insert(res.value("steps", int64_t{-1}));
+    return x;
+  };
+  const bool parameters = exp.at("parameters").get<bool>();
   std::ostringstream t;
   t << "### " << name << (options.quick ? " (--quick: embedded data, not a result)" : "") << "\n\n";
   if (exp.contains("description")) t << exp["description"].get<std::string>() << "\n\n";
-  t << "| row |";
+  t << "| row |" << (parameters ? " parameters |" : "");
   for (const auto& s : exp.at("settings")) {
-    for (const auto& m : metric_paths) t << " " << s.at("name").get<std::string>() << (several ? ": " + column_of(m) : "") << " |";
+    for (size_t k = 0; k < columns; ++k) t << " " << s.at("name").get<std::string>() << (several ? ": " + column_of(k) : "") << " |";
   }
-  t << "\n|---|";
-  for (size_t c = 0; c < exp.at("settings").size() * metric_paths.size(); ++c) t << "---|";
+  t << "\n|---|" << (parameters ? "---|" : "");
+  for (size_t c = 0; c < exp.at("settings").size() * columns; ++c) t << "---|";
   t << "\n";
-  std::map<size_t, std::set<int64_t>> steps_per_setting;
   for (size_t r = 0; r < exp.at("rows").size(); ++r) {
     t << "| " << exp["rows"][r]["name"].get<std::string>() << (r == baseline ? " (baseline)" : "") << " |";
+    if (parameters) {
+      // Of the first setting's first seed (a model's size does not depend on the seed).
+      std::vector<int64_t> counts;
+      for (size_t part = 0; part < pipelines_of(r).size(); ++part) {
+        const json res = read_json_or_null(chosen(r, part, 0, seeds.front()).dir / "results.json");
+        counts.push_back(res.is_object() ? res.value("parameters", json::object()).value("total", int64_t{0}) : 0);
+      }
+      int64_t largest = 0, sum = 0;
+      for (int64_t c : counts) largest = std::max(largest, c), sum += c;
+      t << " " << (counts.size() == 1 ? std::to_string(largest)
+                                      : "largest " + std::to_string(largest) + " (all " + std::to_string(counts.size()) +
+                                            ": " + std::to_string(sum) + ")")
+        << " |";
+    }
     for (size_t s = 0; s < exp.at("settings").size(); ++s) {
-      for (const auto& metric_path : metric_paths) {
+      for (size_t k = 0; k < columns; ++k) {
+        std::vector<double> v, d;
         bool applies = true;
-        for (const auto& run : runs) {
-          if (run.row == r && run.setting == s && not_applicable(run, metric_path)) applies = false;
+        for (uint64_t seed : seeds) {
+          const double x = cell(r, s, seed, k);
+          if (std::isnan(x)) {
+            applies = false;
+            break;
+          }
+          v.push_back(x);
+          if (r == baseline) continue;
+          const double b = cell(baseline, s, seed, k);
+          if (!std::isnan(b)) d.push_back((x - b) * (k == metric_paths.size() ? 100.0 : scale_of(metric_paths[k])));
         }
         if (!applies) {
           t << " n/a |";
           any_not_applicable = true;
           continue;
-        }
-        std::vector<double> v, d;
-        for (uint64_t seed : seeds) {
-          const PlannedRun* mine = nullptr;
-          const PlannedRun* base_run = nullptr;
-          for (const auto& run : runs) {
-            if (run.setting != s || run.seed != seed) continue;
-            if (run.row == r) mine = &run;
-            if (run.row == baseline) base_run = &run;
-          }
-          const auto [x, res] = value_of(*mine, metric_path);
-          steps_per_setting[s].insert(res.value("steps", int64_t{-1}));
-          v.push_back(x);
-          if (r != baseline && !not_applicable(*base_run, metric_path)) {
-            d.push_back((x - value_of(*base_run, metric_path).first) * scale_of(metric_path));
-          }
         }
         t << " " << fmt("%.3f ± %.3f", mean_of(v), std_of(v));
         if (r != baseline && !d.empty()) {
@@ -460,19 +633,39 @@ std::string run_experiment(const fs::path& file, PluginRegistry& registry, const
             (protocol ? " of protocol " : " of task ") + task_of(metric_paths[k]);
     (scale_of(metric_paths[k]) == 100 ? no_rates : all_rates) = false;
   }
-  t << "\n" << what << " on the test split (mean ± std over seeds " << json(seeds).dump()
-    << "); in brackets the mean paired difference to the baseline in "
+  t << "\n" << what << (mean_column ? " (and their mean)" : "") << " on the test split (mean ± std over seeds "
+    << json(seeds).dump() << "); in brackets the mean paired difference to the baseline in "
     << (all_rates ? "points" : no_rates ? "units" : "points (rates) or units") << " and the two-sided paired t-test p-value (n = "
     << seeds.size() << "). " << (any_not_applicable ? "n/a: the protocol does not apply to the row's model (it reports applicable: false). " : "")
-    << "Checkpoints selected on validation only. "
-    << "Optimiser steps per run:";
+    << (parameters ? "Parameters: results.json parameters.total (a row of several models: the largest, and all together). " : "")
+    << "Checkpoints selected on validation only. ";
+  if (searching) {
+    t << "Search, the same for every row:";
+    for (const auto& [path, values] : exp.at("search").items()) t << " " << path << " ∈ " << values.dump() << ";";
+    t << " each cell's run is the combination best on its own validation split (" << candidates.size()
+      << " trainings per model and seed). ";
+  }
+  t << "Optimiser steps per run:";
   for (const auto& [s, st] : steps_per_setting) {
     t << " " << exp["settings"][s]["name"].get<std::string>() << " ";
     for (auto it = st.begin(); it != st.end(); ++it) t << (it == st.begin() ? "" : "/") << *it;
     t << (st.size() == 1 ? " (every row)" : " (rows differ)") << ";";
   }
-  t << "\n\nData `" << fs::relative(dataset, fs::current_path()).string() << "` (sha256 `" << data_sha.substr(0, 16)
-    << "…`), commit `" << current_commit(base) << "`, command `modalkit experiments run " << name
+  t << "\n\nData";
+  if (!dataset.empty()) {
+    t << " `" << fs::relative(dataset, fs::current_path()).string() << "` (sha256 `" << dataset_at(dataset).sha256().substr(0, 16) << "…`)";
+  } else {
+    std::set<std::string> files;
+    for (const auto& p : resolved) {
+      for (const auto& src : p.sources) files.insert(fs::absolute(src.file).lexically_normal().string());
+    }
+    size_t k = 0;
+    for (const auto& f : files) {
+      t << (k++ == 0 ? " " : ", ") << "`" << fs::relative(f, fs::current_path()).string() << "` (sha256 `"
+        << dataset_at(f).sha256().substr(0, 16) << "…`)";
+    }
+  }
+  t << ", commit `" << current_commit(base) << "`, command `modalkit experiments run " << name
     << (options.quick ? " --quick" : "") << "`.\n";
   const std::string table = t.str();
   fs::create_directories(out);

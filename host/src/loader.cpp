@@ -4,6 +4,7 @@
 #include <atomic>
 #include <exception>
 #include <mutex>
+#include <random>
 #include <system_error>
 #include <thread>
 #include <unordered_map>
@@ -115,37 +116,62 @@ double read_target(const Sample& sample, const TaskSpec& task) {
   return x;
 }
 
-SplitFeatures SplitFeatures::build(Dataset& dataset, const std::string& split,
-                                   const std::vector<ModalityBinding>& modalities,
-                                   const std::map<std::string, TaskSpec>& tasks, const LoadOptions& options) {
-  const std::vector<Sample>& all = dataset.samples(split);
+namespace {
+
+constexpr size_t kNone = static_cast<size_t>(-1);
+
+/// A modality's distinct field values of one split, decoded.
+struct Decoded {
+  std::vector<size_t> slot_of;     // sample → distinct value (kNone: the field is missing)
+  std::vector<size_t> first;       // distinct value → first sample holding it
+  std::vector<RawValue> raw;       // distinct value → decoded
+  std::vector<std::string> error;  // distinct value → what is wrong with it
+  std::vector<std::exception_ptr> failure;  // distinct value → the error naming the plugin
+  std::vector<char> is_fault;      // distinct value → the plugin failed (not the data)
+};
+
+/// A split read and decoded, not yet fitted on nor featurized.
+struct Pending {
+  std::vector<int64_t> rows;    // rows of the split's file
+  std::vector<size_t> keep;     // positions in `rows` of the good samples
+  std::vector<std::string> bad; // why each sample is bad; empty = good
+  std::map<std::string, std::vector<std::vector<double>>> target_values;
+  std::vector<Decoded> decoded;  // per job modality
+};
+
+/// Reads the targets and decodes every distinct field value of the job's split once (a data set
+/// that pairs by class, av-fashion, points thousands of samples at the same clip, and decoding is
+/// the expensive stage). Every bad sample is found before anything is reported, so the error
+/// (without skip_bad) is the first bad sample in file order whatever stage or thread found it. A
+/// plugin's own fault (anything but a DataError) is never skipped.
+Pending read_and_decode(const LoadJob& job) {
+  Dataset& dataset = *job.dataset;
+  const LoadOptions& options = job.options;
+  const std::vector<Sample>& all = dataset.samples(job.split);
   if (all.empty()) {
     // Fitting on nothing would give NaN statistics and an empty evaluation a metric of 0/0.
-    throw DataError(dataset.file().string(), "split \"" + split + "\" holds no samples");
+    throw DataError(dataset.file().string(), "split \"" + job.split + "\" holds no samples");
   }
-  std::vector<int64_t> rows = options.rows;
-  if (rows.empty()) {
-    for (size_t i = 0; i < all.size(); ++i) rows.push_back(static_cast<int64_t>(i));
+  Pending p;
+  p.rows = options.rows;
+  if (p.rows.empty()) {
+    for (size_t i = 0; i < all.size(); ++i) p.rows.push_back(static_cast<int64_t>(i));
   }
-  const size_t n = rows.size();
-  auto sample = [&](size_t i) -> const Sample& { return all.at(static_cast<size_t>(rows[i])); };
-  // Every bad sample is found before anything is reported, so the error (without skip_bad) is
-  // the first bad sample in file order whatever stage or thread found it. A plugin's own fault
-  // (anything but a DataError) is never skipped.
-  std::vector<std::string> bad(n);             // why sample i is bad; empty = good
+  const size_t n = p.rows.size();
+  auto sample = [&](size_t i) -> const Sample& { return all.at(static_cast<size_t>(p.rows[i])); };
+  p.bad.assign(n, "");
   std::vector<std::exception_ptr> failure(n);  // the error to raise for it without skip_bad
   std::vector<std::exception_ptr> fault(n);    // a plugin fault met at sample i
   auto mark = [&](size_t i, const std::string& why, std::exception_ptr error) {
-    if (bad[i].empty()) {
-      bad[i] = why;
+    if (p.bad[i].empty()) {
+      p.bad[i] = why;
       failure[i] = std::move(error);
     }
   };
 
   // Each sample's target values: one for scalar tasks, a 0/1 per label for multilabel ones.
-  std::map<std::string, std::vector<std::vector<double>>> target_values;
-  for (const auto& [name, task] : tasks) {
-    auto& values = target_values[name];
+  for (const auto& [name, task] : job.tasks) {
+    auto& values = p.target_values[name];
     values.resize(n);
     for (size_t i = 0; i < n; ++i) {
       try {
@@ -157,22 +183,11 @@ SplitFeatures SplitFeatures::build(Dataset& dataset, const std::string& split,
     }
   }
 
-  // Decode every distinct field value once: a data set that pairs by class (av-fashion) points
-  // thousands of samples at the same clip, and decoding is the expensive stage.
-  constexpr size_t kNone = static_cast<size_t>(-1);
-  struct Decoded {
-    std::vector<size_t> slot_of;     // sample → distinct value (kNone: the field is missing)
-    std::vector<size_t> first;       // distinct value → first sample holding it
-    std::vector<RawValue> raw;       // distinct value → decoded
-    std::vector<std::string> error;  // distinct value → what is wrong with it
-    std::vector<std::exception_ptr> failure;  // distinct value → the error naming the plugin
-    std::vector<char> is_fault;      // distinct value → the plugin failed (not the data)
-  };
-  std::vector<Decoded> decoded(modalities.size());
-  for (size_t k = 0; k < modalities.size(); ++k) {
-    const ModalityBinding& m = modalities[k];
+  p.decoded.resize(job.modalities.size());
+  for (size_t k = 0; k < job.modalities.size(); ++k) {
+    const ModalityBinding& m = job.modalities[k];
     dataset.field(m.field);  // a missing field is an error about the data set, said once
-    Decoded& d = decoded[k];
+    Decoded& d = p.decoded[k];
     d.slot_of.assign(n, kNone);
     std::unordered_map<std::string, size_t> slots;
     for (size_t i = 0; i < n; ++i) {
@@ -223,73 +238,109 @@ SplitFeatures SplitFeatures::build(Dataset& dataset, const std::string& split,
     if (fault[i]) std::rethrow_exception(fault[i]);
     if (failure[i] && !options.skip_bad) std::rethrow_exception(failure[i]);
   }
-
-  SplitFeatures out;
-  std::vector<size_t> keep;
   for (size_t i = 0; i < n; ++i) {
-    if (bad[i].empty()) {
-      keep.push_back(i);
-      out.source_rows_.push_back(rows[i]);
-    } else {
-      out.skipped_.push_back({rows[i], bad[i]});
-    }
+    if (p.bad[i].empty()) p.keep.push_back(i);
   }
-  if (keep.empty()) {
-    throw DataError(dataset.file().string(), "every one of the " + std::to_string(n) + " samples of split \"" + split +
-                                                 "\" is bad (--skip-bad left none); the first: " + bad[0]);
+  if (p.keep.empty()) {
+    throw DataError(dataset.file().string(), "every one of the " + std::to_string(n) + " samples of split \"" + job.split +
+                                                 "\" is bad (--skip-bad left none); the first: " + p.bad[0]);
   }
-  out.size_ = static_cast<int64_t>(keep.size());
+  return p;
+}
 
-  for (size_t k = 0; k < modalities.size(); ++k) {
-    const ModalityBinding& m = modalities[k];
-    Decoded& d = decoded[k];
-    if (options.fit && keep.size() == n && d.first.size() == n) {
-      // Nothing shared or skipped: the distinct values are the samples, in order.
-      guard(m.plugin->plugin_name(), [&] { m.plugin->fit(d.raw); });
-    } else if (options.fit) {
-      std::vector<RawValue> train;  // one entry per kept sample: shared values weigh as often as they occur
-      train.reserve(keep.size());
-      for (size_t i : keep) train.push_back(d.raw[d.slot_of[i]]);
-      guard(m.plugin->plugin_name(), [&] { m.plugin->fit(train); });
+}  // namespace
+
+SplitFeatures SplitFeatures::build(Dataset& dataset, const std::string& split,
+                                   const std::vector<ModalityBinding>& modalities,
+                                   const std::map<std::string, TaskSpec>& tasks, const LoadOptions& options) {
+  std::vector<LoadJob> jobs{LoadJob{&dataset, split, modalities, tasks, options, 0}};
+  return std::move(build_all(jobs).front());
+}
+
+std::vector<SplitFeatures> SplitFeatures::build_all(const std::vector<LoadJob>& jobs) {
+  std::vector<Pending> pending;
+  pending.reserve(jobs.size());
+  for (const auto& job : jobs) pending.push_back(read_and_decode(job));
+
+  // Fit each plugin once, on the kept samples of every fitting job that holds its modality (a
+  // multitask pipeline's image modality sees every image data set's train split), one raw value
+  // per sample: shared values weigh as often as they occur.
+  std::map<const ModalityPlugin*, std::vector<RawValue>> fit_values;
+  std::vector<const ModalityPlugin*> fit_order;
+  for (size_t j = 0; j < jobs.size(); ++j) {
+    if (!jobs[j].options.fit) continue;
+    for (size_t k = 0; k < jobs[j].modalities.size(); ++k) {
+      const ModalityPlugin* plugin = jobs[j].modalities[k].plugin.get();
+      if (!fit_values.count(plugin)) fit_order.push_back(plugin);
+      auto& values = fit_values[plugin];
+      const Decoded& d = pending[j].decoded[k];
+      for (size_t i : pending[j].keep) values.push_back(d.raw[d.slot_of[i]]);
     }
-    const auto lv = options.perturb.find(m.name);
-    const double level = lv == options.perturb.end() ? 0.0 : lv->second;
-    uint64_t name_hash = 1469598103934665603ULL;  // FNV-1a of the modality's name: the same noise in any modality order
-    for (char c : m.name) name_hash = (name_hash ^ static_cast<unsigned char>(c)) * 1099511628211ULL;
-    std::vector<char> used(d.first.size(), 0);
-    for (size_t i : keep) used[d.slot_of[i]] = 1;
-    std::vector<at::Tensor> distinct(d.first.size());
-    parallel_for(d.first.size(), options.threads, [&](size_t u) {
-      if (!used[u]) return;
-      distinct[u] = guard(m.plugin->plugin_name(), [&] {
-        if (level <= 0) return m.plugin->featurize(d.raw[u]);
-        // A value shared by several samples (one clip, many images) is perturbed once.
-        std::mt19937_64 rng(options.perturb_seed ^ (0x9e3779b97f4a7c15ULL * name_hash) ^
-                            (0xbf58476d1ce4e5b9ULL * (static_cast<uint64_t>(rows[d.first[u]]) + 1)));
-        return m.plugin->featurize(m.plugin->perturb(d.raw[u], level, rng));
-      });
-      if (distinct[u].is_floating_point() && !distinct[u].isfinite().all().item<bool>()) {
-        throw PluginError(m.plugin->plugin_name(), sample(d.first[u]).origin + ": featurize produced NaN or Inf");
-      }
-    });
-    d.raw.clear();  // raw values are large (waveforms); only features stay
-    std::vector<at::Tensor> features;
-    features.reserve(keep.size());
-    for (size_t i : keep) features.push_back(distinct[d.slot_of[i]]);
-    out.features_[m.name] = std::move(features);
-    out.plugins_[m.name] = m.plugin.get();
-    out.distinct_[m.name] = std::count(used.begin(), used.end(), 1);
   }
-  for (const auto& [name, task] : tasks) {
-    const int64_t width = task.type == TaskType::kMultilabel ? static_cast<int64_t>(task.labels.size()) : 1;
-    std::vector<double> values;
-    values.reserve(keep.size() * static_cast<size_t>(width));
-    for (size_t i : keep) values.insert(values.end(), target_values[name][i].begin(), target_values[name][i].end());
-    at::Tensor t = at::tensor(values, at::kDouble);
-    if (task.type == TaskType::kMultilabel) t = t.view({static_cast<int64_t>(keep.size()), width});
-    // Class indices: multiclass, and generation (the reference is the class's caption).
-    const bool index = task.type == TaskType::kMulticlass || task.type == TaskType::kGeneration;
-    out.targets_[name] = index ? t.to(at::kLong) : t.to(at::kFloat);
+  for (const ModalityPlugin* plugin : fit_order) {
+    auto* mutable_plugin = const_cast<ModalityPlugin*>(plugin);  // the bindings own it; fit is its one mutation
+    guard(plugin->plugin_name(), [&] { mutable_plugin->fit(fit_values.at(plugin)); });
+    fit_values.erase(plugin);  // raw values are large (waveforms)
+  }
+
+  std::vector<SplitFeatures> out(jobs.size());
+  for (size_t j = 0; j < jobs.size(); ++j) {
+    const LoadJob& job = jobs[j];
+    Pending& p = pending[j];
+    SplitFeatures& f = out[j];
+    const std::vector<Sample>& all = job.dataset->samples(job.split);
+    auto sample = [&](size_t i) -> const Sample& { return all.at(static_cast<size_t>(p.rows[i])); };
+    f.task_id_ = job.task_id;
+    for (size_t i = 0; i < p.rows.size(); ++i) {
+      if (p.bad[i].empty()) {
+        f.source_rows_.push_back(p.rows[i]);
+      } else {
+        f.skipped_.push_back({p.rows[i], p.bad[i]});
+      }
+    }
+    f.size_ = static_cast<int64_t>(p.keep.size());
+    for (size_t k = 0; k < job.modalities.size(); ++k) {
+      const ModalityBinding& m = job.modalities[k];
+      Decoded& d = p.decoded[k];
+      const auto lv = job.options.perturb.find(m.name);
+      const double level = lv == job.options.perturb.end() ? 0.0 : lv->second;
+      uint64_t name_hash = 1469598103934665603ULL;  // FNV-1a of the modality's name: the same noise in any modality order
+      for (char c : m.name) name_hash = (name_hash ^ static_cast<unsigned char>(c)) * 1099511628211ULL;
+      std::vector<char> used(d.first.size(), 0);
+      for (size_t i : p.keep) used[d.slot_of[i]] = 1;
+      std::vector<at::Tensor> distinct(d.first.size());
+      parallel_for(d.first.size(), job.options.threads, [&](size_t u) {
+        if (!used[u]) return;
+        distinct[u] = guard(m.plugin->plugin_name(), [&] {
+          if (level <= 0) return m.plugin->featurize(d.raw[u]);
+          // A value shared by several samples (one clip, many images) is perturbed once.
+          std::mt19937_64 rng(job.options.perturb_seed ^ (0x9e3779b97f4a7c15ULL * name_hash) ^
+                              (0xbf58476d1ce4e5b9ULL * (static_cast<uint64_t>(p.rows[d.first[u]]) + 1)));
+          return m.plugin->featurize(m.plugin->perturb(d.raw[u], level, rng));
+        });
+        if (distinct[u].is_floating_point() && !distinct[u].isfinite().all().item<bool>()) {
+          throw PluginError(m.plugin->plugin_name(), sample(d.first[u]).origin + ": featurize produced NaN or Inf");
+        }
+      });
+      d.raw.clear();  // raw values are large (waveforms); only features stay
+      std::vector<at::Tensor> features;
+      features.reserve(p.keep.size());
+      for (size_t i : p.keep) features.push_back(distinct[d.slot_of[i]]);
+      f.features_[m.name] = std::move(features);
+      f.plugins_[m.name] = m.plugin.get();
+      f.distinct_[m.name] = std::count(used.begin(), used.end(), 1);
+    }
+    for (const auto& [name, task] : job.tasks) {
+      const int64_t width = task.type == TaskType::kMultilabel ? static_cast<int64_t>(task.labels.size()) : 1;
+      std::vector<double> values;
+      values.reserve(p.keep.size() * static_cast<size_t>(width));
+      for (size_t i : p.keep) values.insert(values.end(), p.target_values[name][i].begin(), p.target_values[name][i].end());
+      at::Tensor t = at::tensor(values, at::kDouble);
+      if (task.type == TaskType::kMultilabel) t = t.view({static_cast<int64_t>(p.keep.size()), width});
+      // Class indices: multiclass, and generation (the reference is the class's caption).
+      const bool index = task.type == TaskType::kMulticlass || task.type == TaskType::kGeneration;
+      f.targets_[name] = index ? t.to(at::kLong) : t.to(at::kFloat);
+    }
   }
   return out;
 }
@@ -303,6 +354,7 @@ Batch SplitFeatures::batch(const std::vector<int64_t>& rows, const std::vector<s
   source.reserve(rows.size());
   for (int64_t r : rows) source.push_back(source_rows_.at(static_cast<size_t>(r)));
   b.index = at::tensor(source, at::kLong);
+  b.task_id = task_id_;
   for (const auto& name : modalities) {
     const auto& feats = features_.at(name);
     std::vector<at::Tensor> picked;

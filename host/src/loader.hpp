@@ -50,6 +50,18 @@ struct SkippedSample {
   std::string reason;   ///< the DataError's message
 };
 
+class SplitFeatures;
+
+/// One split to load with SplitFeatures::build_all.
+struct LoadJob {
+  Dataset* dataset = nullptr;                 ///< outlives the load
+  std::string split;                          ///< the data set's split name
+  std::vector<ModalityBinding> modalities;    ///< what to decode, each from its field of this data set
+  std::map<std::string, TaskSpec> tasks;      ///< whose targets to read
+  LoadOptions options;
+  int64_t task_id = 0;                        ///< the id its batches carry (multitask: the task's source)
+};
+
 /// Features and targets of one split, held in memory.
 class SplitFeatures {
  public:
@@ -61,6 +73,10 @@ class SplitFeatures {
   static SplitFeatures build(Dataset& dataset, const std::string& split,
                              const std::vector<ModalityBinding>& modalities,
                              const std::map<std::string, TaskSpec>& tasks, const LoadOptions& options);
+  /// Loads each job as build() does, except that each modality plugin is fitted once, on the
+  /// samples of every job with `options.fit` that holds it (the train splits of a multitask
+  /// pipeline's data sets), before any job is featurized.
+  static std::vector<SplitFeatures> build_all(const std::vector<LoadJob>& jobs);
 
   /// Number of samples.
   int64_t size() const { return size_; }
@@ -72,6 +88,14 @@ class SplitFeatures {
   Batch batch(const std::vector<int64_t>& rows, const std::vector<std::string>& modalities) const;
   /// Targets of `task` for all rows.
   const at::Tensor& targets(const std::string& task) const { return targets_.at(task); }
+  /// The task id its batches carry.
+  int64_t task_id() const { return task_id_; }
+  /// The modalities it holds.
+  std::vector<std::string> modalities() const {
+    std::vector<std::string> out;
+    for (const auto& [name, f] : features_) out.push_back(name);
+    return out;
+  }
 
  private:
   int64_t size_ = 0;
@@ -81,6 +105,7 @@ class SplitFeatures {
   std::vector<int64_t> source_rows_;
   std::vector<SkippedSample> skipped_;
   std::map<std::string, int64_t> distinct_;
+  int64_t task_id_ = 0;
 };
 
 /// Reads a task's target from a sample: a label name or index for classification (checked

@@ -179,13 +179,15 @@ int cmd_validate(const std::vector<std::string>& argv, modalkit::host::PluginReg
   const fs::path file = need_arg(vm, 0, "PIPELINE.json");
   auto pipeline = modalkit::host::load_pipeline(file, {}, registry);
   // The data set and the tasks' targets are part of a pipeline's validity.
-  auto dataset = modalkit::host::Dataset::open(pipeline.dataset);
-  modalkit::host::check_against_dataset(pipeline, dataset, registry);
+  const auto datasets = modalkit::host::open_datasets(pipeline);
+  modalkit::host::check_against_dataset(pipeline, datasets, registry);
   std::cout << file.string() << ": valid (pipeline \"" << pipeline.doc["name"].get<std::string>() << "\", "
             << (pipeline.doc["data"].contains("stream")
                     ? "stream " + pipeline.doc["data"]["stream"]["plugin"].get<std::string>()
                     : std::to_string(pipeline.doc["modalities"].size()) + " modalities")
-            << ", data set " << pipeline.dataset.string() << ")\n";
+            << (pipeline.multitask ? ", " + std::to_string(datasets.size()) + " tasks, each with its own data set"
+                                   : ", data set " + pipeline.dataset.string())
+            << ")\n";
   return kOk;
 }
 

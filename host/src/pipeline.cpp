@@ -42,9 +42,56 @@ ResolvedPipeline load_pipeline(const std::filesystem::path& file, const std::vec
   auto explain = [&](const std::string& name) { return registry.skipped_reason(name); };
   auto errors = schema::validate_pipeline(out.doc, lookup, registry.names(), explain);
   if (!errors.empty()) throw schema::ValidationFailed(file.string(), std::move(errors));
-  std::filesystem::path dataset = out.doc.at("data").at("dataset").get<std::string>();
-  out.dataset = dataset.is_absolute() ? dataset : out.base_dir / dataset;
+  out.sources = data_sources(out.doc, out.base_dir);
+  out.multitask = out.sources.front().pointer != "/data";
+  out.dataset = out.sources.front().file;
   out.hash = sha256_text(out.doc.dump());
+  return out;
+}
+
+std::vector<DataSource> data_sources(const nlohmann::json& doc, const std::filesystem::path& base_dir) {
+  const nlohmann::json& data = doc.at("data");
+  auto resolve = [&](const nlohmann::json& path) {
+    const std::filesystem::path p = path.get<std::string>();
+    return p.is_absolute() ? p : base_dir / p;
+  };
+  std::vector<DataSource> out;
+  if (data.contains("dataset")) {  // validate_pipeline: then no task names its own
+    DataSource s;
+    s.pointer = "/data";
+    s.file = resolve(data.at("dataset"));
+    for (const auto& [task, spec] : doc.at("tasks").items()) s.tasks.push_back(task);
+    for (const auto& [m, spec] : doc.at("modalities").items()) {
+      s.fields[m] = spec.at("field");
+      s.pointers[m] = schema::append_pointer("/modalities", m) + "/field";
+    }
+    s.label_fraction = data.at("label_fraction");
+    for (const auto& [role, split] : data.at("splits").items()) {
+      s.splits[role] = split;
+      s.split_pointers[role] = "/data/splits/" + role;
+    }
+    out.push_back(std::move(s));
+    return out;
+  }
+  for (const auto& [task, spec] : doc.at("tasks").items()) {
+    const nlohmann::json& own = spec.at("data");
+    DataSource s;
+    s.pointer = schema::append_pointer("/tasks", task) + "/data";
+    s.file = resolve(own.at("dataset"));
+    s.tasks = {task};
+    for (const auto& [m, field] : spec.at("modalities").items()) {
+      s.fields[m] = field;
+      s.pointers[m] = schema::append_pointer(schema::append_pointer("/tasks", task) + "/modalities", m);
+    }
+    s.label_fraction = own.value("label_fraction", data.at("label_fraction").get<double>());
+    for (const auto& [role, split] : data.at("splits").items()) {  // the task's own names win
+      const bool mine = own.contains("splits") && own.at("splits").contains(role);
+      s.splits[role] = mine ? own.at("splits").at(role) : split;
+      s.split_pointers[role] = mine ? s.pointer + "/splits/" + role : "/data/splits/" + role;
+    }
+    s.weight = spec.value("weight", 1.0);
+    out.push_back(std::move(s));
+  }
   return out;
 }
 

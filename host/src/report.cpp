@@ -189,6 +189,20 @@ fs::path write_report(const fs::path& run_dir) {
       << " samples, modalities " << escape(results.value("modalities", json::array()).dump()) << "; kept epoch "
       << results.value("best_epoch", 0) << " (" << escape(results.value("kept", std::string("best")))
       << " on validation), " << results.value("steps", 0) << " steps.</p>\n";
+    const json task_data = results.value("task_data", json::object());  // a multitask run: each task's data
+    if (!task_data.empty()) {
+      h << "<table><caption>Tasks</caption><tr><th>task</th><th>data set</th><th>train samples</th><th>label fraction</th>"
+           "<th>loss weight</th><th>test samples</th><th>stopped after epoch</th></tr>\n";
+      const json counts = results.value("task_samples", json::object());
+      for (const auto& [task, d] : task_data.items()) {
+        const json stopped = d.value("stopped_after_epoch", json());
+        h << "<tr><td>" << escape(task) << "</td><td><code>" << escape(d.value("dataset", std::string())) << "</code></td><td>"
+          << d.value("train_samples", 0) << "</td><td>" << num(d.value("label_fraction", 1.0)) << "</td><td>"
+          << num(d.value("weight", 1.0)) << "</td><td>" << counts.value(task, 0) << "</td><td>"
+          << (stopped.is_number() ? std::to_string(stopped.get<int>()) : "-") << "</td></tr>\n";
+      }
+      h << "</table>\n";
+    }
     const json artifacts = results.value("artifacts", json::object());
     for (const auto& [artifact, a] : artifacts.items()) {
       h << "<p>Artifact <code>" << escape(artifact) << "</code> (" << escape(a.value("type", std::string())) << "): <code>"

@@ -43,17 +43,26 @@ struct RunState {
   std::string epoch_rng;               ///< the shuffling generator as it was when `epoch` began
   double loss_sum = 0;                 ///< this epoch's summed loss so far
   std::map<std::string, double> term_sums;
+  std::map<std::string, int64_t> term_steps;  ///< steps that had each term (a multitask batch has its task's)
   double seconds = 0;                  ///< time spent in this epoch before the last checkpoint
   double best = 0;                     ///< best selection value so far
   int best_epoch = -1;
   int bad_epochs = 0;                  ///< epochs since the last improvement
   bool stopped = false;                ///< training ended (all epochs, the step budget, or early stop)
+  // Multitask runs: each task's loss and steps this epoch, and its own early stopping.
+  std::map<std::string, double> task_loss_sums;
+  std::map<std::string, int64_t> task_steps;
+  std::map<std::string, double> task_best;       ///< best value of the task's first metric
+  std::map<std::string, int> task_bad_epochs;
+  std::map<std::string, int> task_stopped_at;    ///< task → the epoch after which it was no longer trained
 
   nlohmann::json to_json() const {
     return {{"epoch", epoch},         {"step_in_epoch", step_in_epoch}, {"global_step", global_step},
-            {"epoch_rng", epoch_rng}, {"loss_sum", loss_sum},           {"term_sums", term_sums},
+            {"epoch_rng", epoch_rng}, {"loss_sum", loss_sum},           {"term_sums", term_sums}, {"term_steps", term_steps},
             {"seconds", seconds},     {"best", best},                   {"best_epoch", best_epoch},
-            {"bad_epochs", bad_epochs}, {"stopped", stopped}};
+            {"bad_epochs", bad_epochs}, {"stopped", stopped},           {"task_loss_sums", task_loss_sums},
+            {"task_steps", task_steps}, {"task_best", task_best},       {"task_bad_epochs", task_bad_epochs},
+            {"task_stopped_at", task_stopped_at}};
   }
   static RunState from_json(const nlohmann::json& j) {
     RunState s;
@@ -68,6 +77,17 @@ struct RunState {
     s.best_epoch = j.at("best_epoch");
     s.bad_epochs = j.at("bad_epochs");
     s.stopped = j.at("stopped");
+    // Absent from checkpoints of single-data-set runs written before multitask runs existed.
+    const nlohmann::json none = nlohmann::json::object();
+    s.term_steps = j.value("term_steps", none).get<std::map<std::string, int64_t>>();
+    if (!j.contains("term_steps")) {  // an older checkpoint: every term was in every step
+      for (const auto& [name, sum] : s.term_sums) s.term_steps[name] = s.step_in_epoch;
+    }
+    s.task_loss_sums = j.value("task_loss_sums", none).get<std::map<std::string, double>>();
+    s.task_steps = j.value("task_steps", none).get<std::map<std::string, int64_t>>();
+    for (const auto& [task, v] : j.value("task_best", none).items()) s.task_best[task] = v.is_null() ? NAN : v.get<double>();
+    s.task_bad_epochs = j.value("task_bad_epochs", none).get<std::map<std::string, int>>();
+    s.task_stopped_at = j.value("task_stopped_at", none).get<std::map<std::string, int>>();
     return s;
   }
 };
@@ -280,10 +300,23 @@ void truncate_metrics(const fs::path& path, int finished_epochs) {
   write_text_atomically(path, text);
 }
 
-/// `/train/select/metric` as (task, metric), defaulting to the first task's first metric; the
-/// validation loss is ("", "loss"), the default without tasks.
-std::pair<std::string, std::string> selection_metric(const nlohmann::json& tr, const std::map<std::string, TaskSpec>& tasks) {
+/// `/train/select/metric` as (task, metric), defaulting to the first task's first metric (in a
+/// multitask pipeline: ("", "mean"), the mean of every task's first metric); the validation loss
+/// is ("", "loss"), the default without tasks.
+std::pair<std::string, std::string> selection_metric(const nlohmann::json& tr, const std::map<std::string, TaskSpec>& tasks,
+                                                     bool multitask) {
   const auto& sel = tr.at("select");
+  if (sel.value("metric", "") == "mean" || (!sel.contains("metric") && multitask)) {
+    if (tasks.empty()) throw ConfigError("/train/select/metric", "mean: the pipeline has no tasks to average over");
+    for (const auto& [task, spec] : tasks) {
+      if (!higher_is_better(spec.metrics.at(0))) {
+        throw ConfigError("/train/select/metric", "mean: task \"" + task + "\"'s first metric, " + spec.metrics.at(0) +
+                                                      ", is lower-better and cannot be averaged with the others; choose "
+                                                      "TASK/METRIC, or put a higher-better metric first");
+      }
+    }
+    return {"", "mean"};
+  }
   if (!sel.contains("metric") || sel.at("metric") == "loss") {
     if (tasks.empty() || sel.contains("metric")) return {"", "loss"};
     return {tasks.begin()->first, tasks.begin()->second.metrics.at(0)};
@@ -341,6 +374,17 @@ void collect_archive(torch::serialize::InputArchive& archive, const std::string&
     torch::serialize::InputArchive sub;
     if (archive.try_read(key, sub)) collect_archive(sub, prefix + key + ".", out);
   }
+}
+
+/// The model's parameter counts: `{total, trainable}` (frozen parameters and buffers are not
+/// trainable; buffers are not counted).
+nlohmann::json parameter_counts(torch::nn::Module& model) {
+  int64_t total = 0, trainable = 0;
+  for (const auto& p : model.parameters(/*recurse=*/true)) {
+    total += p.numel();
+    trainable += p.requires_grad() ? p.numel() : 0;
+  }
+  return {{"total", total}, {"trainable", trainable}};
 }
 
 /// `/init_from`: copies the matching tensors of another run's model.pt into `model`, each checked
@@ -468,6 +512,92 @@ class SplitFeed : public TrainFeed {
   std::vector<int64_t> order_;
 };
 
+/// The train splits of a multitask pipeline's data sets: every batch comes from one task's split
+/// (and holds that task's modalities and targets only), in the order `/train/task_sampling` says.
+/// An epoch has as many batches as the tasks still training have together.
+class TaskFeed : public TrainFeed {
+ public:
+  /// `splits[t]`: task t's train split; `names[t]`: its task.
+  TaskFeed(std::vector<const SplitFeatures*> splits, std::vector<std::string> names, int64_t batch_size,
+           std::vector<std::string> modalities, std::string sampling)
+      : splits_(std::move(splits)), names_(std::move(names)), batch_size_(batch_size), modalities_(std::move(modalities)),
+        round_robin_(sampling == "round_robin"), active_(splits_.size(), true) {}
+  int64_t steps_per_epoch() const override {
+    int64_t n = 0;
+    for (size_t t = 0; t < splits_.size(); ++t) n += active_[t] ? batches(t) : 0;
+    return n;
+  }
+  int64_t examples() const override {
+    int64_t n = 0;
+    for (size_t t = 0; t < splits_.size(); ++t) n += active_[t] ? splits_[t]->size() : 0;
+    return n;
+  }
+  /// Stops drawing batches of `task` from the next epoch on (its own early stopping).
+  void stop(const std::string& task) {
+    for (size_t t = 0; t < names_.size(); ++t) active_[t] = active_[t] && names_[t] != task;
+  }
+  /// The whole epoch is planned here from `rng`, so batch(step) is a pure lookup and a resumed
+  /// epoch replays the same batches.
+  void start_epoch(int /*epoch*/, std::mt19937_64& rng) override {
+    plan_.clear();
+    std::vector<std::vector<int64_t>> order(splits_.size());
+    auto shuffled = [&](size_t t) {
+      std::vector<int64_t> rows(static_cast<size_t>(splits_[t]->size()));
+      std::iota(rows.begin(), rows.end(), 0);
+      std::shuffle(rows.begin(), rows.end(), rng);
+      return rows;
+    };
+    std::vector<size_t> live;
+    for (size_t t = 0; t < splits_.size(); ++t) {
+      if (!active_[t]) continue;
+      live.push_back(t);
+      order[t] = shuffled(t);
+    }
+    auto cut = [&](size_t t, int64_t k) {  // task t's batch k of its current order
+      const auto start = static_cast<size_t>(k * batch_size_);
+      const auto end = std::min(order[t].size(), start + static_cast<size_t>(batch_size_));
+      plan_.push_back({t, std::vector<int64_t>(order[t].begin() + static_cast<long>(start), order[t].begin() + static_cast<long>(end))});
+    };
+    const int64_t total = steps_per_epoch();
+    if (round_robin_) {
+      std::vector<int64_t> next(splits_.size(), 0);
+      for (int64_t step = 0; step < total; ++step) {
+        const size_t t = live[static_cast<size_t>(step) % live.size()];
+        if (next[t] == batches(t)) {  // ran out: its data again, in a new order
+          order[t] = shuffled(t);
+          next[t] = 0;
+        }
+        cut(t, next[t]++);
+      }
+    } else {
+      std::vector<size_t> draws;  // each task once per batch it has, in a random interleaving
+      for (size_t t : live) draws.insert(draws.end(), static_cast<size_t>(batches(t)), t);
+      std::shuffle(draws.begin(), draws.end(), rng);
+      std::vector<int64_t> next(splits_.size(), 0);
+      for (size_t t : draws) cut(t, next[t]++);
+    }
+  }
+  Batch batch(int64_t step) const override {
+    const auto& [t, rows] = plan_.at(static_cast<size_t>(step));
+    const auto held = splits_[t]->modalities();
+    std::vector<std::string> mods;
+    for (const auto& m : modalities_) {
+      if (std::find(held.begin(), held.end(), m) != held.end()) mods.push_back(m);
+    }
+    return splits_[t]->batch(rows, mods);
+  }
+
+ private:
+  int64_t batches(size_t t) const { return (splits_[t]->size() + batch_size_ - 1) / batch_size_; }
+  std::vector<const SplitFeatures*> splits_;
+  std::vector<std::string> names_;
+  int64_t batch_size_;
+  std::vector<std::string> modalities_;
+  bool round_robin_;
+  std::vector<bool> active_;
+  std::vector<std::pair<size_t, std::vector<int64_t>>> plan_;
+};
+
 /// A stream's train split: the stream orders each epoch itself, from the seed and the epoch.
 class StreamFeed : public TrainFeed {
  public:
@@ -531,8 +661,10 @@ nlohmann::json train(const ResolvedPipeline& pipeline, PluginRegistry& registry,
 
   // Who may write into --out: a fresh directory, or the same run with --resume. Checked before
   // any work so a typo never overwrites a finished run.
-  Dataset dataset = Dataset::open(pipeline.dataset);
-  const nlohmann::json identity = run_identity(pipeline, plugin_versions(registry, doc), dataset.sha256(), options.skip_bad);
+  std::vector<Dataset> datasets = open_datasets(pipeline);
+  Dataset& dataset = datasets.at(0);  // the only one but in a multitask pipeline
+  const std::string data_sha = data_sha256(pipeline, datasets);
+  const nlohmann::json identity = run_identity(pipeline, plugin_versions(registry, doc), data_sha, options.skip_bad);
   nlohmann::json resume_meta;
   if (options.resume) {
     if (!fs::exists(ckpt_path)) {
@@ -550,7 +682,7 @@ nlohmann::json train(const ResolvedPipeline& pipeline, PluginRegistry& registry,
   configure_runtime(doc);
   fs::create_directories(options.out);
   HostContext context(log, seed, device, options.out, pipeline_artifacts(pipeline));
-  BuiltModel model = create_modalities(pipeline, registry, dataset, context);
+  BuiltModel model = create_modalities(pipeline, registry, datasets, context);
 
   const auto& splits = doc.at("data").at("splits");
   const std::string train_split = splits.at("train"), val_split = splits.at("val");
@@ -563,7 +695,9 @@ nlohmann::json train(const ResolvedPipeline& pipeline, PluginRegistry& registry,
   if (options.resume) restore_fitted_state(model, options.out);
   // The data: a stream cuts its own batches; otherwise the splits are decoded into memory.
   std::optional<SplitFeatures> train_f, val_f, eval_f;
+  std::vector<SplitFeatures> task_train, task_val, task_eval;  // a multitask run's, one per task
   std::unique_ptr<TrainFeed> feed;
+  TaskFeed* task_feed = nullptr;  // feed, when it is a multitask run's
   std::unique_ptr<BatchSource> source;
   nlohmann::json skipped = nlohmann::json::object();
   if (model.stream) {
@@ -580,6 +714,60 @@ nlohmann::json train(const ResolvedPipeline& pipeline, PluginRegistry& registry,
     source = std::make_unique<StreamSource>(stream, opened, batch_size, device);
     log->info("stream {}: {} batches of {} per epoch ({:.1f} s to open)", stream.plugin_name(), feed->steps_per_epoch(),
               batch_size, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+  } else if (pipeline.multitask) {
+    // Each task's data set with the modalities it maps; every modality plugin is fitted once, on
+    // the train splits of all the tasks that see it.
+    const std::vector<std::string> all = [&] {
+      std::vector<std::string> names;
+      for (const auto& m : model.modalities) names.push_back(m.name);
+      return names;
+    }();
+    std::vector<LoadJob> jobs;
+    std::vector<std::string> task_names;
+    for (size_t i = 0; i < pipeline.sources.size(); ++i) {
+      const DataSource& src = pipeline.sources[i];
+      const auto rows = label_subset(static_cast<int64_t>(datasets[i].samples(src.splits.at("train")).size()),
+                                     src.label_fraction, seed);
+      jobs.push_back(LoadJob{&datasets[i], src.splits.at("train"), source_bindings(model, src, all), source_tasks(model, src),
+                             LoadOptions(loader_threads, !options.resume, options.skip_bad, rows), static_cast<int64_t>(i)});
+      task_names.push_back(src.tasks.at(0));
+    }
+    task_train = SplitFeatures::build_all(jobs);
+    build_networks(pipeline, registry, context, model);
+    const std::vector<std::string> needed = needed_modalities(model, doc);
+    auto held_out = [&](const std::string& role) {
+      std::vector<LoadJob> js;
+      for (size_t i = 0; i < pipeline.sources.size(); ++i) {
+        const DataSource& src = pipeline.sources[i];
+        js.push_back(LoadJob{&datasets[i], src.splits.at(role), source_bindings(model, src, needed), source_tasks(model, src),
+                             LoadOptions(loader_threads, false, options.skip_bad), static_cast<int64_t>(i)});
+      }
+      return SplitFeatures::build_all(js);
+    };
+    task_val = held_out("val");
+    const std::string eval_role = doc.at("evaluate").at("split");
+    if (eval_role != "val") task_eval = held_out(eval_role);
+    std::map<std::string, std::vector<const SplitFeatures*>> splits_of;
+    for (auto* group : {&task_train, &task_val, &task_eval}) {
+      const std::string name = group == &task_train ? train_split : group == &task_val ? val_split : eval_split;
+      for (size_t i = 0; i < group->size(); ++i) {
+        skipped[task_names[i] + "/" + name] = report_skipped(task_names[i] + "/" + name, (*group)[i]);
+        splits_of[name].push_back(&(*group)[i]);
+      }
+    }
+    for (size_t i = 0; i < task_train.size(); ++i) {
+      log->info("task {}: {} train / {} {} samples of {}", task_names[i], task_train[i].size(), task_val[i].size(),
+                val_split, pipeline.sources[i].file.string());
+    }
+    std::vector<const SplitFeatures*> train_splits;
+    for (const auto& f : task_train) train_splits.push_back(&f);
+    auto multi = std::make_unique<TaskFeed>(train_splits, task_names, batch_size, model.train_modalities,
+                                            tr.value("task_sampling", "proportional"));
+    task_feed = multi.get();
+    feed = std::move(multi);
+    source = std::make_unique<SplitSource>(splits_of, batch_size, needed, device);
+    log->info("loaded {} tasks in {:.1f} s", task_train.size(),
+              std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
   } else {
     const auto train_rows = label_subset(static_cast<int64_t>(dataset.samples(train_split).size()),
                                          doc.at("data").at("label_fraction"), seed);
@@ -626,7 +814,10 @@ nlohmann::json train(const ResolvedPipeline& pipeline, PluginRegistry& registry,
   std::vector<double> base_lr;
   for (auto& g : optimizer->param_groups()) base_lr.push_back(g.options().get_lr());
   const double clip = tr.at("grad_clip");
-  const auto [select_task, select_metric] = selection_metric(tr, model.tasks);
+  const auto [select_task, select_metric] = selection_metric(tr, model.tasks, pipeline.multitask);
+  // Multitask: each task's loss weight, by the task id its batches carry.
+  std::vector<double> task_weight;
+  for (const auto& src : pipeline.sources) task_weight.push_back(src.weight);
   const bool keep_best = tr.at("select").at("checkpoint") == "best";
   const int patience = tr.at("early_stopping").at("patience");
   const double min_delta = tr.at("early_stopping").at("min_delta");
@@ -640,6 +831,7 @@ nlohmann::json train(const ResolvedPipeline& pipeline, PluginRegistry& registry,
   if (options.resume) {
     load_checkpoint(ckpt_path, strategy, *optimizer, device);
     state = RunState::from_json(resume_meta.at("state"));
+    for (const auto& [task, after] : state.task_stopped_at) task_feed->stop(task);
     truncate_metrics(options.out / "metrics.jsonl", state.epoch - 1);
     log->info("resuming {} at epoch {}, step {} ({} steps done)", options.out.string(), state.epoch,
               state.step_in_epoch, state.global_step);
@@ -651,10 +843,16 @@ nlohmann::json train(const ResolvedPipeline& pipeline, PluginRegistry& registry,
                           {"pipeline_hash", pipeline.hash},
                           {"dataset", fs::absolute(pipeline.dataset).lexically_normal().string()},
                           {"pipeline_dir", fs::absolute(pipeline.base_dir).lexically_normal().string()},
-                          {"dataset_sha256", dataset.sha256()},
+                          {"dataset_sha256", data_sha},
                           {"plugins", identity.at("plugins")},
                           {"sdk_version", MODALKIT_SDK_VERSION},
                           {"seed", seed}};
+    if (pipeline.multitask) {  // dataset_sha256 is then over these
+      for (size_t i = 0; i < pipeline.sources.size(); ++i) {
+        run["datasets"][pipeline.sources[i].tasks.at(0)] = {
+            {"dataset", fs::absolute(pipeline.sources[i].file).lexically_normal().string()}, {"sha256", datasets[i].sha256()}};
+      }
+    }
     write_text_atomically(options.out / "run.json", run.dump(2) + "\n");
     nlohmann::json fitted = nlohmann::json::object();
     for (const auto& m : model.modalities) {
@@ -679,10 +877,12 @@ nlohmann::json train(const ResolvedPipeline& pipeline, PluginRegistry& registry,
     // epoch replays the same order and skips the steps already taken.
     std::mt19937_64 shuffle_rng = rng_from_string(state.epoch_rng);
     feed->start_epoch(epoch, shuffle_rng);
+    // A multitask epoch shrinks as tasks stop early; the schedule keeps the planned length.
+    const int64_t epoch_steps = feed->steps_per_epoch();
     // Already spent when a checkpoint was written on the budget's last step (SIGINT there).
     bool budget_spent = max_steps > 0 && state.global_step >= max_steps;
     double loader_wait = 0;  // seconds this sitting spent cutting batches (bench: loader wait / step time)
-    while (!budget_spent && state.step_in_epoch < steps_per_epoch) {
+    while (!budget_spent && state.step_in_epoch < epoch_steps) {
       // Loader wait: cutting the batch only; the copy to a GPU would also wait for its kernels.
       const auto b0 = std::chrono::steady_clock::now();
       Batch cpu_batch = feed->batch(state.step_in_epoch);
@@ -698,7 +898,17 @@ nlohmann::json train(const ResolvedPipeline& pipeline, PluginRegistry& registry,
         if (t.numel() != 1) throw PluginError(sp, "loss term " + name + " is not a scalar");
         total = total.defined() ? total + t : t;
       }
-      const double total_value = total.item<double>();
+      double total_value = total.item<double>();
+      if (pipeline.multitask) {  // the batch is one task's: its weight, and its share of the epoch's loss
+        const auto id = static_cast<size_t>(batch.task_id);
+        const std::string& task = pipeline.sources.at(id).tasks.at(0);
+        state.task_loss_sums[task] += total_value;
+        ++state.task_steps[task];
+        if (task_weight.at(id) != 1.0) {
+          total = total * task_weight.at(id);
+          total_value *= task_weight.at(id);
+        }
+      }
       if (!std::isfinite(total_value)) {
         bar.clear();
         throw PluginError(sp, "loss became " + std::to_string(total_value) + " at epoch " + std::to_string(epoch) +
@@ -708,17 +918,20 @@ nlohmann::json train(const ResolvedPipeline& pipeline, PluginRegistry& registry,
       total.backward();
       if (clip > 0) torch::nn::utils::clip_grad_norm_(strategy.parameters(), clip);
       optimizer->step();
-      for (const auto& [name, t] : terms) state.term_sums[name] += t.item<double>();
+      for (const auto& [name, t] : terms) {
+        state.term_sums[name] += t.item<double>();
+        ++state.term_steps[name];
+      }
       state.loss_sum += total_value;
       ++state.step_in_epoch;
       ++state.global_step;
 
       const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - e0).count();
       const double rate = static_cast<double>(state.step_in_epoch * batch_size) / std::max(1e-9, seconds_before + elapsed);
-      bar.update(epoch, epochs, state.step_in_epoch, steps_per_epoch, state.loss_sum / static_cast<double>(state.step_in_epoch),
+      bar.update(epoch, epochs, state.step_in_epoch, epoch_steps, state.loss_sum / static_cast<double>(state.step_in_epoch),
                  rate, static_cast<double>(total_steps - state.global_step) * batch_size / std::max(rate, 1e-9));
       budget_spent = max_steps > 0 && state.global_step >= max_steps;
-      const bool epoch_done = state.step_in_epoch >= steps_per_epoch;
+      const bool epoch_done = state.step_in_epoch >= epoch_steps;
       if (interrupt_requested()) {
         bar.clear();
         state.seconds = seconds_before + elapsed;
@@ -741,7 +954,15 @@ nlohmann::json train(const ResolvedPipeline& pipeline, PluginRegistry& registry,
     if (!model.tasks.empty()) val = protocol.evaluate(strategy, *source, val_split, model.test_modalities);
     nlohmann::json val_loss;
     if (select_metric == "loss") val_loss = loss_on(strategy, *source, val_split, model.train_modalities);
-    const double score = select_metric == "loss" ? val_loss.at("loss").get<double>() : val["tasks"][select_task][select_metric].get<double>();
+    double score = 0;
+    if (select_metric == "loss") {
+      score = val_loss.at("loss").get<double>();
+    } else if (select_metric == "mean") {  // each task's first metric on its own validation split
+      for (const auto& [task, spec] : model.tasks) score += val["tasks"][task][spec.metrics.at(0)].get<double>();
+      score /= static_cast<double>(model.tasks.size());
+    } else {
+      score = val["tasks"][select_task][select_metric].get<double>();
+    }
     // A metric that is undefined on this validation split (AUROC without both classes) never
     // counts as an improvement, and never blocks one.
     const double gain = higher_is_better(select_metric) ? score - state.best : state.best - score;
@@ -761,12 +982,45 @@ nlohmann::json train(const ResolvedPipeline& pipeline, PluginRegistry& registry,
                            {"loss_terms", nlohmann::json::object()}, {"val", val["tasks"]},
                            {"seconds", seconds}, {"samples_per_s", static_cast<double>(state.step_in_epoch * batch_size) / seconds},
                            {"loader_wait_fraction", loader_wait / std::max(1e-9, seconds - seconds_before)}};
-    for (const auto& [name, sum] : state.term_sums) line["loss_terms"][name] = sum / static_cast<double>(steps);
+    for (const auto& [name, sum] : state.term_sums) {
+      // Over the steps that had the term: a multitask run's task/<t> only over that task's batches.
+      const auto it = state.term_steps.find(name);
+      const int64_t n = it == state.term_steps.end() ? steps : std::max<int64_t>(it->second, 1);
+      line["loss_terms"][name] = sum / static_cast<double>(n);
+    }
     if (!val_loss.is_null()) line["val_loss"] = val_loss.at("loss");
+    if (pipeline.multitask) {  // each task's mean (unweighted) loss and its share of the epoch's steps
+      for (const auto& [task, n] : state.task_steps) {
+        line["task_loss"][task] = state.task_loss_sums[task] / static_cast<double>(std::max<int64_t>(n, 1));
+        line["task_steps"][task] = n;
+      }
+    }
     metrics << line.dump() << "\n" << std::flush;
     log->info("epoch {}/{}  loss {:.4f}  val {} {:.4f}{}  {:.1f} s", epoch, epochs, line["train_loss"].get<double>(),
               select_metric, score, improved ? " *" : "", seconds);
-    if (patience > 0 && state.bad_epochs >= patience) {
+    if (patience > 0 && pipeline.multitask) {
+      // Each task on its own: one that has stopped improving is no longer trained, so that it
+      // does not overfit while the others still learn; the run ends with the last.
+      for (const auto& [task, spec] : model.tasks) {
+        if (state.task_stopped_at.count(task)) continue;
+        const std::string& metric = spec.metrics.at(0);
+        const double v = val["tasks"][task][metric].is_number() ? val["tasks"][task][metric].get<double>() : NAN;
+        const auto best = state.task_best.find(task);
+        const bool better = best == state.task_best.end() ||
+                            (std::isfinite(v) && (!std::isfinite(best->second) ||
+                                                  (higher_is_better(metric) ? v - best->second : best->second - v) > min_delta));
+        if (better) {
+          state.task_best[task] = v;
+          state.task_bad_epochs[task] = 0;
+        } else if (++state.task_bad_epochs[task] >= patience) {
+          state.task_stopped_at[task] = epoch;
+          task_feed->stop(task);
+          log->info("early stop of task {}: val {} has not improved for {} epochs (best {:.4f})", task, metric, patience,
+                    state.task_best[task]);
+        }
+      }
+      if (state.task_stopped_at.size() == model.tasks.size()) state.stopped = true;
+    } else if (patience > 0 && state.bad_epochs >= patience) {
       log->info("early stop: val {} has not improved for {} epochs (best {:.4f} at epoch {})", select_metric,
                 patience, state.best, state.best_epoch);
       state.stopped = true;
@@ -781,6 +1035,9 @@ nlohmann::json train(const ResolvedPipeline& pipeline, PluginRegistry& registry,
     state.step_in_epoch = 0;
     state.loss_sum = 0;
     state.term_sums.clear();
+    state.term_steps.clear();
+    state.task_loss_sums.clear();
+    state.task_steps.clear();
     state.seconds = 0;
     checkpoint();
   }
@@ -800,6 +1057,23 @@ nlohmann::json train(const ResolvedPipeline& pipeline, PluginRegistry& registry,
   result["steps"] = state.global_step;
   result["label_fraction"] = doc.at("data").at("label_fraction");
   result["train_samples"] = feed->examples();
+  result["parameters"] = parameter_counts(strategy);
+  if (pipeline.multitask) {  // what each task trained on, and when it stopped
+    int64_t all = 0;
+    for (size_t i = 0; i < pipeline.sources.size(); ++i) {
+      const DataSource& src = pipeline.sources[i];
+      const std::string& task = src.tasks.at(0);
+      result["task_data"][task] = {{"dataset", fs::absolute(src.file).lexically_normal().string()},
+                                   {"dataset_sha256", datasets[i].sha256()},
+                                   {"train_samples", task_train[i].size()},
+                                   {"label_fraction", src.label_fraction},
+                                   {"weight", src.weight},
+                                   {"stopped_after_epoch", state.task_stopped_at.count(task) ? nlohmann::json(state.task_stopped_at.at(task))
+                                                                                             : nlohmann::json()}};
+      all += task_train[i].size();
+    }
+    result["train_samples"] = all;
+  }
   result["skipped"] = skipped;
   result["artifacts"] = publish_artifacts(pipeline, registry, options.out);
   write_text_atomically(options.out / "results.json", result.dump(2) + "\n");

@@ -167,7 +167,8 @@ void register_parts(torch::nn::Module& owner, const ModelParts& parts,
       encoders->register_module(name, ref.module());
     }
   }
-  owner.register_module("fusion", parts.fusion.module());
+  // A strategy with its own backbone (manifest uses_fusion: false) gets no fusion operator.
+  if (parts.fusion.module()) owner.register_module("fusion", parts.fusion.module());
   auto heads = owner.register_module("heads", std::make_shared<torch::nn::Module>("TaskHeads"));
   for (const auto& [name, head] : parts.heads) heads->register_module(name, head);
 }

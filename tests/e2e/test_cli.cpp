@@ -877,7 +877,7 @@ TEST(Cli, SameSeedSameRun) {
 TEST(Cli, EveryEmbeddedDataSetValidatesThroughItsPlugins) {
   // penguins' island and sex columns hold categories: the pipeline says so, and so must validate.
   for (const auto& [name, config] : std::vector<std::pair<std::string, std::string>>{
-           {"fashion-mnist", ""}, {"spoken-words", ""}, {"wine", ""}, {"sensor-network", ""}, {"spam", ""},
+           {"fashion-mnist", ""}, {"spoken-words", ""}, {"wine", ""}, {"breast-cancer", ""}, {"sensor-network", ""}, {"spam", ""},
            {"text-corpus", ""}, {"av-fashion", ""}, {"seattle-weather", ""},
            {"digits", " --config 'image={\"height\": 8, \"width\": 8}'"},
            {"penguins", " --config 'features={\"categorical\": [\"island\", \"sex\"]}'"}}) {
@@ -1781,4 +1781,167 @@ TEST(Cli, AnExperimentSuiteRunsItsPartsAndATableMayShowSeveralMetrics) {
   EXPECT_EQ(bad.rc, 2);
   EXPECT_TRUE(has(bad.err, "/metric: a suite (/experiments) has no metric of its own")) << bad.err;
   fs::remove_all(dir);
+}
+
+namespace {
+
+/// Lines of a JSON-lines file.
+int64_t count_lines(const fs::path& file) {
+  std::ifstream in(file);
+  int64_t n = 0;
+  for (std::string line; std::getline(in, line);) n += line.empty() ? 0 : 1;
+  return n;
+}
+
+}  // namespace
+
+TEST(Cli, MultitaskTrainsEachTaskOnItsOwnDataSetAndTransfers) {
+  const fs::path run = fs::current_path() / ("run-multitask-" + std::to_string(::getpid()));
+  const fs::path rr = fs::current_path() / ("run-multitask-rr-" + std::to_string(::getpid()));
+  const fs::path tuned = fs::current_path() / ("run-multitask-tuned-" + std::to_string(::getpid()));
+  for (const auto& d : {run, rr, tuned}) fs::remove_all(d);
+  const std::string pipeline = source("examples/pipelines/highmmt-multitask.json").string();
+  // Five tasks, each on its own embedded data set, seeing only its own modalities.
+  const std::map<std::string, std::string> data = {
+      {"clothes", "fashion-mnist"}, {"words", "spoken-words"}, {"mote", "sensor-network"}, {"wine", "wine"}, {"spam", "spam"}};
+  const std::string budget = " --set train.epochs=2 --set tasks.clothes.data.label_fraction=0.25";
+  auto r = modalkit("train '" + pipeline + "' --out '" + run.string() + "'" + budget);
+  ASSERT_EQ(r.rc, 0) << r.err;
+  const json results = json::parse(read_all(run / "results.json"));
+  // Proportional sampling: each task's batches once an epoch, ceil(train / 32) of them.
+  std::map<std::string, int64_t> batches;
+  int64_t steps = 0;
+  for (const auto& [task, set] : data) {
+    const fs::path dir = source("data/embedded/" + set);
+    const int64_t train = count_lines(dir / "train.jsonl");
+    const int64_t used = task == "clothes" ? static_cast<int64_t>(std::llround(0.25 * static_cast<double>(train))) : train;
+    batches[task] = (used + 31) / 32;
+    steps += batches[task];
+    // Every task is scored on its own data set's test split, and only there.
+    EXPECT_EQ(results["task_samples"][task], count_lines(dir / "test.jsonl")) << task;
+    EXPECT_TRUE(results["tasks"][task]["accuracy"].is_number()) << task;
+    EXPECT_EQ(results["task_data"][task]["train_samples"], used) << task;
+  }
+  EXPECT_GT(results["tasks"]["clothes"]["accuracy"].get<double>(), 0.2);  // chance 0.1; 0.29 here after 2 short epochs
+  EXPECT_EQ(results["steps"], 2 * steps);
+  EXPECT_EQ(results["selected_on"]["metric"], "mean");
+  EXPECT_GT(results["parameters"]["total"].get<int64_t>(), 0);
+  std::ifstream metrics(run / "metrics.jsonl");
+  int epochs = 0;
+  for (std::string line; std::getline(metrics, line); ++epochs) {
+    const json l = json::parse(line);
+    for (const auto& [task, n] : batches) EXPECT_EQ(l["task_steps"][task], n) << task;
+    EXPECT_EQ(l["val"].size(), 5u);
+  }
+  EXPECT_EQ(epochs, 2);
+  const json info = json::parse(read_all(run / "run.json"));
+  EXPECT_EQ(info["datasets"].size(), 5u);
+
+  // eval scores every task on its own split again, to the same numbers.
+  auto e = modalkit("eval --run '" + run.string() + "' --json");
+  ASSERT_EQ(e.rc, 0) << e.err;
+  const json ev = json::parse(e.out);
+  for (const auto& [task, set] : data) {
+    EXPECT_DOUBLE_EQ(ev["tasks"][task]["accuracy"].get<double>(), results["tasks"][task]["accuracy"].get<double>()) << task;
+  }
+  // The report shows each task's data and curves.
+  e = modalkit("report '" + run.string() + "'");
+  ASSERT_EQ(e.rc, 0) << e.err;
+  const std::string html = read_all(run / "report.html");
+  EXPECT_TRUE(has(html, "<caption>Tasks</caption>")) << html.substr(0, 2000);
+  for (const auto& [task, set] : data) EXPECT_TRUE(has(html, task + "/accuracy")) << task;
+  // predict reads one data set's fields: a multitask run says so.
+  const fs::path input = predict_input(source("data/embedded/wine"), {"features"}, 3);
+  e = modalkit("predict --run '" + run.string() + "' --input '" + input.string() + "'");
+  EXPECT_EQ(e.rc, 2);
+  EXPECT_TRUE(has(e.err, "is a multitask pipeline")) << e.err;
+  fs::remove(input);
+
+  // Round robin: the tasks in turn, the same number of steps; per-task early stopping ends the
+  // run once every task has stopped improving (by more than 1: at once, after its first epoch).
+  r = modalkit("train '" + pipeline + "' --out '" + rr.string() + "'" + budget +
+               " --set train.epochs=4 --set train.task_sampling=round_robin"
+               " --set train.early_stopping='{\"patience\": 1, \"min_delta\": 1}'");
+  ASSERT_EQ(r.rc, 0) << r.err;
+  const json rr_results = json::parse(read_all(rr / "results.json"));
+  std::ifstream rr_metrics(rr / "metrics.jsonl");
+  std::string first;
+  std::getline(rr_metrics, first);
+  const json l = json::parse(first);
+  for (const auto& [task, n] : batches) {
+    // 47 steps over 5 tasks in turn: 10 or 9 each, tasks in name order.
+    EXPECT_EQ(l["task_steps"][task], steps / 5 + (l["task_steps"][task].get<int64_t>() > steps / 5 ? 1 : 0)) << task;
+    EXPECT_EQ(rr_results["task_data"][task]["stopped_after_epoch"], 2) << task;
+  }
+  EXPECT_EQ(count_lines(rr / "metrics.jsonl"), 2);
+  EXPECT_TRUE(has(r.err, "early stop of task wine")) << r.err;
+
+  // Transfer: the shared backbone and the modality embeddings start a single-task run.
+  ASSERT_EQ(modalkit("export --run '" + run.string() + "'").rc, 0);
+  int64_t shared = 0;
+  for (const auto& [name, bytes] : safetensors_bytes(run / "model.safetensors")) {
+    shared += name.rfind("backbone.", 0) == 0 || name == "modality_embeddings.table" ? 1 : 0;
+  }
+  r = modalkit("train '" + source("examples/pipelines/highmmt-wine.json").string() + "' --out '" + tuned.string() +
+               "' --set train.epochs=1 --set init_from='{\"run\": \"" + run.string() +
+               "\", \"include\": [\"backbone.*\", \"modality_embeddings.*\"]}'");
+  ASSERT_EQ(r.rc, 0) << r.err;
+  EXPECT_TRUE(has(r.err, "init_from: " + std::to_string(shared) + " tensors")) << r.err;
+  for (const auto& d : {run, rr, tuned}) fs::remove_all(d);
+}
+
+TEST(Cli, MultitaskMistakesPointIntoTheTaskThatMadeThem) {
+  const std::string pipeline = source("examples/pipelines/highmmt-multitask.json").string();
+  const fs::path out = fs::current_path() / ("pipeline-multitask-bad-" + std::to_string(::getpid()) + ".json");
+  json doc = json::parse(read_all(pipeline));
+  for (auto& [task, spec] : doc["tasks"].items()) {  // absolute paths: the file is written elsewhere
+    spec["data"]["dataset"] = (fs::path(pipeline).parent_path() / spec["data"]["dataset"].get<std::string>()).lexically_normal().string();
+  }
+  doc["artifacts"]["tokenizer"] = source("data/embedded/text-corpus/tokenizer.model").string();
+  doc["tasks"]["wine"]["modalities"]["table"] = "nosuch";
+  doc["tasks"]["mote"]["data"]["splits"] = {{"val", "dev"}};
+  std::ofstream(out) << doc.dump(2);
+  auto r = modalkit("validate '" + out.string() + "'");
+  EXPECT_EQ(r.rc, 2);
+  EXPECT_TRUE(has(r.err, "/tasks/wine/modalities/table: no field \"nosuch\" of ")) << r.err;
+  EXPECT_TRUE(has(r.err, "/tasks/mote/data/splits/val: no split \"dev\" of ")) << r.err;
+  fs::remove(out);
+}
+
+TEST(Cli, HighmmtQuickExperimentSearchesComparesAndTransfersFromTheChosenRun) {
+  // issue 7's experiment end to end on the embedded sets: five single-task models (one row of
+  // five pipelines) against the multitask model, each with the same learning-rate search chosen
+  // on validation; then transfer from the chosen multitask run of the same seed.
+  const fs::path out = fs::current_path() / ("exp-highmmt-" + std::to_string(::getpid()));
+  fs::remove_all(out);
+  auto r = modalkit("experiments run '" + source("examples/experiments/highmmt.json").string() + "' --quick --out '" + out.string() + "'");
+  ASSERT_EQ(r.rc, 0) << r.err;
+  EXPECT_TRUE(has(r.out, "| row | parameters | 100 % labels: clothes/accuracy | 100 % labels: words/accuracy |")) << r.out;
+  EXPECT_TRUE(has(r.out, "| 100 % labels: mean |")) << r.out;
+  EXPECT_TRUE(has(r.out, "Search, the same for every row: train.optimizer.lr ∈ [0.001,0.003];")) << r.out;
+  EXPECT_TRUE(has(r.out, "| 10 % labels: cancer/accuracy | 10 % labels: avf/accuracy |")) << r.out;
+  const fs::path mt = out / "highmmt-multitask-quick";
+  // The chosen candidate is the one best on validation, and the table reads it.
+  for (const auto& [row, part] : std::vector<std::pair<std::string, std::string>>{{"multitask-model", ""},
+                                                                                   {"single-task-models", "highmmt-clothes"}}) {
+    const fs::path seed = mt / row / "100-labels" / "seed-1" / part;
+    ASSERT_TRUE(fs::is_symlink(seed / "best")) << seed;
+    double best = -1, chosen = -1;
+    for (const auto& e : fs::directory_iterator(seed)) {
+      if (fs::is_symlink(e.path())) continue;
+      const json res = json::parse(read_all(e.path() / "results.json"));
+      best = std::max(best, res["selected_on"]["value"].get<double>());
+    }
+    chosen = json::parse(read_all(seed / "best" / "results.json"))["selected_on"]["value"].get<double>();
+    EXPECT_EQ(chosen, best) << seed;
+  }
+  const json clothes = json::parse(read_all(mt / "single-task-models" / "100-labels" / "seed-1" / "highmmt-clothes" / "best" / "results.json"));
+  char cell[64];
+  std::snprintf(cell, sizeof cell, "| %.3f ± 0.000 |", clothes["tasks"]["clothes"]["accuracy"].get<double>());
+  EXPECT_TRUE(has(r.out, std::string("| single-task models (baseline) | largest ")) && has(r.out, cell)) << r.out << cell;
+  // The transfer row started from that run, by the {runs}/{quick}/{seed} template.
+  const json resolved = json::parse(read_all(out / "highmmt-transfer-quick" / "from-the-multitask-model" / "10-labels" / "seed-1" /
+                                             "highmmt-avf" / "pipeline.json"));
+  EXPECT_EQ(resolved["init_from"]["run"], (mt / "multitask-model" / "100-labels" / "seed-1" / "best").string());
+  fs::remove_all(out);
 }

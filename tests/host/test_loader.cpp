@@ -53,6 +53,7 @@ class NumberModality : public modalkit::ModalityPlugin {
   NumberModality() { attach_library("number", nullptr); }
   mutable std::atomic<int> decodes{0};
   double fitted_mean = 0;
+  int fits = 0;
   modalkit::RawValue decode(const modalkit::FieldRef& f) const override {
     ++decodes;
     const double v = f.value.get<double>();
@@ -63,6 +64,7 @@ class NumberModality : public modalkit::ModalityPlugin {
     double sum = 0;
     for (const auto& r : train) sum += r.tensor.item<double>();
     fitted_mean = sum / static_cast<double>(train.size());
+    ++fits;
   }
   at::Tensor featurize(const modalkit::RawValue& raw) const override { return raw.tensor - fitted_mean; }
   std::shared_ptr<modalkit::Encoder> make_encoder() override { return nullptr; }
@@ -176,6 +178,42 @@ TEST(Loader, EqualFieldValuesAreDecodedOnceAndFitSeesEverySample) {
   EXPECT_NEAR(b.inputs.at("x").data[0][0].item<double>(), 1 - 3.4, 1e-6);
   EXPECT_NEAR(b.inputs.at("x").data[1][0].item<double>(), 7 - 3.4, 1e-6);
   EXPECT_NEAR(b.inputs.at("x").data[2][0].item<double>(), 1 - 3.4, 1e-6);
+}
+
+TEST(Loader, BuildAllFitsEachPluginOnceOnEveryFittingJobThenFeaturizes) {
+  // A multitask run: one modality seen by two tasks, each with its own data set and field.
+  DatasetDir d;
+  auto first = modalkit::host::Dataset::open(d.write_dataset(2, "{\"x\": 1, \"y\": \"a\"}\n{\"x\": 3, \"y\": \"b\"}\n"));
+  fs::create_directories(d.dir / "other");
+  std::ofstream(d.dir / "other" / "train.jsonl") << "{\"z\": 5}\n{\"z\": 7}\n{\"z\": 9}\n";
+  std::ofstream(d.dir / "other" / "val.jsonl") << "{\"z\": 11}\n";
+  std::ofstream(d.dir / "other" / "dataset.json")
+      << nlohmann::json{{"name", "other"},
+                        {"fields", {{"z", {{"type", "number"}}}}},
+                        {"splits", {{"train", {{"samples", "train.jsonl"}, {"count", 3}}}, {"val", {{"samples", "val.jsonl"}, {"count", 1}}}}},
+                        {"provenance", {{"recipe", "written by a test"}, {"license", "CC0"}}}}
+             .dump();
+  auto second = modalkit::host::Dataset::open(d.dir / "other" / "dataset.json");
+  auto plugin = std::make_shared<NumberModality>();
+  std::map<std::string, TaskSpec> tasks{{"label", {"label", TaskType::kMulticlass, "y", {"a", "b", "c"}, 3, {"accuracy"}}}};
+  using modalkit::host::LoadJob;
+  const std::vector<LoadJob> jobs{LoadJob{&first, "train", {{"m", "x", plugin}}, tasks, load(true, false), 0},
+                                  LoadJob{&second, "train", {{"m", "z", plugin}}, {}, load(true, false), 1},
+                                  LoadJob{&second, "val", {{"m", "z", plugin}}, {}, load(false, false), 1}};
+  const auto f = modalkit::host::SplitFeatures::build_all(jobs);
+  ASSERT_EQ(f.size(), 3u);
+  EXPECT_EQ(plugin->fits, 1);                        // once, on both train splits
+  EXPECT_DOUBLE_EQ(plugin->fitted_mean, 25.0 / 5);   // (1 + 3 + 5 + 7 + 9) / 5
+  // Every job is featurized with that fit, and its batches carry its task id and targets.
+  modalkit::Batch a = f[0].batch({1}, {"m"}), b = f[1].batch({0}, {"m"}), v = f[2].batch({0}, {"m"});
+  EXPECT_NEAR(a.inputs.at("m").data[0][0].item<double>(), 3 - 5.0, 1e-6);
+  EXPECT_NEAR(b.inputs.at("m").data[0][0].item<double>(), 5 - 5.0, 1e-6);
+  EXPECT_NEAR(v.inputs.at("m").data[0][0].item<double>(), 11 - 5.0, 1e-6);
+  EXPECT_EQ(a.task_id, 0);
+  EXPECT_EQ(b.task_id, 1);
+  EXPECT_EQ(a.targets.count("label"), 1u);
+  EXPECT_EQ(b.targets.count("label"), 0u);
+  EXPECT_EQ(f[1].modalities(), std::vector<std::string>{"m"});
 }
 
 TEST(Loader, BadSamplesFailTheLoadNamingTheSampleUnlessSkipped) {

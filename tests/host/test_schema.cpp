@@ -102,6 +102,9 @@ class FakePlugins {
     add(manifest_json("concat", "fusion", json{{"type", "object"}}));
     add(manifest_json("supervised", "transfer", json{{"type", "object"}}));
     add(manifest_json("skipgram", "stream", json{{"type", "object"}}));
+    json multitask = manifest_json("multitask", "transfer", json{{"type", "object"}});
+    multitask["uses_fusion"] = false;
+    add(multitask);
   }
   ManifestLookup lookup() const {
     return [this](const std::string& name) -> const Manifest* {
@@ -285,7 +288,7 @@ TEST(Validation, UnknownKeyListsTheAllowedOnes) {
   EXPECT_EQ(errors[0].message,
             "unknown key \"epoch\" (allowed: \"batch_size\", \"checkpoint_every\", \"deterministic\", \"device\", \"early_stopping\", \"epochs\", "
             "\"grad_clip\", \"loader_threads\", \"max_steps\", \"optimizer\", \"parameter_groups\", \"progress\", \"schedule\", \"select\", "
-            "\"threads\")");
+            "\"task_sampling\", \"threads\")");
 }
 
 TEST(Validation, MissingRequiredFieldAtTheRoot) {
@@ -315,7 +318,7 @@ TEST(Validation, ReportsEveryErrorAtOnce) {
                                "/train/batch_size: must be >= 1 (got -1)",
                                "/train: unknown key \"shuffle\" (allowed: \"batch_size\", \"checkpoint_every\", \"deterministic\", \"device\", \"early_stopping\", \"epochs\", "
                                "\"grad_clip\", \"loader_threads\", \"max_steps\", \"optimizer\", \"parameter_groups\", \"progress\", \"schedule\", \"select\", "
-                               "\"threads\")",
+                               "\"task_sampling\", \"threads\")",
                            }));
   // valijson finds the same six problems.
   EXPECT_EQ(reference_validate(builtin_schema("pipeline"), doc).size(), 6u);
@@ -634,7 +637,7 @@ TEST(Pipeline, UnknownPluginWrongKindAndBadConfigAllAtOnce) {
             (std::vector<std::string>{
                 "/modalities/image/config/channels: must be one of 1, 3 (got 2)",
                 "/modalities/image/config/d_model: must be >= 1 (got 0)",
-                "/modalities/sound/plugin: unknown plugin \"audioo\" (known: audio, concat, image, skipgram, supervised)",
+                "/modalities/sound/plugin: unknown plugin \"audioo\" (known: audio, concat, image, multitask, skipgram, supervised)",
                 "/fusion/plugin: plugin \"image\" is a modality plugin, expected a fusion plugin",
                 "/evaluate/modalities/1: unknown modality \"text\" (declared: image, sound)"}));
   EXPECT_EQ(doc, before);  // untouched when invalid
@@ -674,6 +677,80 @@ TEST(Pipeline, ModalitiesOrAStreamNeverBoth) {
   EXPECT_EQ(doc.at("tasks"), json::object());
   EXPECT_EQ(doc.at("modalities"), json::object());
   EXPECT_EQ(doc.at(json::json_pointer("/data/stream/config")), json::object());
+}
+
+json multitask_pipeline() {
+  return json::parse(R"({
+    "name": "mt",
+    "data": {"label_fraction": 0.5},
+    "modalities": {"image": {"plugin": "image"}, "audio": {"plugin": "audio"}},
+    "transfer": {"plugin": "multitask"},
+    "tasks": {
+      "clothes": {"type": "multiclass", "target": "label", "data": {"dataset": "f/dataset.json"}, "modalities": {"image": "image"}},
+      "words": {"type": "multiclass", "target": "word", "weight": 2,
+                "data": {"dataset": "w/dataset.json", "label_fraction": 0.1, "splits": {"val": "dev"}},
+                "modalities": {"audio": "clip", "image": "picture"}}
+    },
+    "train": {"task_sampling": "round_robin"}
+  })");
+}
+
+TEST(Pipeline, MultitaskTasksNameTheirOwnDataSets) {
+  FakePlugins plugins;
+  json doc = multitask_pipeline();
+  ASSERT_EQ(lines(validate_pipeline(doc, plugins.lookup(), plugins.names())), std::vector<std::string>{});
+  EXPECT_FALSE(doc.contains("fusion"));
+  // No defaults land in a task's data: an absent label fraction or split is the pipeline's.
+  EXPECT_EQ(doc.at(json::json_pointer("/tasks/clothes/data")), json::parse(R"({"dataset": "f/dataset.json"})"));
+  EXPECT_FALSE(doc.at(json::json_pointer("/tasks/clothes")).contains("weight"));
+}
+
+TEST(Pipeline, MultitaskMistakesAreNamedWhereTheyAre) {
+  FakePlugins plugins;
+  json doc = multitask_pipeline();
+  doc["data"]["dataset"] = "d.json";                              // both forms at once
+  doc["tasks"]["spoken"] = {{"type", "multiclass"}, {"target", "label"}};  // no data, no modalities
+  doc["tasks"]["clothes"]["modalities"] = {{"image", "image"}, {"text", "caption"}};
+  doc["modalities"]["audio"]["field"] = "clip";
+  doc["modalities"]["sensor"] = {{"plugin", "audio"}};             // no task sees it
+  doc["fusion"] = {{"plugin", "concat"}};                           // the strategy has its own backbone
+  EXPECT_EQ(lines(validate_pipeline(doc, plugins.lookup(), plugins.names())),
+            (std::vector<std::string>{
+                "/data/dataset: must be absent in a multitask pipeline (task \"clothes\" names its own data set); give "
+                "every task its /tasks/<task>/data",
+                "/tasks/clothes/modalities/text: unknown modality \"text\" (declared in /modalities: audio, image, sensor)",
+                "/tasks/spoken: missing required field \"data\" in a multitask pipeline (task \"clothes\" names its own data "
+                "set): every task names its data set",
+                "/tasks/spoken: missing required field \"modalities\" in a multitask pipeline (task \"clothes\" names its own "
+                "data set): the modalities this task sees, each mapped to a field of its data set",
+                "/modalities/audio/field: must be absent in a multitask pipeline (task \"clothes\" names its own data set): "
+                "each task maps the modality to its data set's field in /tasks/<task>/modalities",
+                "/modalities/sensor: no task sees modality \"sensor\" (map it in some /tasks/<task>/modalities, or remove it)",
+                "/fusion: must be absent: transfer plugin \"multitask\" fuses the modalities in its own backbone and reads no "
+                "fusion operator"}));
+}
+
+TEST(Pipeline, OneDataSetPipelinesKeepTheirRules) {
+  FakePlugins plugins;
+  json doc = minimal_pipeline();
+  doc["data"].erase("dataset");
+  doc["modalities"]["image"].erase("field");
+  doc["tasks"]["label"]["weight"] = 2;
+  doc["train"] = {{"task_sampling", "proportional"}};
+  EXPECT_EQ(lines(validate_pipeline(doc, plugins.lookup(), plugins.names())),
+            (std::vector<std::string>{
+                "/data: missing required field \"dataset\" (or give every task its own, /tasks/<task>/data, for a "
+                "multitask pipeline)",
+                "/modalities/image: missing required field \"field\" (the data set field it reads)",
+                "/tasks/label/weight: only for a multitask pipeline, whose tasks name their own data sets "
+                "(/tasks/label/data)",
+                "/train/task_sampling: only for a multitask pipeline, whose tasks name their own data sets "
+                "(/tasks/<task>/data)"}));
+  // The multitask strategy on one data set (a single-task baseline, a transfer run) needs no fusion.
+  doc = minimal_pipeline();
+  doc.erase("fusion");
+  doc["transfer"]["plugin"] = "multitask";
+  EXPECT_EQ(lines(validate_pipeline(doc, plugins.lookup(), plugins.names())), std::vector<std::string>{});
 }
 
 TEST(Pipeline, ConfigTypeErrorIsReanchored) {

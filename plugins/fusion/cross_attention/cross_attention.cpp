@@ -15,12 +15,10 @@
 // target's own filler tokens stay masked in the output. A sample with no real key at all (the
 // other modalities absent for it, or only one modality in the batch) gets no attention term: its
 // block is the residual path and the feed-forward only.
-#include <torch/nn/modules/activation.h>
 #include <torch/nn/modules/container/modulelist.h>
-#include <torch/nn/modules/dropout.h>
-#include <torch/nn/modules/linear.h>
 #include <torch/nn/modules/normalization.h>
 
+#include "../../common/attention.hpp"
 #include "cross_attention_manifest.hpp"
 #include "modalkit/fusion.hpp"
 #include "modalkit/layers.hpp"
@@ -28,48 +26,7 @@
 
 namespace {
 
-/// One pre-norm crossmodal transformer block.
-class CrossBlockImpl : public torch::nn::Module {
- public:
-  CrossBlockImpl(int64_t width, int64_t heads, double dropout) {
-    attn_ = register_module("attn", torch::nn::MultiheadAttention(
-                                        torch::nn::MultiheadAttentionOptions(width, heads).dropout(dropout)));
-    norm_q_ = register_module("norm_q", torch::nn::LayerNorm(torch::nn::LayerNormOptions({width})));
-    norm_kv_ = register_module("norm_kv", torch::nn::LayerNorm(torch::nn::LayerNormOptions({width})));
-    norm_ff_ = register_module("norm_ff", torch::nn::LayerNorm(torch::nn::LayerNormOptions({width})));
-    fc1_ = register_module("fc1", torch::nn::Linear(width, 4 * width));
-    fc2_ = register_module("fc2", torch::nn::Linear(4 * width, width));
-    dropout_ = register_module("dropout", torch::nn::Dropout(dropout));
-  }
-
-  /// `x` `[B, T, D]` target tokens; `src` `[B, S, D]` source tokens with `src_mask` `[B, S]`
-  /// (true = real), or undefined when there is no source.
-  torch::Tensor forward(torch::Tensor x, const torch::Tensor& src, const torch::Tensor& src_mask) {
-    if (src.defined() && src.size(1) > 0) {
-      const torch::Tensor has_key = src_mask.any(1);  // [B]
-      // A sample with no real key would take a softmax over nothing but -inf: NaN, in the output
-      // and in every gradient. Unmask its first key (zeroed filler) so the softmax is defined,
-      // then drop its attention output: the block reduces to its residual path + feed-forward.
-      torch::Tensor padding = src_mask.logical_not();
-      torch::Tensor first = torch::zeros_like(padding);
-      first.select(1, 0).fill_(true);
-      padding = padding.logical_and(first.logical_and(has_key.logical_not().unsqueeze(1)).logical_not());
-      const torch::Tensor kv = norm_kv_->forward(src).transpose(0, 1);  // [S, B, D]
-      torch::Tensor attended = std::get<0>(attn_->forward(norm_q_->forward(x).transpose(0, 1), kv, kv, padding,
-                                                          /*need_weights=*/false));
-      attended = attended.transpose(0, 1).masked_fill(has_key.logical_not().view({-1, 1, 1}), 0.0);
-      x = x + dropout_->forward(attended);
-    }
-    return x + dropout_->forward(fc2_->forward(dropout_->forward(torch::relu(fc1_->forward(norm_ff_->forward(x))))));
-  }
-
- private:
-  torch::nn::MultiheadAttention attn_{nullptr};
-  torch::nn::LayerNorm norm_q_{nullptr}, norm_kv_{nullptr}, norm_ff_{nullptr};
-  torch::nn::Linear fc1_{nullptr}, fc2_{nullptr};
-  torch::nn::Dropout dropout_{nullptr};
-};
-TORCH_MODULE(CrossBlock);
+using modalkit::plugins::CrossBlock;
 
 class CrossAttentionFusion : public modalkit::FusionOperator {
  public:

@@ -61,9 +61,9 @@ class FusionRef {
 struct ModelParts {
   /// Modality name → its encoder.
   std::map<std::string, EncoderRef> encoders;
-  /// The fusion operator.
+  /// The fusion operator (none for a strategy whose manifest says `uses_fusion: false`).
   FusionRef fusion;
-  /// Task name → its head (input width = the fusion's output width).
+  /// Task name → its head (input width = the fusion's output width, or d_model without fusion).
   std::map<std::string, std::shared_ptr<TaskHead>> heads;
   /// The pipeline's d_model.
   int64_t d_model = 64;
@@ -73,7 +73,8 @@ struct ModelParts {
 };
 
 /// Registers `parts` under `owner` with stable checkpoint names: `encoders.<modality>.*` (only
-/// those in `modalities`; all when empty), `fusion.*` and `heads.<task>.*`. Every strategy
+/// those in `modalities`; all when empty), `fusion.*` (when there is a fusion operator) and
+/// `heads.<task>.*`. Every strategy
 /// calls this from build() so that checkpoints and `init_from` patterns read the same.
 void register_parts(torch::nn::Module& owner, const ModelParts& parts,
                     const std::vector<std::string>& modalities = {});
