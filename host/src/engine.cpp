@@ -100,11 +100,7 @@ void SplitSource::for_each(const std::string& split, const std::vector<std::stri
   if (it == splits_.end()) throw Error("split \"" + split + "\" is not loaded in this run");
   const auto& wanted = modalities.empty() ? all_ : modalities;
   for (const SplitFeatures* f : it->second) {  // a multitask run: each task's data set in turn
-    std::vector<std::string> mods;  // of those asked for, the ones this data set holds
-    const auto held = f->modalities();
-    for (const auto& m : wanted) {
-      if (std::find(held.begin(), held.end(), m) != held.end()) mods.push_back(m);
-    }
+    const std::vector<std::string> mods = f->held(wanted);
     for (int64_t start = 0; start < f->size(); start += batch_size_) {
       std::vector<int64_t> rows;
       for (int64_t r = start; r < std::min(f->size(), start + batch_size_); ++r) rows.push_back(r);

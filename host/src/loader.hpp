@@ -96,6 +96,15 @@ class SplitFeatures {
     for (const auto& [name, f] : features_) out.push_back(name);
     return out;
   }
+  /// Those of `wanted` it holds, in their order (a multitask task's data set holds only the
+  /// modalities the task maps).
+  std::vector<std::string> held(const std::vector<std::string>& wanted) const {
+    std::vector<std::string> out;
+    for (const auto& m : wanted) {
+      if (features_.count(m)) out.push_back(m);
+    }
+    return out;
+  }
 
  private:
   int64_t size_ = 0;

@@ -579,12 +579,7 @@ class TaskFeed : public TrainFeed {
   }
   Batch batch(int64_t step) const override {
     const auto& [t, rows] = plan_.at(static_cast<size_t>(step));
-    const auto held = splits_[t]->modalities();
-    std::vector<std::string> mods;
-    for (const auto& m : modalities_) {
-      if (std::find(held.begin(), held.end(), m) != held.end()) mods.push_back(m);
-    }
-    return splits_[t]->batch(rows, mods);
+    return splits_[t]->batch(rows, splits_[t]->held(modalities_));
   }
 
  private:
