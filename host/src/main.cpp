@@ -181,11 +181,14 @@ int cmd_validate(const std::vector<std::string>& argv, modalkit::host::PluginReg
   // The data set and the tasks' targets are part of a pipeline's validity.
   const auto datasets = modalkit::host::open_datasets(pipeline);
   modalkit::host::check_against_dataset(pipeline, datasets, registry);
+  const auto counted = [](std::size_t n, const char* one, const char* many) {
+    return std::to_string(n) + " " + (n == 1 ? one : many);
+  };
   std::cout << file.string() << ": valid (pipeline \"" << pipeline.doc["name"].get<std::string>() << "\", "
             << (pipeline.doc["data"].contains("stream")
                     ? "stream " + pipeline.doc["data"]["stream"]["plugin"].get<std::string>()
-                    : std::to_string(pipeline.doc["modalities"].size()) + " modalities")
-            << (pipeline.multitask ? ", " + std::to_string(datasets.size()) + " tasks, each with its own data set"
+                    : counted(pipeline.doc["modalities"].size(), "modality", "modalities"))
+            << (pipeline.multitask ? ", " + counted(datasets.size(), "task", "tasks") + ", each with its own data set"
                                    : ", data set " + pipeline.dataset.string())
             << ")\n";
   return kOk;

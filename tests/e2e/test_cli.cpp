@@ -164,7 +164,10 @@ TEST(Cli, DescribeShowsDefaults) {
 TEST(Cli, ValidateAcceptsTheExample) {
   auto r = modalkit("validate '" + source("examples/pipelines/fashion-mnist-image.json").string() + "'");
   EXPECT_EQ(r.rc, 0) << r.err;
-  EXPECT_TRUE(has(r.out, "valid")) << r.out;
+  EXPECT_TRUE(has(r.out, "valid (pipeline \"fashion-mnist-image\", 1 modality, data set ")) << r.out;
+  auto multitask = modalkit("validate '" + source("examples/pipelines/highmmt-multitask.json").string() + "'");
+  EXPECT_EQ(multitask.rc, 0) << multitask.err;
+  EXPECT_TRUE(has(multitask.out, "6 modalities, 5 tasks, each with its own data set)")) << multitask.out;
 }
 
 TEST(Cli, ValidateReportsEveryErrorAsPointersWithExit2) {
