@@ -7,6 +7,7 @@ cd "$(dirname "$0")/.."
 packages=(
   build-essential pkg-config python3 meson ninja-build ccache
   libtorch-dev libopenblas0-pthread        # OpenBLAS: Debian's reference BLAS is ~35x slower
+  libgloo-dev                              # c10d's Gloo headers: distributed training (launch)
   libboost-dev libboost-filesystem-dev libboost-program-options-dev
   nlohmann-json3-dev libvalijson-dev libspdlog-dev libssl-dev zlib1g-dev libstb-dev
   libsndfile1-dev libsamplerate0-dev       # audio plugin: decoding (WAV, FLAC) and resampling

@@ -251,11 +251,17 @@ std::map<std::string, TaskSpec> source_tasks(const BuiltModel& model, const Data
 /// Logs what --skip-bad left out of a split; returns the count.
 int64_t report_skipped(const std::string& split, const SplitFeatures& f);
 
+class ProcessGroup;
+
 /// Options of `modalkit train`.
 struct TrainOptions {
   std::filesystem::path out;  ///< the run directory
   bool skip_bad = false;      ///< drop samples with bad data, count them in results.json
   bool resume = false;        ///< continue the run in `out` from its checkpoint (same pipeline and plugins)
+  /// A data-parallel run's process group (distributed.hpp), or null for one process. Every rank
+  /// trains on its shard of each global batch of `/train/batch_size`; rank 0 alone validates,
+  /// writes `out` and evaluates.
+  ProcessGroup* group = nullptr;
 };
 
 /// Trains (or, with `resume`, continues from `out/checkpoint.pt`), keeps the best or last epoch

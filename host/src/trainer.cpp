@@ -23,6 +23,7 @@
 #include <torch/serialize/output-archive.h>
 
 #include "artifacts.hpp"
+#include "distributed.hpp"
 #include "engine.hpp"
 #include "interrupt.hpp"
 #include "modalkit/errors.hpp"
@@ -642,6 +643,32 @@ nlohmann::json publish_artifacts(const ResolvedPipeline& pipeline, const PluginR
   return out;
 }
 
+/// The first thing in which two ranks' run identities differ, or "" when they agree.
+std::string identity_difference(const nlohmann::json& mine, const nlohmann::json& leader) {
+  for (const char* key : {"pipeline_hash", "dataset_sha256", "skip_bad", "resume"}) {
+    if (mine.value(key, nlohmann::json()) != leader.value(key, nlohmann::json())) {
+      return std::string(key) + " is " + mine.value(key, nlohmann::json()).dump() + " here, " +
+             leader.value(key, nlohmann::json()).dump() + " on rank 0";
+    }
+  }
+  for (const auto& [name, info] : leader.at("plugins").items()) {
+    if (!mine.at("plugins").contains(name)) return "plugin " + name + " is missing here";
+    if (mine.at("plugins").at(name) != info) {
+      return "plugin " + name + " is " + mine.at("plugins").at(name).dump() + " here, " + info.dump() + " on rank 0";
+    }
+  }
+  return "";
+}
+
+/// A directory of this rank's own (ranks but 0 write nothing into --out), removed at the end.
+struct RankDir {
+  fs::path path;
+  ~RankDir() {
+    std::error_code ec;
+    if (!path.empty()) fs::remove_all(path, ec);
+  }
+};
+
 }  // namespace
 
 nlohmann::json train(const ResolvedPipeline& pipeline, PluginRegistry& registry, const TrainOptions& options) {
@@ -652,6 +679,16 @@ nlohmann::json train(const ResolvedPipeline& pipeline, PluginRegistry& registry,
   const int64_t batch_size = tr.at("batch_size");
   const c10::Device device = device_of(doc);
   auto log = spdlog::default_logger();
+  ProcessGroup* const pg = options.group;  // null: one process
+  const bool leader = pg == nullptr || pg->leader();
+  const int rank = pg != nullptr ? pg->rank() : 0, world = pg != nullptr ? pg->size() : 1;
+  // Rank 0 owns --out; the others read rank 0's state from a directory of their own.
+  RankDir rank_dir;
+  if (!leader) {
+    rank_dir.path = fs::temp_directory_path() / ("modalkit-rank-" + std::to_string(rank) + "-" + std::to_string(::getpid()));
+    fs::create_directories(rank_dir.path);
+  }
+  const fs::path own_dir = leader ? options.out : rank_dir.path;
   const fs::path ckpt_path = options.out / "checkpoint.pt";
 
   // Who may write into --out: a fresh directory, or the same run with --resume. Checked before
@@ -661,22 +698,56 @@ nlohmann::json train(const ResolvedPipeline& pipeline, PluginRegistry& registry,
   const std::string data_sha = data_sha256(pipeline, datasets);
   const nlohmann::json identity = run_identity(pipeline, plugin_versions(registry, doc), data_sha, options.skip_bad);
   nlohmann::json resume_meta;
-  if (options.resume) {
-    if (!fs::exists(ckpt_path)) {
-      throw Error(options.out.string() + ": nothing to resume (no checkpoint.pt); train without --resume to start");
+  std::string refused;  // rank 0's reason not to start, which every rank then reports
+  if (leader) {
+    try {
+      if (options.resume) {
+        if (!fs::exists(ckpt_path)) {
+          throw Error(options.out.string() + ": nothing to resume (no checkpoint.pt); train without --resume to start");
+        }
+        if (fs::exists(options.out / "results.json")) {
+          throw Error(options.out.string() + ": the run is finished (results.json exists); nothing to resume");
+        }
+        resume_meta = read_checkpoint_meta(ckpt_path);
+        check_resumable(ckpt_path, resume_meta, identity);
+      } else if (fs::exists(ckpt_path) || fs::exists(options.out / "results.json")) {
+        throw Error(options.out.string() + " already holds a run; pass --resume to continue it, or choose another --out");
+      }
+    } catch (const Error& e) {
+      if (pg == nullptr) throw;
+      refused = e.what();
     }
-    if (fs::exists(options.out / "results.json")) {
-      throw Error(options.out.string() + ": the run is finished (results.json exists); nothing to resume");
+  }
+  if (pg != nullptr) {
+    // Every rank must train the same thing: rank 0 sends its verdict on --out, its identity and,
+    // when resuming, its checkpoint and fitted state (a rank on another machine has no --out).
+    nlohmann::json mine = identity;
+    mine["resume"] = options.resume;
+    nlohmann::json sent = {{"refused", refused}, {"identity", mine}};
+    const nlohmann::json got = nlohmann::json::parse(pg->broadcast_text(sent.dump(), "starting the run"));
+    if (!got.at("refused").get<std::string>().empty()) {
+      throw Error(leader ? refused : "rank 0 refused the run: " + got.at("refused").get<std::string>());
     }
-    resume_meta = read_checkpoint_meta(ckpt_path);
-    check_resumable(ckpt_path, resume_meta, identity);
-  } else if (fs::exists(ckpt_path) || fs::exists(options.out / "results.json")) {
-    throw Error(options.out.string() + " already holds a run; pass --resume to continue it, or choose another --out");
+    if (const std::string diff = identity_difference(mine, got.at("identity")); !diff.empty()) {
+      throw Error("distributed (rank " + std::to_string(rank) + "): not the run rank 0 trains: " + diff +
+                  " (every rank needs the same pipeline, --set values, plugin builds, data and flags)");
+    }
+    if (options.resume) {
+      auto read = [](const fs::path& p) {
+        std::ifstream in(p, std::ios::binary);
+        return std::string(std::istreambuf_iterator<char>(in), {});
+      };
+      for (const char* name : {"checkpoint.pt", "fitted_state.json"}) {
+        const std::string bytes = pg->broadcast_text(leader ? read(options.out / name) : "", std::string("sending rank 0's ") + name);
+        if (!leader) std::ofstream(own_dir / name, std::ios::binary) << bytes;
+      }
+      resume_meta = nlohmann::json::parse(pg->broadcast_text(resume_meta.dump(), "sending the checkpoint's state"));
+    }
   }
 
   configure_runtime(doc);
-  fs::create_directories(options.out);
-  HostContext context(log, seed, device, options.out, pipeline_artifacts(pipeline));
+  if (leader) fs::create_directories(options.out);
+  HostContext context(log, seed, device, own_dir, pipeline_artifacts(pipeline));
   BuiltModel model = create_modalities(pipeline, registry, datasets, context);
 
   const auto& splits = doc.at("data").at("splits");
@@ -687,7 +758,7 @@ nlohmann::json train(const ResolvedPipeline& pipeline, PluginRegistry& registry,
   // columns and vocabularies), so networks are built after it. Every declared modality is
   // fitted; a resumed run reads back what the first sitting fitted.
   const auto t0 = std::chrono::steady_clock::now();
-  if (options.resume) restore_fitted_state(model, options.out);
+  if (options.resume) restore_fitted_state(model, own_dir);
   // The data: a stream cuts its own batches; otherwise the splits are decoded into memory.
   std::optional<SplitFeatures> train_f, val_f, eval_f;
   std::vector<SplitFeatures> task_train, task_val, task_eval;  // a multitask run's, one per task
@@ -797,8 +868,10 @@ nlohmann::json train(const ResolvedPipeline& pipeline, PluginRegistry& registry,
   // Another run's weights come first (a prepare stage may use them: vokenization clusters a
   // pretrained encoder's features); then prepare, whose results live in the strategy's buffers,
   // which the checkpoint restores.
-  if (!options.resume && doc.contains("init_from")) init_from(pipeline, strategy);
-  if (!options.resume) guard(sp, [&] { strategy.prepare(*source); });
+  // In a distributed run rank 0 alone does these (another run's weights may exist only on its
+  // machine), and sends every rank its parameters and buffers below.
+  if (leader && !options.resume && doc.contains("init_from")) init_from(pipeline, strategy);
+  if (leader && !options.resume) guard(sp, [&] { strategy.prepare(*source); });
 
   auto groups = apply_parameter_groups(tr.at("parameter_groups"), guard(sp, [&] { return strategy.parameter_groups(); }),
                                        strategy);
@@ -806,6 +879,14 @@ nlohmann::json train(const ResolvedPipeline& pipeline, PluginRegistry& registry,
     for (auto& p : g.parameters) p.set_requires_grad(!g.frozen);
   }
   auto optimizer = make_optimizer(tr.at("optimizer"), groups);
+  std::unique_ptr<GradientReducer> reducer;
+  if (pg != nullptr) {
+    std::vector<at::Tensor> trainable;
+    for (const auto& g : groups) {
+      if (!g.frozen) trainable.insert(trainable.end(), g.parameters.begin(), g.parameters.end());
+    }
+    reducer = std::make_unique<GradientReducer>(*pg, trainable);
+  }
   std::vector<double> base_lr;
   for (auto& g : optimizer->param_groups()) base_lr.push_back(g.options().get_lr());
   const double clip = tr.at("grad_clip");
@@ -822,14 +903,28 @@ nlohmann::json train(const ResolvedPipeline& pipeline, PluginRegistry& registry,
   const int64_t max_steps = tr.at("max_steps");
   const int64_t total_steps = max_steps > 0 ? std::min<int64_t>(max_steps, epochs * steps_per_epoch) : epochs * steps_per_epoch;
 
+  // What fit learned (every rank fitted on the whole train split; rank 0's is written).
+  nlohmann::json fitted = nlohmann::json::object();
+  for (const auto& m : model.modalities) {
+    fitted[m.name] = guard(m.plugin->plugin_name(), [&] { return m.plugin->fitted_state(); });
+  }
+  if (model.stream) fitted["stream"] = guard(model.stream->plugin_name(), [&] { return model.stream->fitted_state(); });
+
   RunState state;
+  int64_t rows_this_sitting = 0;  // the rows this rank trained on (its shards), for results.json
   if (options.resume) {
-    load_checkpoint(ckpt_path, strategy, *optimizer, device);
+    load_checkpoint(own_dir / "checkpoint.pt", strategy, *optimizer, device);
     state = RunState::from_json(resume_meta.at("state"));
+    if (!leader) {  // rank 0's own term sums so far; this rank's start again (they are summed at the epoch's end)
+      state.term_sums.clear();
+      state.term_steps.clear();
+    }
     for (const auto& [task, after] : state.task_stopped_at) task_feed->stop(task);
-    truncate_metrics(options.out / "metrics.jsonl", state.epoch - 1);
+    if (leader) truncate_metrics(options.out / "metrics.jsonl", state.epoch - 1);
     log->info("resuming {} at epoch {}, step {} ({} steps done)", options.out.string(), state.epoch,
               state.step_in_epoch, state.global_step);
+  } else if (!leader) {
+    state.epoch_rng = rng_to_string(std::mt19937_64(seed));
   } else {
     state.epoch_rng = rng_to_string(std::mt19937_64(seed));
     // Write what identifies the run before training, so a crashed run still says what it was.
@@ -849,19 +944,34 @@ nlohmann::json train(const ResolvedPipeline& pipeline, PluginRegistry& registry,
       }
     }
     write_text_atomically(options.out / "run.json", run.dump(2) + "\n");
-    nlohmann::json fitted = nlohmann::json::object();
-    for (const auto& m : model.modalities) {
-      fitted[m.name] = guard(m.plugin->plugin_name(), [&] { return m.plugin->fitted_state(); });
-    }
-    if (model.stream) fitted["stream"] = guard(model.stream->plugin_name(), [&] { return model.stream->fitted_state(); });
     write_text_atomically(options.out / "fitted_state.json", fitted.dump(2) + "\n");
     write_text_atomically(options.out / "metrics.jsonl", "");
   }
 
+  if (pg != nullptr) {
+    // fit ran on every rank over the same data; a rank that learned something else (another
+    // data set at the same path, another plugin build) would train another model.
+    const std::string leader_fitted = pg->broadcast_text(fitted.dump(), "comparing fitted state with rank 0's");
+    if (leader_fitted != fitted.dump()) {
+      const nlohmann::json theirs = nlohmann::json::parse(leader_fitted);
+      std::string which;
+      for (const auto& [name, v] : fitted.items()) {
+        if (!theirs.contains(name) || theirs.at(name) != v) which += (which.empty() ? "" : ", ") + name;
+      }
+      throw Error("distributed (rank " + std::to_string(rank) + "): what fit learned differs from rank 0's for " + which +
+                  " (is every rank's data set the same?)");
+    }
+    // Rank 0's initial (or prepared, or resumed) parameters and buffers on every rank.
+    GradientReducer::broadcast_module(*pg, strategy);
+  }
+
   HeldOutProtocol protocol(model.tasks, model.class_groups);
-  std::ofstream metrics(options.out / "metrics.jsonl", std::ios::app);
-  ProgressBar bar(tr.at("progress"));
-  auto checkpoint = [&] { save_checkpoint(ckpt_path, strategy, *optimizer, state, identity, device); };
+  std::ofstream metrics;
+  if (leader) metrics.open(options.out / "metrics.jsonl", std::ios::app);
+  ProgressBar bar(leader ? tr.at("progress").get<std::string>() : "off");
+  auto checkpoint = [&] {
+    if (leader) save_checkpoint(ckpt_path, strategy, *optimizer, state, identity, device);
+  };
 
   while (!state.stopped && state.epoch <= epochs) {
     const int epoch = state.epoch;
@@ -881,36 +991,52 @@ nlohmann::json train(const ResolvedPipeline& pipeline, PluginRegistry& registry,
       // Loader wait: cutting the batch only; the copy to a GPU would also wait for its kernels.
       const auto b0 = std::chrono::steady_clock::now();
       Batch cpu_batch = feed->batch(state.step_in_epoch);
+      if (pg != nullptr) cpu_batch = shard_batch(cpu_batch, rank, world);  // this rank's rows of the global batch
       loader_wait += std::chrono::duration<double>(std::chrono::steady_clock::now() - b0).count();
       Batch batch = cpu_batch.to(device);
+      const int64_t rows = batch.size();
+      rows_this_sitting += rows;
       const double factor = lr_factor(tr.at("schedule"), state.global_step, total_steps, steps_per_epoch);
       for (size_t g = 0; g < base_lr.size(); ++g) optimizer->param_groups()[g].options().set_lr(base_lr[g] * factor);
       optimizer->zero_grad();
-      LossTerms terms = guard(sp, [&] { return strategy.loss(batch); });
-      if (terms.empty()) throw PluginError(sp, "loss() returned no terms");
-      at::Tensor total;
-      for (const auto& [name, t] : terms) {
-        if (t.numel() != 1) throw PluginError(sp, "loss term " + name + " is not a scalar");
-        total = total.defined() ? total + t : t;
+      // A multitask batch is one task's (on every rank: the shards share the global batch's task).
+      const size_t task_id = static_cast<size_t>(batch.task_id);
+      const double weight = pipeline.multitask ? task_weight.at(task_id) : 1.0;
+      LossTerms terms;
+      double total_value = 0;  // unweighted; this rank's until reduced
+      if (rows > 0) {  // a rank's shard is empty only when the global batch has fewer rows than ranks
+        terms = guard(sp, [&] { return strategy.loss(batch); });
+        if (terms.empty()) throw PluginError(sp, "loss() returned no terms");
+        at::Tensor total;
+        for (const auto& [name, t] : terms) {
+          if (t.numel() != 1) throw PluginError(sp, "loss term " + name + " is not a scalar");
+          total = total.defined() ? total + t : t;
+        }
+        total_value = total.item<double>();
+        if (weight != 1.0) total = total * weight;
+        total.backward();
       }
-      double total_value = total.item<double>();
-      if (pipeline.multitask) {  // the batch is one task's: its weight, and its share of the epoch's loss
-        const auto id = static_cast<size_t>(batch.task_id);
-        const std::string& task = pipeline.sources.at(id).tasks.at(0);
+      bool interrupted = interrupt_requested();
+      if (reducer) {
+        // One loss for the global batch (each rank's weighted by its rows), and an interrupt on
+        // any rank stops every rank at this step.
+        const auto sums = reducer->reduce(rows, {total_value * static_cast<double>(rows), static_cast<double>(rows),
+                                                 interrupted ? 1.0 : 0.0});
+        total_value = sums[1] > 0 ? sums[0] / sums[1] : 0.0;
+        interrupted = sums[2] > 0;
+      }
+      if (pipeline.multitask) {  // the batch's task's share of the epoch's loss, unweighted
+        const std::string& task = pipeline.sources.at(task_id).tasks.at(0);
         state.task_loss_sums[task] += total_value;
         ++state.task_steps[task];
-        if (task_weight.at(id) != 1.0) {
-          total = total * task_weight.at(id);
-          total_value *= task_weight.at(id);
-        }
       }
+      total_value *= weight;
       if (!std::isfinite(total_value)) {
         bar.clear();
         throw PluginError(sp, "loss became " + std::to_string(total_value) + " at epoch " + std::to_string(epoch) +
                                   ", step " + std::to_string(state.step_in_epoch + 1) +
                                   " (lower train.optimizer.lr or set train.grad_clip)");
       }
-      total.backward();
       if (clip > 0) torch::nn::utils::clip_grad_norm_(strategy.parameters(), clip);
       optimizer->step();
       for (const auto& [name, t] : terms) {
@@ -927,7 +1053,7 @@ nlohmann::json train(const ResolvedPipeline& pipeline, PluginRegistry& registry,
                  rate, static_cast<double>(total_steps - state.global_step) * batch_size / std::max(rate, 1e-9));
       budget_spent = max_steps > 0 && state.global_step >= max_steps;
       const bool epoch_done = state.step_in_epoch >= epoch_steps;
-      if (interrupt_requested()) {
+      if (interrupted) {
         bar.clear();
         state.seconds = seconds_before + elapsed;
         checkpoint();
@@ -945,80 +1071,117 @@ nlohmann::json train(const ResolvedPipeline& pipeline, PluginRegistry& registry,
     bar.clear();
     const double seconds =
         seconds_before + std::chrono::duration<double>(std::chrono::steady_clock::now() - e0).count();
-    nlohmann::json val = {{"tasks", nlohmann::json::object()}};
-    if (!model.tasks.empty()) val = protocol.evaluate(strategy, *source, val_split, model.test_modalities);
-    nlohmann::json val_loss;
-    if (select_metric == "loss") val_loss = loss_on(strategy, *source, val_split, model.train_modalities);
-    double score = 0;
-    if (select_metric == "loss") {
-      score = val_loss.at("loss").get<double>();
-    } else if (select_metric == "mean") {  // each task's first metric on its own validation split
-      for (const auto& [task, spec] : model.tasks) score += val["tasks"][task][spec.metrics.at(0)].get<double>();
-      score /= static_cast<double>(model.tasks.size());
-    } else {
-      score = val["tasks"][select_task][select_metric].get<double>();
-    }
-    // A metric that is undefined on this validation split (AUROC without both classes) never
-    // counts as an improvement, and never blocks one.
-    const double gain = higher_is_better(select_metric) ? score - state.best : state.best - score;
-    const bool improved = state.best_epoch < 0 || (std::isfinite(score) && (!std::isfinite(state.best) || gain > min_delta));
-    if (improved) {
-      state.best = score;
-      state.best_epoch = epoch;
-      state.bad_epochs = 0;
-    } else {
-      ++state.bad_epochs;
-    }
-    if (improved || !keep_best) save_weights(strategy, options.out / "model.pt");
-    const int64_t steps = std::max<int64_t>(state.step_in_epoch, 1);
-    nlohmann::json line = {{"epoch", epoch}, {"steps", state.step_in_epoch}, {"global_step", state.global_step},
-                           {"lr", base_lr[0] * lr_factor(tr.at("schedule"), std::max<int64_t>(0, state.global_step - 1), total_steps, steps_per_epoch)},
-                           {"train_loss", state.loss_sum / static_cast<double>(steps)},
-                           {"loss_terms", nlohmann::json::object()}, {"val", val["tasks"]},
-                           {"seconds", seconds}, {"samples_per_s", static_cast<double>(state.step_in_epoch * batch_size) / seconds},
-                           {"loader_wait_fraction", loader_wait / std::max(1e-9, seconds - seconds_before)}};
-    for (const auto& [name, sum] : state.term_sums) {
-      // Over the steps that had the term: a multitask run's task/<t> only over that task's batches.
-      const auto it = state.term_steps.find(name);
-      const int64_t n = it == state.term_steps.end() ? steps : std::max<int64_t>(it->second, 1);
-      line["loss_terms"][name] = sum / static_cast<double>(n);
-    }
-    if (!val_loss.is_null()) line["val_loss"] = val_loss.at("loss");
-    if (pipeline.multitask) {  // each task's mean (unweighted) loss and its share of the epoch's steps
-      for (const auto& [task, n] : state.task_steps) {
-        line["task_loss"][task] = state.task_loss_sums[task] / static_cast<double>(std::max<int64_t>(n, 1));
-        line["task_steps"][task] = n;
-      }
-    }
-    metrics << line.dump() << "\n" << std::flush;
-    log->info("epoch {}/{}  loss {:.4f}  val {} {:.4f}{}  {:.1f} s", epoch, epochs, line["train_loss"].get<double>(),
-              select_metric, score, improved ? " *" : "", seconds);
-    if (patience > 0 && pipeline.multitask) {
-      // Each task on its own: one that has stopped improving is no longer trained, so that it
-      // does not overfit while the others still learn; the run ends with the last.
-      for (const auto& [task, spec] : model.tasks) {
-        if (state.task_stopped_at.count(task)) continue;
-        const std::string& metric = spec.metrics.at(0);
-        const double v = val["tasks"][task][metric].is_number() ? val["tasks"][task][metric].get<double>() : NAN;
-        const auto best = state.task_best.find(task);
-        const bool better = best == state.task_best.end() ||
-                            (std::isfinite(v) && (!std::isfinite(best->second) ||
-                                                  (higher_is_better(metric) ? v - best->second : best->second - v) > min_delta));
-        if (better) {
-          state.task_best[task] = v;
-          state.task_bad_epochs[task] = 0;
-        } else if (++state.task_bad_epochs[task] >= patience) {
-          state.task_stopped_at[task] = epoch;
-          task_feed->stop(task);
-          log->info("early stop of task {}: val {} has not improved for {} epochs (best {:.4f})", task, metric, patience,
-                    state.task_best[task]);
+    if (pg != nullptr) {
+      // Each loss term over every rank's steps (rank 0 names the terms; a rank without one adds 0).
+      nlohmann::json names = nlohmann::json::array();
+      for (const auto& [name, sum] : state.term_sums) names.push_back(name);
+      names = nlohmann::json::parse(pg->broadcast_text(names.dump(), "naming the loss terms"));
+      if (!names.empty()) {
+        at::Tensor sums = torch::zeros({2 * static_cast<int64_t>(names.size())}, torch::kDouble);
+        for (size_t i = 0; i < names.size(); ++i) {
+          const std::string name = names[i];
+          sums[static_cast<int64_t>(2 * i)] = state.term_sums.count(name) ? state.term_sums.at(name) : 0.0;
+          sums[static_cast<int64_t>(2 * i + 1)] = static_cast<double>(state.term_steps.count(name) ? state.term_steps.at(name) : 0);
+        }
+        pg->allreduce_sum(sums, "summing the loss terms");
+        state.term_sums.clear();
+        state.term_steps.clear();
+        for (size_t i = 0; i < names.size(); ++i) {
+          state.term_sums[names[i]] = sums[static_cast<int64_t>(2 * i)].item<double>();
+          state.term_steps[names[i]] = static_cast<int64_t>(sums[static_cast<int64_t>(2 * i + 1)].item<double>());
         }
       }
-      if (state.task_stopped_at.size() == model.tasks.size()) state.stopped = true;
-    } else if (patience > 0 && state.bad_epochs >= patience) {
-      log->info("early stop: val {} has not improved for {} epochs (best {:.4f} at epoch {})", select_metric,
-                patience, state.best, state.best_epoch);
-      state.stopped = true;
+    }
+    // Validation, selection and the epoch's line: rank 0's alone (every rank has its weights);
+    // the others wait for its decision below.
+    if (leader) {
+      nlohmann::json val = {{"tasks", nlohmann::json::object()}};
+      if (!model.tasks.empty()) val = protocol.evaluate(strategy, *source, val_split, model.test_modalities);
+      nlohmann::json val_loss;
+      if (select_metric == "loss") val_loss = loss_on(strategy, *source, val_split, model.train_modalities);
+      double score = 0;
+      if (select_metric == "loss") {
+        score = val_loss.at("loss").get<double>();
+      } else if (select_metric == "mean") {  // each task's first metric on its own validation split
+        for (const auto& [task, spec] : model.tasks) score += val["tasks"][task][spec.metrics.at(0)].get<double>();
+        score /= static_cast<double>(model.tasks.size());
+      } else {
+        score = val["tasks"][select_task][select_metric].get<double>();
+      }
+      // A metric that is undefined on this validation split (AUROC without both classes) never
+      // counts as an improvement, and never blocks one.
+      const double gain = higher_is_better(select_metric) ? score - state.best : state.best - score;
+      const bool improved = state.best_epoch < 0 || (std::isfinite(score) && (!std::isfinite(state.best) || gain > min_delta));
+      if (improved) {
+        state.best = score;
+        state.best_epoch = epoch;
+        state.bad_epochs = 0;
+      } else {
+        ++state.bad_epochs;
+      }
+      if (improved || !keep_best) save_weights(strategy, options.out / "model.pt");
+      const int64_t steps = std::max<int64_t>(state.step_in_epoch, 1);
+      nlohmann::json line = {{"epoch", epoch}, {"steps", state.step_in_epoch}, {"global_step", state.global_step},
+                             {"lr", base_lr[0] * lr_factor(tr.at("schedule"), std::max<int64_t>(0, state.global_step - 1), total_steps, steps_per_epoch)},
+                             {"train_loss", state.loss_sum / static_cast<double>(steps)},
+                             {"loss_terms", nlohmann::json::object()}, {"val", val["tasks"]},
+                             {"seconds", seconds}, {"samples_per_s", static_cast<double>(state.step_in_epoch * batch_size) / seconds},
+                             {"loader_wait_fraction", loader_wait / std::max(1e-9, seconds - seconds_before)}};
+      for (const auto& [name, sum] : state.term_sums) {
+        // Over the steps that had the term: a multitask run's task/<t> only over that task's batches.
+        const auto it = state.term_steps.find(name);
+        const int64_t n = it == state.term_steps.end() ? steps : std::max<int64_t>(it->second, 1);
+        line["loss_terms"][name] = sum / static_cast<double>(n);
+      }
+      if (!val_loss.is_null()) line["val_loss"] = val_loss.at("loss");
+      if (pipeline.multitask) {  // each task's mean (unweighted) loss and its share of the epoch's steps
+        for (const auto& [task, n] : state.task_steps) {
+          line["task_loss"][task] = state.task_loss_sums[task] / static_cast<double>(std::max<int64_t>(n, 1));
+          line["task_steps"][task] = n;
+        }
+      }
+      metrics << line.dump() << "\n" << std::flush;
+      log->info("epoch {}/{}  loss {:.4f}  val {} {:.4f}{}  {:.1f} s", epoch, epochs, line["train_loss"].get<double>(),
+                select_metric, score, improved ? " *" : "", seconds);
+      if (patience > 0 && pipeline.multitask) {
+        // Each task on its own: one that has stopped improving is no longer trained, so that it
+        // does not overfit while the others still learn; the run ends with the last.
+        for (const auto& [task, spec] : model.tasks) {
+          if (state.task_stopped_at.count(task)) continue;
+          const std::string& metric = spec.metrics.at(0);
+          const double v = val["tasks"][task][metric].is_number() ? val["tasks"][task][metric].get<double>() : NAN;
+          const auto best = state.task_best.find(task);
+          const bool better = best == state.task_best.end() ||
+                              (std::isfinite(v) && (!std::isfinite(best->second) ||
+                                                    (higher_is_better(metric) ? v - best->second : best->second - v) > min_delta));
+          if (better) {
+            state.task_best[task] = v;
+            state.task_bad_epochs[task] = 0;
+          } else if (++state.task_bad_epochs[task] >= patience) {
+            state.task_stopped_at[task] = epoch;
+            task_feed->stop(task);
+            log->info("early stop of task {}: val {} has not improved for {} epochs (best {:.4f})", task, metric, patience,
+                      state.task_best[task]);
+          }
+        }
+        if (state.task_stopped_at.size() == model.tasks.size()) state.stopped = true;
+      } else if (patience > 0 && state.bad_epochs >= patience) {
+        log->info("early stop: val {} has not improved for {} epochs (best {:.4f} at epoch {})", select_metric,
+                  patience, state.best, state.best_epoch);
+        state.stopped = true;
+      }
+    }  // leader
+    if (pg != nullptr) {  // rank 0's early stopping, on every rank
+      const nlohmann::json decision = nlohmann::json::parse(pg->broadcast_text(
+          nlohmann::json{{"stopped", state.stopped}, {"task_stopped_at", state.task_stopped_at}}.dump(),
+          "receiving rank 0's decision after epoch " + std::to_string(epoch) + " (it validates meanwhile)"));
+      state.stopped = decision.at("stopped");
+      for (const auto& [task, after] : decision.at("task_stopped_at").items()) {
+        if (!state.task_stopped_at.count(task)) {
+          state.task_stopped_at[task] = after;
+          task_feed->stop(task);
+        }
+      }
     }
     if (budget_spent) {
       log->info("step budget spent: {} steps (train.max_steps)", state.global_step);
@@ -1037,6 +1200,15 @@ nlohmann::json train(const ResolvedPipeline& pipeline, PluginRegistry& registry,
     checkpoint();
   }
 
+  nlohmann::json distributed;
+  if (pg != nullptr) {  // how the rows were shared: each rank's count, summed into rank 0's results
+    at::Tensor rows = torch::zeros({world}, torch::kDouble);
+    rows[rank] = static_cast<double>(rows_this_sitting);
+    pg->allreduce_sum(rows, "counting each rank's rows");
+    distributed = {{"world_size", world}, {"rows_this_sitting", nlohmann::json::array()}};
+    for (int r = 0; r < world; ++r) distributed["rows_this_sitting"].push_back(static_cast<int64_t>(rows[r].item<double>()));
+  }
+  if (!leader) return {{"rank", rank}, {"steps", state.global_step}};  // rank 0 finalizes, evaluates and writes
   load_weights(strategy, options.out / "model.pt");
   guard(sp, [&] { strategy.finalize(*source); });
   save_weights(strategy, options.out / "model.pt");  // finalize state (buffers) goes with the weights
@@ -1069,6 +1241,7 @@ nlohmann::json train(const ResolvedPipeline& pipeline, PluginRegistry& registry,
     }
     result["train_samples"] = all;
   }
+  if (!distributed.is_null()) result["distributed"] = distributed;
   result["skipped"] = skipped;
   result["artifacts"] = publish_artifacts(pipeline, registry, options.out);
   write_text_atomically(options.out / "results.json", result.dump(2) + "\n");

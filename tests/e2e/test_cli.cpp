@@ -1,11 +1,16 @@
 // The `modalkit` binary end to end: versions, plugin listing, validation errors and exit
 // codes, the image → concat → supervised slice trained and evaluated on the embedded set, and
 // failing plugins contained with their names.
+#include <netinet/in.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <array>
+#include <chrono>
+#include <cstring>
+#include <thread>
 #include <cmath>
 #include <cstdio>
 #include <fstream>
@@ -1958,4 +1963,238 @@ TEST(Cli, HighmmtQuickExperimentSearchesComparesAndTransfersFromTheChosenRun) {
                                              "highmmt-avf" / "pipeline.json"));
   EXPECT_EQ(resolved["init_from"]["run"], (mt / "multitask-model" / "100-labels" / "seed-1" / "best").string());
   fs::remove_all(out);
+}
+
+// ---- Distributed training (c10d, Gloo) on loopback ----
+
+namespace {
+
+/// Starts the CLI in the background (as modalkit() would run it), stderr to `err`; its pid.
+pid_t spawn(const std::string& args, const fs::path& err) {
+  const std::string cmd = "exec '" + env("MODALKIT_BIN") + "' --plugin-path '" + env("MODALKIT_PLUGIN_BUILD_DIR") +
+                          "' --plugin-path '" + env("MODALKIT_TEST_PLUGIN_DIR") + "' " + args + " >/dev/null 2>'" +
+                          err.string() + "'";
+  const pid_t pid = ::fork();
+  if (pid == 0) {
+    ::execl("/bin/sh", "sh", "-c", cmd.c_str(), static_cast<char*>(nullptr));
+    ::_exit(127);
+  }
+  return pid;
+}
+
+/// The exit code of `pid` once it ends, or -1 (and the process killed) when it has not ended
+/// within `seconds`; `took` gets the seconds waited.
+int wait_exit(pid_t pid, double seconds, double* took = nullptr) {
+  const auto t0 = std::chrono::steady_clock::now();
+  int status = 0;
+  while (::waitpid(pid, &status, WNOHANG) == 0) {
+    if (std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() > seconds) {
+      ::kill(pid, SIGKILL);
+      ::waitpid(pid, &status, 0);
+      return -1;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  if (took != nullptr) *took = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+}
+
+/// Waits up to `seconds` for `file` to exist.
+bool wait_for(const fs::path& file, double seconds) {
+  const auto t0 = std::chrono::steady_clock::now();
+  while (!fs::exists(file)) {
+    if (std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() > seconds) return false;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  return true;
+}
+
+/// The float32 tensors of a safetensors file (8-byte header size, JSON header, data), by name.
+std::map<std::string, std::vector<float>> read_safetensors(const fs::path& file) {
+  const std::string bytes = read_all(file);
+  uint64_t n = 0;
+  std::memcpy(&n, bytes.data(), 8);
+  const json header = json::parse(bytes.substr(8, n));
+  std::map<std::string, std::vector<float>> out;
+  for (const auto& [name, info] : header.items()) {
+    if (name == "__metadata__" || info["dtype"] != "F32") continue;
+    const size_t begin = info["data_offsets"][0], end = info["data_offsets"][1];
+    std::vector<float> v((end - begin) / 4);
+    std::memcpy(v.data(), bytes.data() + 8 + n + begin, end - begin);
+    out[name] = v;
+  }
+  return out;
+}
+
+/// ‖a − b‖ / ‖a‖ over every tensor of two runs' exported weights (the same names in both).
+double relative_difference(const fs::path& run_a, const fs::path& run_b) {
+  for (const auto& run : {run_a, run_b}) {
+    auto r = modalkit("export --run '" + run.string() + "' --out '" + (run / "weights.safetensors").string() + "'");
+    EXPECT_EQ(r.rc, 0) << r.err;
+  }
+  const auto a = read_safetensors(run_a / "weights.safetensors"), b = read_safetensors(run_b / "weights.safetensors");
+  EXPECT_EQ(a.size(), b.size());
+  EXPECT_GT(a.size(), 5u);
+  double diff = 0, norm = 0;
+  for (const auto& [name, va] : a) {
+    const auto& vb = b.at(name);
+    EXPECT_EQ(va.size(), vb.size()) << name;
+    for (size_t i = 0; i < std::min(va.size(), vb.size()); ++i) {
+      diff += (static_cast<double>(va[i]) - vb[i]) * (static_cast<double>(va[i]) - vb[i]);
+      norm += static_cast<double>(va[i]) * va[i];
+    }
+  }
+  return std::sqrt(diff / norm);
+}
+
+/// The wine pipeline without dropout (so one and two ranks compute the same function) on one
+/// intra-op thread, trained for `steps` optimiser steps in global batches of 16.
+std::string wine_args(int steps) {
+  return "train '" + source("examples/pipelines/wine-tabular.json").string() +
+         "' --set modalities.features.config.dropout=0 --set train.threads=1 --set train.batch_size=16"
+         " --set train.epochs=1000 --set train.max_steps=" + std::to_string(steps);
+}
+
+}  // namespace
+
+TEST(Cli, TwoRanksEndWithTheWeightsOfOneRankWithTheSameGlobalBatch) {
+  const fs::path dir = fs::current_path() / ("dist-" + std::to_string(::getpid()));
+  fs::remove_all(dir);
+  auto one = modalkit(wine_args(50) + " --out '" + (dir / "one").string() + "'");
+  ASSERT_EQ(one.rc, 0) << one.err;
+  auto two = modalkit("launch -n 2 --timeout 60 -- " + wine_args(50) + " --out '" + (dir / "two").string() + "'");
+  ASSERT_EQ(two.rc, 0) << two.err;
+  EXPECT_LE(relative_difference(dir / "one", dir / "two"), 1e-5);
+  // The rows were shared: each global batch of 16 split 8/8, the epoch's last of 107 - 6·16 = 11
+  // rows split 5/6; 50 steps are 7 epochs and one batch.
+  const json res = json::parse(read_all(dir / "two" / "results.json"));
+  EXPECT_EQ(res["distributed"]["world_size"], 2);
+  EXPECT_EQ(res["distributed"]["rows_this_sitting"], json({7 * (6 * 8 + 5) + 8, 7 * (6 * 8 + 6) + 8})) << res.dump();
+  EXPECT_EQ(res["steps"], 50);
+  // The same epochs and the same train loss (the global batch's) as one rank; rank 0 alone wrote.
+  auto lines = [](const fs::path& f) {
+    std::vector<json> out;
+    std::ifstream in(f);
+    for (std::string l; std::getline(in, l);) out.push_back(json::parse(l));
+    return out;
+  };
+  const auto m1 = lines(dir / "one" / "metrics.jsonl"), m2 = lines(dir / "two" / "metrics.jsonl");
+  ASSERT_EQ(m1.size(), m2.size());
+  for (size_t i = 0; i < m1.size(); ++i) {
+    EXPECT_NEAR(m1[i]["train_loss"].get<double>(), m2[i]["train_loss"].get<double>(), 1e-5) << "epoch " << i + 1;
+  }
+  std::set<std::string> files1, files2;
+  for (const auto& e : fs::directory_iterator(dir / "one")) files1.insert(e.path().filename().string());
+  for (const auto& e : fs::directory_iterator(dir / "two")) files2.insert(e.path().filename().string());
+  EXPECT_EQ(files1, files2);
+  fs::remove_all(dir);
+}
+
+TEST(Cli, AnInterruptedDistributedRunResumesToTheSameWeights) {
+  const fs::path dir = fs::current_path() / ("dist-resume-" + std::to_string(::getpid()));
+  fs::remove_all(dir);
+  auto one = modalkit(wine_args(400) + " --out '" + (dir / "one").string() + "'");
+  ASSERT_EQ(one.rc, 0) << one.err;
+  // Ctrl-C to the launcher mid-run: passed on to the ranks, rank 0 checkpoints, all exit 130.
+  const std::string two = wine_args(400) + " --out '" + (dir / "two").string() + "'";
+  const pid_t launcher = spawn("launch -n 2 --timeout 60 -- " + two, dir.string() + "-err");
+  ASSERT_TRUE(wait_for(dir / "two" / "checkpoint.pt", 60)) << read_all(dir.string() + "-err");
+  ::kill(launcher, SIGINT);
+  EXPECT_EQ(wait_exit(launcher, 60), 130) << read_all(dir.string() + "-err");
+  ASSERT_FALSE(fs::exists(dir / "two" / "results.json")) << "the run ended before the interrupt; give it more steps";
+  auto resumed = modalkit("launch -n 2 --timeout 60 -- " + two + " --resume");
+  ASSERT_EQ(resumed.rc, 0) << resumed.err;
+  EXPECT_LE(relative_difference(dir / "one", dir / "two"), 1e-5);
+  fs::remove(dir.string() + "-err");
+  fs::remove_all(dir);
+}
+
+TEST(Cli, ARankThatDiesOrHangsEndsTheOthersWithinTheTimeout) {
+  const fs::path dir = fs::current_path() / ("dist-fault-" + std::to_string(::getpid()));
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  for (const int sig : {SIGKILL, SIGSTOP}) {
+    const std::string port = std::to_string(29600 + (::getpid() % 200) + (sig == SIGKILL ? 0 : 1));
+    const std::string common = wine_args(100000) + " --world-size 2 --master 127.0.0.1:" + port + " --timeout 5";
+    const fs::path out0 = dir / ("r0-" + std::to_string(sig)), out1 = dir / ("r1-" + std::to_string(sig));
+    const pid_t r0 = spawn(common + " --rank 0 --out '" + out0.string() + "'", dir / "err0");
+    const pid_t r1 = spawn(common + " --rank 1 --out '" + out1.string() + "'", dir / "err1");
+    ASSERT_TRUE(wait_for(out0 / "checkpoint.pt", 60)) << read_all(dir / "err0") << read_all(dir / "err1");
+    ::kill(r1, sig);  // dies, or stops answering
+    double took = 0;
+    EXPECT_EQ(wait_exit(r0, 30, &took), 1) << read_all(dir / "err0");
+    EXPECT_LT(took, 5 + 10) << "rank 0 should give up within --timeout";
+    const std::string err = read_all(dir / "err0");
+    EXPECT_TRUE(has(err, "distributed (rank 0): ")) << err;
+    EXPECT_TRUE(has(err, "another rank has died or stopped answering (waited at most 5 s, --timeout)")) << err;
+    EXPECT_FALSE(fs::exists(out1)) << "only rank 0 writes the run directory";
+    ::kill(r1, SIGKILL);
+    wait_exit(r1, 10);
+  }
+  // Under launch, a rank killed from outside stops the other and the launcher names it.
+  const pid_t launcher = spawn("launch -n 2 --timeout 20 -- " + wine_args(100000) + " --out '" + (dir / "l").string() + "'",
+                               dir / "errl");
+  ASSERT_TRUE(wait_for(dir / "l" / "checkpoint.pt", 60)) << read_all(dir / "errl");
+  const std::string children = capture("pgrep -P " + std::to_string(launcher));
+  ASSERT_FALSE(children.empty());
+  ::kill(std::stoi(children.substr(children.rfind('\n', children.size() - 2) + 1)), SIGKILL);
+  EXPECT_EQ(wait_exit(launcher, 30), 1) << read_all(dir / "errl");
+  const std::string err = read_all(dir / "errl");
+  // Whichever rank the launcher saw end first (the killed one, or the one that lost its peer).
+  EXPECT_TRUE(has(err, "modalkit: launch: rank ")) << err;
+  EXPECT_TRUE(has(err, "; its error is above); the other ranks were stopped")) << err;
+  fs::remove_all(dir);
+}
+
+TEST(Cli, DistributedSetUpErrorsNameTheCause) {
+  const fs::path dir = fs::current_path() / ("dist-errors-" + std::to_string(::getpid()));
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  const std::string base = wine_args(10);
+  const int p = 29800 + (::getpid() % 100);
+  // Ranks started with different world sizes: both say so.
+  const pid_t r0 = spawn(base + " --out '" + (dir / "a").string() + "' --rank 0 --world-size 2 --master 127.0.0.1:" +
+                             std::to_string(p) + " --timeout 10",
+                         dir / "err0");
+  auto r1 = modalkit(base + " --out '" + (dir / "b").string() + "' --rank 1 --world-size 3 --master 127.0.0.1:" +
+                     std::to_string(p) + " --timeout 10");
+  EXPECT_EQ(r1.rc, 1);
+  EXPECT_TRUE(has(r1.err, "distributed (rank 1): rank 1 was started with --world-size 3, rank 0 with 2")) << r1.err;
+  EXPECT_EQ(wait_exit(r0, 30), 1);
+  EXPECT_TRUE(has(read_all(dir / "err0"), "rank 1 was started with --world-size 3, rank 0 with 2")) << read_all(dir / "err0");
+  // No master to reach.
+  auto lonely = modalkit(base + " --out '" + (dir / "c").string() + "' --rank 1 --world-size 2 --master 127.0.0.1:" +
+                         std::to_string(p + 1) + " --timeout 2");
+  EXPECT_EQ(lonely.rc, 1);
+  EXPECT_TRUE(has(lonely.err, "distributed (rank 1): cannot reach the master 127.0.0.1:" + std::to_string(p + 1) + " within 2 s"))
+      << lonely.err;
+  // The master's port taken by another program.
+  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_ANY);
+  addr.sin_port = htons(static_cast<uint16_t>(p + 2));
+  ASSERT_EQ(::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
+  ASSERT_EQ(::listen(fd, 1), 0);
+  auto taken = modalkit(base + " --out '" + (dir / "d").string() + "' --rank 0 --world-size 2 --master 127.0.0.1:" +
+                        std::to_string(p + 2) + " --timeout 2");
+  ::close(fd);
+  EXPECT_EQ(taken.rc, 1);
+  EXPECT_TRUE(has(taken.err, "distributed (rank 0): cannot serve the rendezvous on 127.0.0.1:" + std::to_string(p + 2)))
+      << taken.err;
+  EXPECT_TRUE(has(taken.err, "Address already in use")) << taken.err;
+  // Usage errors, before anything starts.
+  for (const auto& [args, expected] : std::vector<std::pair<std::string, std::string>>{
+           {base + " --out x --rank 2 --world-size 2", "--rank 2: expected 0 to 1 (--world-size 2)"},
+           {base + " --out x --rank 0", "a distributed run needs --rank R and --world-size N"},
+           {base + " --out x --rank 0 --world-size 2 --master nohost", "--master nohost: expected HOST:PORT"},
+           {"launch -n 2 " + base + " --out x", "launch needs -- before the command"},
+           {"launch -n 2 -- eval --run x", "launch runs train"},
+           {"launch -n 2 -- " + base + " --out x --rank 1", "launch sets --rank for each rank"}}) {
+    auto r = modalkit(args);
+    EXPECT_EQ(r.rc, 2) << args;
+    EXPECT_TRUE(has(r.err, expected)) << args << "\n" << r.err;
+  }
+  EXPECT_FALSE(fs::exists("x"));
+  fs::remove_all(dir);
 }
