@@ -122,16 +122,19 @@ double best_seconds_per_step(const std::string& lines, const std::string& what) 
 /// first of each side counts.
 using recipes::run_tool;
 
+/// The pipeline the train-step (1) and distributed (5) figures train; its absence makes the
+/// part `skipped` (runtime_bench catches).
+fs::path runtime_pipeline(const BenchOptions& options) {
+  for (const auto& p : options.pipelines) {
+    if (p.filename() == "fashion-mnist-image.json") return p;
+  }
+  throw Error("needs examples/pipelines/fashion-mnist-image.json among the pipelines (run from the source tree)");
+}
+
 nlohmann::json train_step_bench(PluginRegistry& registry, const BenchOptions& options, const fs::path& scratch) {
   const fs::path bare = bench_tool("modalkit-bench-bare");
   if (bare.empty()) return {{"skipped", "modalkit-bench-bare not found (set MODALKIT_BENCH_DIR)"}};
-  fs::path pipeline_file;
-  for (const auto& p : options.pipelines) {
-    if (p.filename() == "fashion-mnist-image.json") pipeline_file = p;
-  }
-  if (pipeline_file.empty()) {
-    return {{"skipped", "needs examples/pipelines/fashion-mnist-image.json among the pipelines (run from the source tree)"}};
-  }
+  const fs::path pipeline_file = runtime_pipeline(options);
   fs::create_directories(scratch);
   const fs::path module = scratch / "bench-encoder.pt";
   run_tool({bare.string(), "write-module", module.string()}, {}, "");
@@ -206,6 +209,44 @@ nlohmann::json link_bench(PluginRegistry& registry, const BenchOptions& options,
   return out;
 }
 
+/// (5) Data-parallel training: `modalkit launch -n 2` (two local ranks, each on one LibTorch
+/// thread, each computing half of every global batch) against one `modalkit train` process on
+/// two threads, the same pipeline, global batch and cores; samples/s of the best epoch after
+/// the first, best of alternating rounds as in (1).
+nlohmann::json distributed_bench(PluginRegistry& registry, const BenchOptions& options, const fs::path& scratch) {
+  const fs::path pipeline_file = runtime_pipeline(options);
+  fs::create_directories(scratch);
+  const int epochs = 3;
+  const std::vector<std::string> sets = {"train.epochs=" + std::to_string(epochs), "train.max_steps=0",
+                                         "train.early_stopping.patience=0", "train.progress=\"lines\""};
+  const ResolvedPipeline p = load_pipeline(pipeline_file, sets, registry);  // validates before anything runs
+  const int threads = p.doc.at("train").at("threads");
+  std::vector<std::string> base = {executable_path().string()};
+  for (const auto& d : registry.search_path()) base.insert(base.end(), {"--plugin-path", d.string()});
+  auto run = [&](const std::vector<std::string>& head, int run_threads, const fs::path& dir) {
+    std::vector<std::string> args = base;
+    args.insert(args.end(), head.begin(), head.end());
+    args.insert(args.end(), {"train", pipeline_file.string(), "--out", dir.string()});
+    for (const auto& set : sets) args.insert(args.end(), {"--set", set});
+    args.insert(args.end(), {"--set", "train.threads=" + std::to_string(run_threads)});
+    run_tool(args, {}, "");
+    std::ifstream in(dir / "metrics.jsonl");
+    return best_seconds_per_step(std::string(std::istreambuf_iterator<char>(in), {}), (dir / "metrics.jsonl").string());
+  };
+  const int rounds = options.min_seconds >= 1 ? 3 : 1;
+  const int per_rank = std::max(1, threads / 2);
+  double one_s = 1e300, two_s = 1e300;
+  for (int round = 0; round < rounds; ++round) {
+    one_s = std::min(one_s, run({}, threads, scratch / ("one-" + std::to_string(round))));
+    two_s = std::min(two_s, run({"launch", "-n", "2", "--timeout", "600", "--"}, per_rank, scratch / ("two-" + std::to_string(round))));
+  }
+  const int64_t batch = p.doc.at("train").at("batch_size");
+  return {{"pipeline", p.doc.at("name")}, {"batch", batch}, {"rounds", rounds}, {"epochs", epochs},
+          {"one_rank_threads", threads}, {"threads_per_rank", per_rank},
+          {"one_rank_samples_per_s", static_cast<double>(batch) / one_s},
+          {"two_ranks_samples_per_s", static_cast<double>(batch) / two_s}, {"ratio", one_s / two_s}};
+}
+
 }  // namespace
 
 nlohmann::json runtime_bench(PluginRegistry& registry, const BenchOptions& options) {
@@ -249,6 +290,7 @@ nlohmann::json runtime_bench(PluginRegistry& registry, const BenchOptions& optio
   // The same LibTorch thread count as the train-step figure (the pipelines' default).
   const int threads = out["train_step"].value("threads", 2);
   out["dynamic_vs_static"] = part([&] { return link_bench(registry, options, threads); });
+  out["distributed"] = part([&] { return distributed_bench(registry, options, scratch.path / "distributed"); });
   return out;
 }
 

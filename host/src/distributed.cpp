@@ -5,11 +5,19 @@
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
 
+#include <arpa/inet.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <cstring>
 #include <map>
 #include <sstream>
 #include <thread>
+
+#include <nlohmann/json.hpp>
 
 #include "modalkit/errors.hpp"
 #include "pipeline.hpp"  // UsageError
@@ -36,6 +44,29 @@ auto collective(int rank, const std::string& what, std::chrono::seconds timeout,
                 " — another rank has died or stopped answering (waited at most " + std::to_string(timeout.count()) +
                 " s, --timeout)");
   }
+}
+
+/// This machine's address on the route to `host`: the source address the kernel picks for a
+/// (connectionless, nothing sent) UDP socket connected there.
+std::string address_towards(const std::string& host, uint16_t port) {
+  addrinfo hints{};
+  hints.ai_family = AF_INET;
+  hints.ai_socktype = SOCK_DGRAM;
+  addrinfo* found = nullptr;
+  if (::getaddrinfo(host.c_str(), std::to_string(port).c_str(), &hints, &found) != 0 || found == nullptr) {
+    throw Error("distributed: cannot resolve the master host \"" + host + "\" (--master)");
+  }
+  const int fd = ::socket(AF_INET, SOCK_DGRAM, 0);
+  sockaddr_in local{};
+  socklen_t len = sizeof(local);
+  const bool ok = fd >= 0 && ::connect(fd, found->ai_addr, found->ai_addrlen) == 0 &&
+                  ::getsockname(fd, reinterpret_cast<sockaddr*>(&local), &len) == 0;
+  ::freeaddrinfo(found);
+  if (fd >= 0) ::close(fd);
+  if (!ok) throw Error("distributed: no route from this machine to the master host \"" + host + "\" (--master)");
+  char text[INET_ADDRSTRLEN] = {};
+  ::inet_ntop(AF_INET, &local.sin_addr, text, sizeof(text));
+  return text;
 }
 
 }  // namespace
@@ -128,10 +159,10 @@ std::unique_ptr<ProcessGroup> ProcessGroup::join(const DistributedOptions& o) {
   });
 
   auto options = c10d::ProcessGroupGloo::Options::create(std::chrono::duration_cast<std::chrono::milliseconds>(timeout));
-  // This machine's address as the master sees it: loopback for a local run, else the hostname.
-  const bool local = o.master_host == "127.0.0.1" || o.master_host == "localhost";
-  options->devices.push_back(local ? c10d::ProcessGroupGloo::createDeviceForHostname("127.0.0.1")
-                                   : c10d::ProcessGroupGloo::createDefaultDevice());
+  // Gloo listens on one address per rank, which the other ranks connect to: the address this
+  // machine uses to reach the master (loopback for a local run). The hostname's address, Gloo's
+  // default, is 127.0.1.1 on a stock Debian, which no other machine reaches.
+  options->devices.push_back(c10d::ProcessGroupGloo::createDeviceForHostname(address_towards(o.master_host, o.master_port)));
   options->threads = 1;  // one collective at a time; the cores are for the model
   pg->impl_->group = collective(o.rank, "connecting the ranks (Gloo)", timeout, [&] {
     return c10::make_intrusive<c10d::ProcessGroupGloo>(pg->impl_->store, o.rank, o.world_size, options);
@@ -216,24 +247,33 @@ GradientReducer::GradientReducer(ProcessGroup& group, std::vector<at::Tensor> pa
 }
 
 std::vector<double> GradientReducer::reduce(int64_t rows, const std::vector<double>& scalars) {
-  // The scalars ride with the rows in one small float64 collective: rows first, so the total
-  // weight is known before the gradients are scaled by it.
-  at::Tensor extra = torch::empty({static_cast<int64_t>(scalars.size()) + 1}, torch::kDouble);
-  extra[0] = static_cast<double>(rows);
-  for (size_t i = 0; i < scalars.size(); ++i) extra[static_cast<int64_t>(i) + 1] = scalars[i];
+  // One small float64 collective first: the rows (so the total weight is known before the
+  // gradients are scaled by it), the scalars, and for each parameter whether this rank has a
+  // gradient for it.
+  const auto n = static_cast<int64_t>(scalars.size()), np = static_cast<int64_t>(parameters_.size());
+  at::Tensor extra = torch::zeros({1 + n + np}, torch::kDouble);
+  auto e = extra.accessor<double, 1>();
+  e[0] = static_cast<double>(rows);
+  for (int64_t i = 0; i < n; ++i) e[1 + i] = scalars[static_cast<size_t>(i)];
+  for (int64_t i = 0; i < np; ++i) e[1 + n + i] = parameters_[static_cast<size_t>(i)].grad().defined() ? 1.0 : 0.0;
   group_.allreduce_sum(extra, "summing the step's rows and losses");
-  const double total_rows = extra[0].item<double>();
+  const double total_rows = e[0];
   std::vector<double> out(scalars.size());
-  for (size_t i = 0; i < scalars.size(); ++i) out[i] = extra[static_cast<int64_t>(i) + 1].item<double>();
+  for (int64_t i = 0; i < n; ++i) out[static_cast<size_t>(i)] = e[1 + i];
   if (group_.size() == 1) return out;
   const double weight = total_rows > 0 ? static_cast<double>(rows) / total_rows : 0.0;
   for (size_t k = 0; k < buckets_.size(); ++k) {
+    // A parameter no rank has a gradient for keeps none, as with one process (the optimiser
+    // skips it: no weight decay, no momentum, no step counted); one that some rank lacks gets
+    // zeros there. Every rank reads the same flags, so the buckets stay the same everywhere.
     std::vector<at::Tensor> grads;
     for (size_t i : buckets_[k]) {
       auto& p = parameters_[i];
+      if (e[1 + n + static_cast<int64_t>(i)] == 0) continue;
       if (!p.grad().defined()) p.mutable_grad() = torch::zeros_like(p);
       grads.push_back(p.grad());
     }
+    if (grads.empty()) continue;
     at::Tensor flat = at::flatten_dense_tensors(grads).mul_(weight);
     group_.allreduce_sum(flat, "all-reducing gradient bucket " + std::to_string(k + 1) + " of " +
                                    std::to_string(buckets_.size()));
@@ -246,14 +286,20 @@ std::vector<double> GradientReducer::reduce(int64_t rows, const std::vector<doub
 void GradientReducer::broadcast_module(ProcessGroup& group, torch::nn::Module& module) {
   if (group.size() == 1) return;
   std::vector<at::Tensor> tensors;
-  std::string signature;
+  std::vector<std::string> names;
+  std::string signature;  // names and dtypes: what must agree; sizes may not yet (below)
   for (const auto& item : module.named_parameters(/*recurse=*/true)) {
-    signature += item.key() + " " + c10::str(item.value().sizes()) + " " + c10::toString(item.value().scalar_type()) + "\n";
+    names.push_back(item.key());
     tensors.push_back(item.value());
   }
   for (const auto& item : module.named_buffers(/*recurse=*/true)) {
-    signature += item.key() + " " + c10::str(item.value().sizes()) + " " + c10::toString(item.value().scalar_type()) + "\n";
+    names.push_back(item.key());
     tensors.push_back(item.value());
+  }
+  nlohmann::json sizes = nlohmann::json::array();
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    signature += names[i] + " " + c10::toString(tensors[i].scalar_type()) + "\n";
+    sizes.push_back(tensors[i].sizes().vec());
   }
   const std::string theirs = group.broadcast_text(signature, "comparing the model with rank 0's");
   if (theirs != signature) {
@@ -265,6 +311,15 @@ void GradientReducer::broadcast_module(ProcessGroup& group, torch::nn::Module& m
     throw Error("distributed (rank " + std::to_string(group.rank()) + "): this rank's model differs from rank 0's: " +
                 (la.empty() ? "(none)" : la) + " here, " + (lb.empty() ? "(none)" : lb) +
                 " on rank 0 (the same pipeline and plugin builds on every rank?)");
+  }
+  // A strategy's prepare stage (run on rank 0 alone) may have sized tensors from the data (a
+  // translator's layers, coordination's class vectors): the other ranks take rank 0's sizes,
+  // in place, so every reference to the tensor (the optimiser's) stays valid.
+  const nlohmann::json leader_sizes = nlohmann::json::parse(group.broadcast_text(sizes.dump(), "sending rank 0's tensor sizes"));
+  torch::NoGradGuard no_grad;
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    const auto want = leader_sizes.at(i).get<std::vector<int64_t>>();
+    if (tensors[i].sizes().vec() != want) tensors[i].set_(torch::empty(want, tensors[i].options()));
   }
   group.broadcast(tensors, "copying rank 0's parameters and buffers");
 }

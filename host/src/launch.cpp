@@ -2,6 +2,7 @@
 
 #include <netinet/in.h>
 #include <signal.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -21,8 +22,8 @@ namespace modalkit::host {
 
 namespace {
 
-volatile sig_atomic_t g_signal = 0;
-void on_signal(int sig) { g_signal = sig; }
+volatile sig_atomic_t g_signals = 0;  // SIGINT/SIGTERM received
+void on_signal(int /*sig*/) { g_signals = g_signals + 1; }
 
 std::string describe(int status) {
   if (WIFEXITED(status)) return "exited with code " + std::to_string(WEXITSTATUS(status));
@@ -73,29 +74,40 @@ int launch(const LaunchOptions& o) {
   ::sigaction(SIGINT, &sa, &old_int);
   ::sigaction(SIGTERM, &sa, &old_term);
 
+  // Every rank's argv is built before the first fork: between fork and exec a child may only
+  // make async-signal-safe calls.
+  std::vector<std::vector<std::string>> args(static_cast<size_t>(o.ranks));
+  std::vector<std::vector<char*>> argvs(static_cast<size_t>(o.ranks));
+  for (int r = 0; r < o.ranks; ++r) {
+    auto& a = args[static_cast<size_t>(r)];
+    a.push_back(exe);
+    a.insert(a.end(), o.global_args.begin(), o.global_args.end());
+    a.insert(a.end(), o.command.begin(), o.command.end());
+    a.insert(a.end(), {"--rank", std::to_string(r), "--world-size", std::to_string(o.ranks), "--master", master,
+                       "--timeout", std::to_string(o.timeout_s)});
+    for (auto& s : a) argvs[static_cast<size_t>(r)].push_back(s.data());
+    argvs[static_cast<size_t>(r)].push_back(nullptr);
+  }
+  const pid_t launcher = ::getpid();
   std::map<pid_t, int> rank_of;
   for (int r = 0; r < o.ranks; ++r) {
-    std::vector<std::string> args{exe};
-    args.insert(args.end(), o.global_args.begin(), o.global_args.end());
-    args.insert(args.end(), o.command.begin(), o.command.end());
-    for (const std::string& a : {std::string("--rank"), std::to_string(r), std::string("--world-size"),
-                                 std::to_string(o.ranks), std::string("--master"), master, std::string("--timeout"),
-                                 std::to_string(o.timeout_s)}) {
-      args.push_back(a);
-    }
     const pid_t pid = ::fork();
-    if (pid < 0) throw Error(std::string("launch: fork failed: ") + std::strerror(errno));
+    if (pid < 0) {
+      const std::string why = std::strerror(errno);
+      for (const auto& [p, other] : rank_of) ::kill(p, SIGKILL);
+      for (const auto& [p, other] : rank_of) ::waitpid(p, nullptr, 0);
+      throw Error("launch: cannot start rank " + std::to_string(r) + ": fork failed: " + why);
+    }
     if (pid == 0) {
       // A process group of its own: a Ctrl-C at the terminal reaches the launcher alone, which
-      // passes it on once (a second SIGINT would kill a rank before it checkpoints).
+      // passes it on once (a second SIGINT would kill a rank before it checkpoints). A launcher
+      // that dies (killed, so it cannot stop them) takes its ranks with it.
       ::setpgid(0, 0);
+      ::prctl(PR_SET_PDEATHSIG, SIGTERM);
+      if (::getppid() != launcher) ::_exit(1);
       ::sigaction(SIGINT, &old_int, nullptr);
       ::sigaction(SIGTERM, &old_term, nullptr);
-      std::vector<char*> argv;
-      for (auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
-      argv.push_back(nullptr);
-      ::execv(exe.c_str(), argv.data());
-      std::fprintf(stderr, "modalkit launch: cannot run %s: %s\n", exe.c_str(), std::strerror(errno));
+      ::execv(exe.c_str(), argvs[static_cast<size_t>(r)].data());
       ::_exit(127);
     }
     rank_of[pid] = r;
@@ -106,9 +118,11 @@ int launch(const LaunchOptions& o) {
   bool forwarded = false;
   std::chrono::steady_clock::time_point kill_at{};
   while (!rank_of.empty()) {
-    if (g_signal != 0 && !forwarded) {
+    if (g_signals > 0 && !forwarded) {
       for (const auto& [pid, r] : rank_of) ::kill(pid, SIGINT);
       forwarded = true;
+    } else if (g_signals > 1) {  // asked twice: stop now, as a second Ctrl-C stops `train`
+      for (const auto& [pid, r] : rank_of) ::kill(pid, SIGKILL);
     }
     int status = 0;
     const pid_t pid = ::waitpid(-1, &status, WNOHANG);
@@ -124,7 +138,9 @@ int launch(const LaunchOptions& o) {
     rank_of.erase(pid);
     const int code = code_of(status);
     if (code == 0) continue;
-    if (failed < 0) {
+    // The first failure is the one reported, but a real failure outranks an interrupt (rank 0
+    // failing to write its checkpoint after the others stopped at the interrupt).
+    if (failed < 0 || (result == 130 && code != 130)) {
       failed = r;
       result = code;
       if (code == 130) {

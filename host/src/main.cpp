@@ -486,6 +486,15 @@ int cmd_bench(const std::vector<std::string>& argv, modalkit::host::PluginRegist
                 dl["plugin"].get<std::string>().c_str(), 1e3 * dl["dynamic_seconds_per_step"].get<double>(),
                 1e3 * dl["static_seconds_per_step"].get<double>(), dl["ratio"].get<double>());
   }
+  const json& dd = rt["distributed"];
+  if (dd.contains("skipped")) {
+    std::printf("  2 ranks vs 1 rank: skipped (%s)\n", dd["skipped"].get<std::string>().c_str());
+  } else {
+    std::printf("  %s, global batch %lld: 2 local ranks (%d thread each) %.0f samples/s vs 1 rank (%d threads) %.0f: %.3fx\n",
+                dd["pipeline"].get<std::string>().c_str(), static_cast<long long>(dd["batch"].get<int64_t>()),
+                dd["threads_per_rank"].get<int>(), dd["two_ranks_samples_per_s"].get<double>(),
+                dd["one_rank_threads"].get<int>(), dd["one_rank_samples_per_s"].get<double>(), dd["ratio"].get<double>());
+  }
   return kOk;
 }
 

@@ -873,6 +873,32 @@ nlohmann::json train(const ResolvedPipeline& pipeline, PluginRegistry& registry,
   if (leader && !options.resume && doc.contains("init_from")) init_from(pipeline, strategy);
   if (leader && !options.resume) guard(sp, [&] { strategy.prepare(*source); });
 
+  // What fit learned (every rank fitted on the whole train split; rank 0's is written).
+  nlohmann::json fitted = nlohmann::json::object();
+  for (const auto& m : model.modalities) {
+    fitted[m.name] = guard(m.plugin->plugin_name(), [&] { return m.plugin->fitted_state(); });
+  }
+  if (model.stream) fitted["stream"] = guard(model.stream->plugin_name(), [&] { return model.stream->fitted_state(); });
+
+  if (pg != nullptr) {
+    // fit ran on every rank over the same data; a rank that learned something else (another
+    // data set at the same path, another plugin build) would train another model.
+    const std::string leader_fitted = pg->broadcast_text(fitted.dump(), "comparing fitted state with rank 0's");
+    if (leader_fitted != fitted.dump()) {
+      const nlohmann::json theirs = nlohmann::json::parse(leader_fitted);
+      std::string which;
+      for (const auto& [name, v] : fitted.items()) {
+        if (!theirs.contains(name) || theirs.at(name) != v) which += (which.empty() ? "" : ", ") + name;
+      }
+      throw Error("distributed (rank " + std::to_string(rank) + "): what fit learned differs from rank 0's for " + which +
+                  " (is every rank's data set the same?)");
+    }
+    // Rank 0's initial (or prepared) parameters and buffers on every rank, before the optimiser
+    // and the gradient buckets see them (prepare may have sized some). A resumed run then loads
+    // the same checkpoint everywhere.
+    GradientReducer::broadcast_module(*pg, strategy);
+  }
+
   auto groups = apply_parameter_groups(tr.at("parameter_groups"), guard(sp, [&] { return strategy.parameter_groups(); }),
                                        strategy);
   for (auto& g : groups) {
@@ -902,13 +928,6 @@ nlohmann::json train(const ResolvedPipeline& pipeline, PluginRegistry& registry,
   const int64_t steps_per_epoch = feed->steps_per_epoch();
   const int64_t max_steps = tr.at("max_steps");
   const int64_t total_steps = max_steps > 0 ? std::min<int64_t>(max_steps, epochs * steps_per_epoch) : epochs * steps_per_epoch;
-
-  // What fit learned (every rank fitted on the whole train split; rank 0's is written).
-  nlohmann::json fitted = nlohmann::json::object();
-  for (const auto& m : model.modalities) {
-    fitted[m.name] = guard(m.plugin->plugin_name(), [&] { return m.plugin->fitted_state(); });
-  }
-  if (model.stream) fitted["stream"] = guard(model.stream->plugin_name(), [&] { return model.stream->fitted_state(); });
 
   RunState state;
   int64_t rows_this_sitting = 0;  // the rows this rank trained on (its shards), for results.json
@@ -946,23 +965,6 @@ nlohmann::json train(const ResolvedPipeline& pipeline, PluginRegistry& registry,
     write_text_atomically(options.out / "run.json", run.dump(2) + "\n");
     write_text_atomically(options.out / "fitted_state.json", fitted.dump(2) + "\n");
     write_text_atomically(options.out / "metrics.jsonl", "");
-  }
-
-  if (pg != nullptr) {
-    // fit ran on every rank over the same data; a rank that learned something else (another
-    // data set at the same path, another plugin build) would train another model.
-    const std::string leader_fitted = pg->broadcast_text(fitted.dump(), "comparing fitted state with rank 0's");
-    if (leader_fitted != fitted.dump()) {
-      const nlohmann::json theirs = nlohmann::json::parse(leader_fitted);
-      std::string which;
-      for (const auto& [name, v] : fitted.items()) {
-        if (!theirs.contains(name) || theirs.at(name) != v) which += (which.empty() ? "" : ", ") + name;
-      }
-      throw Error("distributed (rank " + std::to_string(rank) + "): what fit learned differs from rank 0's for " + which +
-                  " (is every rank's data set the same?)");
-    }
-    // Rank 0's initial (or prepared, or resumed) parameters and buffers on every rank.
-    GradientReducer::broadcast_module(*pg, strategy);
   }
 
   HeldOutProtocol protocol(model.tasks, model.class_groups);
