@@ -212,7 +212,10 @@ nlohmann::json link_bench(PluginRegistry& registry, const BenchOptions& options,
 /// (5) Data-parallel training: `modalkit launch -n 2` (two local ranks, each on one LibTorch
 /// thread, each computing half of every global batch) against one `modalkit train` process on
 /// two threads, the same pipeline, global batch and cores; samples/s of the best epoch after
-/// the first, best of alternating rounds as in (1).
+/// the first, best of alternating rounds as in (1). One process on one thread is measured too:
+/// twice its rate is what two ranks would reach if splitting a batch and all-reducing its
+/// gradients cost nothing, so `scaling_efficiency` says what the communication and the smaller
+/// per-rank batches take.
 nlohmann::json distributed_bench(PluginRegistry& registry, const BenchOptions& options, const fs::path& scratch) {
   const fs::path pipeline_file = runtime_pipeline(options);
   fs::create_directories(scratch);
@@ -235,16 +238,19 @@ nlohmann::json distributed_bench(PluginRegistry& registry, const BenchOptions& o
   };
   const int rounds = options.min_seconds >= 1 ? 3 : 1;
   const int per_rank = std::max(1, threads / 2);
-  double one_s = 1e300, two_s = 1e300;
+  double one_s = 1e300, two_s = 1e300, single_s = 1e300;
   for (int round = 0; round < rounds; ++round) {
     one_s = std::min(one_s, run({}, threads, scratch / ("one-" + std::to_string(round))));
+    single_s = std::min(single_s, run({}, per_rank, scratch / ("single-" + std::to_string(round))));
     two_s = std::min(two_s, run({"launch", "-n", "2", "--timeout", "600", "--"}, per_rank, scratch / ("two-" + std::to_string(round))));
   }
   const int64_t batch = p.doc.at("train").at("batch_size");
   return {{"pipeline", p.doc.at("name")}, {"batch", batch}, {"rounds", rounds}, {"epochs", epochs},
           {"one_rank_threads", threads}, {"threads_per_rank", per_rank},
           {"one_rank_samples_per_s", static_cast<double>(batch) / one_s},
-          {"two_ranks_samples_per_s", static_cast<double>(batch) / two_s}, {"ratio", one_s / two_s}};
+          {"two_ranks_samples_per_s", static_cast<double>(batch) / two_s}, {"ratio", one_s / two_s},
+          {"one_rank_per_rank_threads_samples_per_s", static_cast<double>(batch) / single_s},
+          {"scaling_efficiency", single_s / (2.0 * two_s)}};
 }
 
 }  // namespace

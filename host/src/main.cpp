@@ -494,6 +494,9 @@ int cmd_bench(const std::vector<std::string>& argv, modalkit::host::PluginRegist
                 dd["pipeline"].get<std::string>().c_str(), static_cast<long long>(dd["batch"].get<int64_t>()),
                 dd["threads_per_rank"].get<int>(), dd["two_ranks_samples_per_s"].get<double>(),
                 dd["one_rank_threads"].get<int>(), dd["one_rank_samples_per_s"].get<double>(), dd["ratio"].get<double>());
+    std::printf("  scaling efficiency %.2f: 2 ranks against twice 1 rank on %d thread (%.0f samples/s)\n",
+                dd["scaling_efficiency"].get<double>(), dd["threads_per_rank"].get<int>(),
+                dd["one_rank_per_rank_threads_samples_per_s"].get<double>());
   }
   return kOk;
 }

@@ -1578,6 +1578,8 @@ TEST(Cli, BenchReportsLoaderThroughputAndTheCachedEpoch) {
   EXPECT_EQ(dd["threads_per_rank"].get<int>() * 2, dd["one_rank_threads"].get<int>());
   EXPECT_GT(dd["one_rank_samples_per_s"].get<double>(), 0.0);
   EXPECT_NEAR(dd["ratio"].get<double>(), dd["two_ranks_samples_per_s"].get<double>() / dd["one_rank_samples_per_s"].get<double>(), 1e-9);
+  EXPECT_NEAR(dd["scaling_efficiency"].get<double>(),
+              dd["two_ranks_samples_per_s"].get<double>() / (2 * dd["one_rank_per_rank_threads_samples_per_s"].get<double>()), 1e-9);
 }
 
 TEST(Cli, TheBareBaselineLinksNeitherTheSdkNorAPlugin) {
