@@ -45,7 +45,11 @@ ResolvedPipeline load_pipeline(const std::filesystem::path& file, const std::vec
   out.sources = data_sources(out.doc, out.base_dir);
   out.multitask = out.sources.front().pointer != "/data";
   out.dataset = out.sources.front().file;
-  out.hash = sha256_text(out.doc.dump());
+  // How a run is shown is not what it computes: the progress display is hashed at its default, so
+  // a run started under a terminal resumes from a script (and existing hashes stay as they were).
+  nlohmann::json identity = out.doc;
+  if (identity.contains("train") && identity["train"].contains("progress")) identity["train"]["progress"] = "auto";
+  out.hash = sha256_text(identity.dump());
   return out;
 }
 

@@ -37,7 +37,7 @@ struct ResolvedPipeline {
   std::filesystem::path dataset;   ///< the first source's data set (the only one unless multitask)
   std::vector<DataSource> sources; ///< the data sets it reads, in task order for a multitask pipeline
   bool multitask = false;          ///< the tasks name their own data sets
-  std::string hash;                ///< sha256 of the resolved document's canonical dump
+  std::string hash;                ///< sha256 of the resolved document's canonical dump, train.progress at its default
 };
 
 /// A command-line mistake (exit code 2): a malformed `--set`, an unknown `--modalities` entry.

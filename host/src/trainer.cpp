@@ -242,14 +242,23 @@ double lr_factor(const nlohmann::json& schedule, int64_t step, int64_t total, in
   return 1.0;
 }
 
-/// One line on a terminal, redrawn each step; nothing otherwise (the epoch log lines remain).
+/// On a terminal, one line redrawn each step. In a log (`lines`, or `auto` off a terminal), a line
+/// a minute within an epoch, beside the epoch lines: an epoch of a pretraining corpus takes an
+/// hour here, and a log that says nothing for that long cannot be told from a hung run.
 class ProgressBar {
  public:
   explicit ProgressBar(const std::string& mode)
-      : on_(mode == "bar" || (mode == "auto" && ::isatty(STDERR_FILENO) != 0)) {}
+      : on_(mode == "bar" || (mode == "auto" && ::isatty(STDERR_FILENO) != 0)),
+        lines_(mode == "lines" || (mode == "auto" && ::isatty(STDERR_FILENO) == 0)),
+        last_line_(std::chrono::steady_clock::now()) {}
   void update(int epoch, int epochs, int64_t step, int64_t steps, double loss, double samples_per_s, double eta_s) {
-    if (!on_) return;
     const auto now = std::chrono::steady_clock::now();
+    if (lines_ && step != steps && now - last_line_ >= std::chrono::seconds(60)) {
+      last_line_ = now;
+      spdlog::info("epoch {}/{} step {}/{}  loss {:.4f}  {:.0f} samples/s  ETA {}", epoch, epochs, step, steps, loss,
+                   samples_per_s, format_eta(eta_s));
+    }
+    if (!on_) return;
     if (step != steps && now - last_ < std::chrono::milliseconds(100)) return;  // redraw at most 10x a second
     last_ = now;
     const int width = 24;
@@ -282,8 +291,9 @@ class ProgressBar {
     return buf;
   }
   bool on_;
+  bool lines_;
   bool drawn_ = false;
-  std::chrono::steady_clock::time_point last_{};
+  std::chrono::steady_clock::time_point last_{}, last_line_;
 };
 
 /// Keeps metrics.jsonl to the epochs a resumed checkpoint had finished (a crash after an epoch

@@ -410,7 +410,9 @@ TEST(Cli, SigintStopsTrainingWithExit130AndResumeFinishesTheRun) {
   EXPECT_EQ(other.rc, 1);
   EXPECT_TRUE(has(other.err, "written by another pipeline")) << other.err;
 
-  auto resumed = modalkit("train '" + pipeline + "' --out '" + run.string() + "' --set train.epochs=3 --resume");
+  // The progress display is not part of what a run is: resuming with another one continues it.
+  auto resumed = modalkit("train '" + pipeline + "' --out '" + run.string() +
+                          "' --set train.epochs=3 --set train.progress=lines --resume");
   ASSERT_EQ(resumed.rc, 0) << resumed.err;
   EXPECT_TRUE(has(resumed.err, "resuming ")) << resumed.err;
   EXPECT_TRUE(fs::exists(run / "results.json"));
