@@ -16,7 +16,10 @@ applied to that gloss with parentheticals removed:
   fastened: "what is it fastened to?"    -> the word after "fastened by <w> to the";
   pulled:   "what is it pulled over?"    -> the word after "pulling it over the";
   for:      "who is it for?"             -> the word after "for a".
-Each rule that matches gives one question; the answer is always one word.
+Each rule that matches gives one question; the answer is always one word. An answer that is a
+word of some class's caption ("this is a <class>.") is dropped: a T-shirt taken for a shirt
+would answer "shirt" right without any knowledge (the knowledge_questions protocol refuses such
+answers too).
 """
 import json
 import re
@@ -44,6 +47,16 @@ RULES = [
 ]
 
 
+CAPTION_WORDS = {"this", "is", "a"} | set(SENSES)
+
+
+def emit(name, question, answer, gloss):
+    if answer in CAPTION_WORDS:
+        print(f"{name}: {question!r} dropped: its answer {answer!r} is a caption word", file=sys.stderr)
+        return
+    print(json.dumps({"class": name, "question": question, "answer": answer, "gloss": gloss}))
+
+
 def main(corpus):
     glosses = {}
     with open(corpus, encoding="utf-8") as f:
@@ -62,11 +75,11 @@ def main(corpus):
             if w in STOP:
                 break
             genus = w
-        print(json.dumps({"class": name, "question": "what kind of thing is it?", "answer": genus, "gloss": found[0]}))
+        emit(name, "what kind of thing is it?", genus, found[0])
         for question, rule in RULES:
             m = rule.search(gloss.lower())
             if m:
-                print(json.dumps({"class": name, "question": question, "answer": m.group(1), "gloss": found[0]}))
+                emit(name, question, m.group(1), found[0])
 
 
 if __name__ == "__main__":

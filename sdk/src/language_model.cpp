@@ -189,7 +189,7 @@ class TorchScriptLanguageModel : public LanguageModel {
                   " is a TorchScript module: it has no hooks, so it serves prefix tuning but not pseudo-self-attention or MAG");
     }
     check_tokens(embeds, "embeds");
-    return module_.forward({embeds, mask.defined() ? mask.to(at::kBool) : at::ones({embeds.size(0), embeds.size(1)}, at::kBool)})
+    return module_.forward({embeds, mask.defined() ? mask.to(at::kBool) : at::ones({embeds.size(0), embeds.size(1)}, embeds.options().dtype(at::kBool))})
         .toTensor();
   }
   nlohmann::json config() const override {
@@ -309,13 +309,16 @@ std::vector<std::vector<int64_t>> generate(LanguageModel& lm, const at::Tensor& 
     const at::Tensor total = (next + at::tensor(log_ps, at::kDouble).to(next.device()).unsqueeze(1)).reshape({-1});
     const auto top = total.topk(std::min<int64_t>(2 * options.beams, total.numel()));
     const at::Tensor values = std::get<0>(top).to(at::kCPU), indices = std::get<1>(top).to(at::kCPU);
+    // Of the 2 × beams best extensions, each EOS finishes its hypothesis (a complete, scored
+    // sequence: keeping it can only find a likelier one) and the first `beams` others go on. A
+    // hypothesis's length counts its pieces, EOS excluded, finished or not.
     std::vector<Hypothesis> next_alive;
     for (int64_t k = 0; k < values.size(0); ++k) {
       const int64_t index = indices[k].item<int64_t>(), token = index % v;
       const Hypothesis& parent = alive[static_cast<size_t>(index / v)];
       const double log_p = values[k].item<double>();
       if (token == options.eos) {
-        finished.emplace_back(normalised(log_p, parent.ids.size() + 1), parent.ids);
+        finished.emplace_back(normalised(log_p, parent.ids.size()), parent.ids);
       } else if (static_cast<int64_t>(next_alive.size()) < options.beams) {
         Hypothesis h{parent.ids, log_p};
         h.ids.push_back(token);
@@ -323,7 +326,21 @@ std::vector<std::vector<int64_t>> generate(LanguageModel& lm, const at::Tensor& 
       }
     }
     alive = std::move(next_alive);
-    if (static_cast<int64_t>(finished.size()) >= options.beams) break;
+    // Done once `beams` have finished and no live hypothesis scores better than the beams-th of
+    // them now (Hugging Face's early_stopping = false rule; exact without a length penalty,
+    // where a log-probability can only fall).
+    if (static_cast<int64_t>(finished.size()) >= options.beams && !alive.empty()) {
+      std::vector<double> scores;
+      for (const auto& f : finished) scores.push_back(f.first);
+      std::sort(scores.rbegin(), scores.rend());
+      const double worst = scores[static_cast<size_t>(options.beams - 1)];
+      double best_alive = -std::numeric_limits<double>::infinity();
+      for (const auto& h : alive) best_alive = std::max(best_alive, normalised(h.log_p, h.ids.size()));
+      if (best_alive <= worst) {
+        alive.clear();
+        break;
+      }
+    }
   }
   for (const auto& h : alive) finished.emplace_back(normalised(h.log_p, h.ids.size()), h.ids);
   const auto best = std::max_element(finished.begin(), finished.end(),

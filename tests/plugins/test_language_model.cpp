@@ -5,6 +5,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <fstream>
+#include <map>
 #include <set>
 
 #include <ATen/ATen.h>
@@ -560,6 +561,23 @@ TEST_F(TransferFixture, CaptioningNamesTheClassAndABlindModelCannot) {
   EXPECT_LE(blind.at("accuracy").get<double>(), 1.0 / 3.0 + 1e-9) << blind.dump();
 }
 
+TEST_F(TransferFixture, PromptsThatCannotDifferAreGeneratedOnceWithTheSameResult) {
+  namespace lp = modalkit::lm_protocols;
+  auto model = strategy("prefix_tuning", json::object());
+  train(*model, 10);
+  auto& c = dynamic_cast<modalkit::ConditionedLanguageModel&>(*model);
+  const auto batch = make_batch({{"image", x.slice(0, 0, 12)}}, y.slice(0, 0, 12), 0);
+  modalkit::GenerateOptions options;
+  options.max_tokens = 6;
+  options.eos = c.tokenizer().eos();
+  for (const char* condition : {"none", "class_name", "input"}) {
+    const lp::PromptConfig config(modalkit::Config({{"task", "label"}, {"condition", condition}, {"class_text", "this is a {}. "}}, "/c"));
+    const lp::Prompts every = lp::prompts(c, batch, config, "question: what is it? answer:");
+    const auto expected = modalkit::generate(c.language_model(), every.embeds, every.mask, options, every.hooks);
+    EXPECT_EQ(lp::generate_rows(c, batch, config, "question: what is it? answer:", options), expected) << condition;
+  }
+}
+
 TEST_F(TransferFixture, FewShotEpisodesAreScoredAgainstChance) {
   auto model = strategy("prefix_tuning", json::object());
   MemorySource source;
@@ -571,6 +589,24 @@ TEST_F(TransferFixture, FewShotEpisodesAreScoredAgainstChance) {
   EXPECT_NEAR(r.at("p_value").get<double>(), lp::binomial_p_at_least(r.at("correct"), 24, 0.5), 1e-12);
   // The same seed draws the same episodes.
   EXPECT_EQ(protocol(*this, "few_shot_binding", {{"episodes", 24}, {"shots", 1}, {"support_template", "a {}."}, {"query_prompt", "a"}})->evaluate(*model, source, "test", {"image"}), r);
+  // The words scored against each other take the same number of pieces (a shorter word would be
+  // likelier for its length alone): the largest such group of the configured words.
+  const auto& tok = dynamic_cast<modalkit::ConditionedLanguageModel&>(*model).tokenizer();
+  std::map<size_t, size_t> group_size;
+  const json& configured = registry->find("few_shot_binding")->config_schema.at("properties").at("words").at("default");
+  for (const auto& w : configured) ++group_size[tok.encode(w.get<std::string>() + ".").size()];
+  const size_t pieces = tok.encode(r.at("words").at(0).get<std::string>() + ".").size();
+  for (const auto& w : r.at("words")) EXPECT_EQ(tok.encode(w.get<std::string>() + ".").size(), pieces) << w;
+  EXPECT_EQ(r.at("words").size(), group_size.at(pieces));
+  for (const auto& [n, k] : group_size) EXPECT_LE(k, group_size.at(pieces)) << n << " pieces";
+  const std::string short_word = "a", long_word = "qzxqvjqzxqvjqzx";
+  ASSERT_NE(tok.encode(short_word + ".").size(), tok.encode(long_word + ".").size());
+  try {
+    protocol(*this, "few_shot_binding", {{"words", json::array({short_word, long_word})}})->evaluate(*model, source, "test", {"image"});
+    ADD_FAILURE() << "words of different lengths were scored against each other";
+  } catch (const modalkit::ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find("same length in pieces"), std::string::npos) << e.what();
+  }
   // Hooks condition a whole sequence on one input: no episodes.
   auto gated = strategy("representation_tuning", {{"variant", "adaptation_gate"}});
   EXPECT_EQ(protocol(*this, "few_shot_binding", json::object())->evaluate(*gated, source, "test", {"image"}).at("applicable"), false);
@@ -595,6 +631,17 @@ TEST_F(TransferFixture, KnowledgeQuestionsAskEachSampleItsClasssQuestions) {
     ADD_FAILURE() << "a two-word answer was accepted";
   } catch (const modalkit::PluginError& e) {
     EXPECT_NE(std::string(e.what()).find("bad.jsonl:1"), std::string::npos) << e.what();
+  }
+  // An answer a caption says ("this is a fox.") is refused: it tests the tuning, not the LM.
+  std::ofstream(dir / "caption.jsonl") << R"({"class": "sandal", "question": "what is it?", "answer": "shoe"})" << "\n"
+                                       << R"({"class": "sandal", "question": "what chases it?", "answer": "Fox"})" << "\n";
+  context.artifacts["questions"] = dir / "caption.jsonl";
+  try {
+    protocol(*this, "knowledge_questions", json::object())->evaluate(*model, source, "test", {"image"});
+    ADD_FAILURE() << "an answer that is a caption word was accepted";
+  } catch (const modalkit::DataError& e) {
+    EXPECT_NE(std::string(e.what()).find("caption.jsonl:2"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("\"fox\" is a word of the caption \"this is a fox.\""), std::string::npos) << e.what();
   }
   std::ofstream(dir / "other.jsonl") << R"({"class": "coat", "question": "what is it?", "answer": "garment"})" << "\n";
   context.artifacts["questions"] = dir / "other.jsonl";

@@ -246,6 +246,31 @@ TEST(Generate, BeamSearchFindsTheLikelierSequenceGreedyMisses) {
   fs::remove_all(dir);
 }
 
+TEST(Generate, BeamSearchGoesOnWhileAnUnfinishedHypothesisIsLikelier) {
+  // After two steps three hypotheses have ended ((), (2): 0.3 x 0.9 = 0.27, (1): 0.0225) but
+  // (1, 4) at 0.405 has not; it must be followed, not returned unfinished: after 4 an EOS is
+  // unlikely, so every completion of it scores below (2), which is the answer.
+  std::vector<std::vector<double>> p(6, std::vector<double>(6, 1.0 / 6));
+  p[0] = {0.02, 0.45, 0.3, 0.05, 0.03, 0.15};
+  p[1] = {0.01, 0.01, 0.01, 0.02, 0.9, 0.05};
+  p[2] = {0.02, 0.02, 0.02, 0.02, 0.02, 0.9};
+  p[4] = {0.1, 0.1, 0.1, 0.5, 0.1, 0.1};
+  at::Tensor table = torch::empty({6, 6});
+  for (int i = 0; i < 6; ++i) {
+    for (int j = 0; j < 6; ++j) table[i][j] = std::log(p[i][j]);
+  }
+  const fs::path dir = temp_dir("beam-on");
+  bigram_module(table).save((dir / "bigram.pt").string());
+  auto lm = modalkit::load_language_model(dir / "bigram.pt");
+  modalkit::GenerateOptions options;
+  options.max_tokens = 4;
+  options.eos = 5;
+  options.length_penalty = 0.0;
+  options.beams = 2;
+  EXPECT_EQ(modalkit::generate(*lm, lm->embed(ids({0})), {}, options).front(), (std::vector<int64_t>{2}));
+  fs::remove_all(dir);
+}
+
 TEST(Generate, ABatchOfLeftPaddedPromptsGivesWhatEachPromptGivesAlone) {
   auto lm = tiny_lm(2, 9);
   modalkit::GenerateOptions options;

@@ -32,8 +32,7 @@ class Captioning : public modalkit::EvaluationProtocol {
     options.max_tokens = max_tokens_;
     options.eos = c.tokenizer().eos();
     data.for_each(split, modalities, [&](const modalkit::Batch& batch) {
-      const lp::Prompts p = lp::prompts(c, batch, config_, prompt_);
-      const auto out = modalkit::generate(c.language_model(), p.embeds, p.mask, options, p.hooks);
+      const auto out = lp::generate_rows(c, batch, config_, prompt_, options);
       const at::Tensor y = batch.targets.at(config_.task).to(at::kCPU);
       for (size_t r = 0; r < out.size(); ++r) {
         const int64_t truth = y[static_cast<int64_t>(r)].item<int64_t>();

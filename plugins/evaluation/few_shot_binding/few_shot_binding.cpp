@@ -28,7 +28,8 @@ class FewShotBinding : public modalkit::EvaluationProtocol {
         words_(args.config.get<std::vector<std::string>>("words")),
         support_(args.config.get<std::string>("support_template")),
         query_(args.config.get<std::string>("query_prompt")),
-        seed_((args.context != nullptr ? args.context->seed() : 0) + static_cast<uint64_t>(args.config.get<int64_t>("seed"))) {
+        seed_((args.context != nullptr ? args.context->seed() : 0) + static_cast<uint64_t>(args.config.get<int64_t>("seed"))),
+        words_pointer_(args.config.pointer() + "/words") {
     if (static_cast<int64_t>(words_.size()) < ways_) {
       throw modalkit::ConfigError(args.config.pointer() + "/words", "needs at least ways = " + std::to_string(ways_) + " words");
     }
@@ -64,6 +65,7 @@ class FewShotBinding : public modalkit::EvaluationProtocol {
     }
     auto& lm = c.language_model();
     const auto device = lp::device_of(batches.front());
+    const std::vector<std::string> words = equal_length_words(c.tokenizer());
     auto prefix_of = [&](const std::pair<size_t, int64_t>& at) {
       const modalkit::Batch one = batches[at.first].select(at::tensor({at.second}, at::kLong));
       return c.condition(one).prefix;
@@ -74,8 +76,8 @@ class FewShotBinding : public modalkit::EvaluationProtocol {
       std::vector<int64_t> pick = classes;
       std::shuffle(pick.begin(), pick.end(), rng);
       pick.resize(static_cast<size_t>(ways_));
-      std::vector<std::string> words = words_;
-      std::shuffle(words.begin(), words.end(), rng);
+      std::vector<std::string> drawn = words;
+      std::shuffle(drawn.begin(), drawn.end(), rng);
       // Supports: shots per class, interleaved in a random order; the query is another sample.
       std::vector<std::pair<int64_t, std::pair<size_t, int64_t>>> supports;  // (way, sample)
       std::pair<size_t, int64_t> query;
@@ -87,17 +89,18 @@ class FewShotBinding : public modalkit::EvaluationProtocol {
         if (w == query_way) query = rows[static_cast<size_t>(shots_)];
       }
       std::shuffle(supports.begin(), supports.end(), rng);
-      std::vector<at::Tensor> parts{lp::embed_text(c, "", true, device)};
+      // Each input as the model was tuned on it: its prefix, then BOS and the text.
+      std::vector<at::Tensor> parts;
       for (const auto& [w, at] : supports) {
         parts.push_back(prefix_of(at));
-        parts.push_back(lp::embed_text(c, modalkit::fill_template(support_, words[static_cast<size_t>(w)]), false, device));
+        parts.push_back(lp::embed_text(c, modalkit::fill_template(support_, drawn[static_cast<size_t>(w)]), true, device));
       }
       parts.push_back(prefix_of(query));
-      parts.push_back(lp::embed_text(c, query_, false, device));
+      parts.push_back(lp::embed_text(c, query_, true, device));
       const at::Tensor sequence = at::cat(parts, 1);
       // Score each word of the episode as the continuation.
       std::vector<std::string> candidates;
-      for (int64_t w = 0; w < ways_; ++w) candidates.push_back(words[static_cast<size_t>(w)] + ".");
+      for (int64_t w = 0; w < ways_; ++w) candidates.push_back(drawn[static_cast<size_t>(w)] + ".");
       const auto rows = modalkit::encode_rows(c.tokenizer(), candidates, /*eos=*/false);
       const at::Tensor scores = modalkit::continuation_log_probs(lm, sequence.expand({ways_, -1, -1}), {}, rows.ids.to(device),
                                                                  rows.mask.to(device))
@@ -110,15 +113,46 @@ class FewShotBinding : public modalkit::EvaluationProtocol {
     out["p_value"] = lp::binomial_p_at_least(right, episodes_, 1.0 / static_cast<double>(ways_));
     out["ways"] = ways_;
     out["shots"] = shots_;
+    out["words"] = words;
     return out;
   }
 
  private:
+  /// The configured words that take the same number of pieces as a continuation ("dax." vs
+  /// "blicket."): summed log-probabilities favour shorter ones, which would add noise to every
+  /// episode. The largest such group (ties: the one whose first word is listed first).
+  std::vector<std::string> equal_length_words(const modalkit::Tokenizer& tokenizer) const {
+    std::map<size_t, std::vector<std::string>> by_pieces;
+    std::map<size_t, size_t> first_seen;
+    for (size_t i = 0; i < words_.size(); ++i) {
+      const size_t n = tokenizer.encode(words_[i] + ".").size();
+      by_pieces[n].push_back(words_[i]);
+      first_seen.emplace(n, i);
+    }
+    const std::vector<std::string>* best = nullptr;
+    size_t best_first = 0;
+    std::string counts;
+    for (const auto& [n, group] : by_pieces) {
+      counts += (counts.empty() ? "" : ", ") + std::to_string(group.size()) + " of " + std::to_string(n);
+      if (best == nullptr || group.size() > best->size() || (group.size() == best->size() && first_seen.at(n) < best_first)) {
+        best = &group;
+        best_first = first_seen.at(n);
+      }
+    }
+    if (static_cast<int64_t>(best->size()) < ways_) {
+      throw modalkit::ConfigError(words_pointer_, "needs ways = " + std::to_string(ways_) +
+                                                      " words of the same length in pieces (word + \".\"); the tokenizer gives " +
+                                                      counts + " pieces");
+    }
+    return *best;
+  }
+
   std::string task_;
   int64_t ways_, shots_, episodes_;
   std::vector<std::string> words_;
   std::string support_, query_;
   uint64_t seed_;
+  std::string words_pointer_;
 };
 
 }  // namespace

@@ -47,6 +47,17 @@ class KnowledgeQuestions : public modalkit::EvaluationProtocol {
                                                                             "\" is not one of the model's class names");
       }
       of_class[it - names.begin()].push_back(q);
+      // An answer a caption says could be right for the wrong reason (a T-shirt taken for a
+      // shirt answers "shirt"): the protocol measures what only the language model knows.
+      for (size_t k = 0; k < names.size(); ++k) {
+        const std::string caption = c.caption(static_cast<int64_t>(k));
+        const auto words = modalkit::caption_words(caption);
+        if (std::find(words.begin(), words.end(), questions_[q].answer) != words.end()) {
+          throw modalkit::DataError(file_ + ":" + std::to_string(questions_[q].line),
+                                    "the answer \"" + questions_[q].answer + "\" is a word of the caption \"" + caption +
+                                        "\" the model is tuned on; answers must come from the language model's text only");
+        }
+      }
     }
     std::vector<int64_t> right(questions_.size(), 0), asked(questions_.size(), 0);
     modalkit::GenerateOptions options;
@@ -60,8 +71,7 @@ class KnowledgeQuestions : public modalkit::EvaluationProtocol {
         const modalkit::Batch sub = batch.select(rows);
         for (const size_t q : qs) {
           const std::string text = modalkit::fill_template(template_, questions_[q].question);
-          const lp::Prompts p = lp::prompts(c, sub, config_, text);
-          const auto out = modalkit::generate(c.language_model(), p.embeds, p.mask, options, p.hooks);
+          const auto out = lp::generate_rows(c, sub, config_, text, options);
           for (const auto& ids : out) {
             const auto words = modalkit::caption_words(c.tokenizer().decode(ids));
             right[q] += !words.empty() && words.front() == questions_[q].answer ? 1 : 0;
