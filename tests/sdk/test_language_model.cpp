@@ -218,6 +218,22 @@ TEST(Generate, GreedyFollowsTheArgmaxChainAndStopsAtEos) {
   fs::remove_all(dir);
 }
 
+namespace {
+
+/// A bigram language model whose next-token probabilities after token i are p[i], saved as
+/// TorchScript in `dir` and loaded as a LanguageModel.
+std::shared_ptr<modalkit::LanguageModel> bigram_lm(const std::vector<std::vector<double>>& p, const fs::path& dir) {
+  const auto n = static_cast<int64_t>(p.size());
+  at::Tensor table = torch::empty({n, n});
+  for (int64_t i = 0; i < n; ++i) {
+    for (int64_t j = 0; j < n; ++j) table[i][j] = std::log(p[static_cast<size_t>(i)][static_cast<size_t>(j)]);
+  }
+  bigram_module(table).save((dir / "bigram.pt").string());
+  return modalkit::load_language_model(dir / "bigram.pt");
+}
+
+}  // namespace
+
 TEST(Generate, BeamSearchFindsTheLikelierSequenceGreedyMisses) {
   // From 0, token 1 is likelier than 2 (0.5 vs 0.4), but after 1 everything is spread thin while
   // after 2 the EOS (5) is nearly certain: p(1, x, ...) is at most 0.5 x 0.2, p(2, 5) = 0.4 x 0.96.
@@ -225,13 +241,8 @@ TEST(Generate, BeamSearchFindsTheLikelierSequenceGreedyMisses) {
   p[0] = {0.02, 0.5, 0.4, 0.04, 0.02, 0.02};
   p[1] = {0.2, 0.2, 0.2, 0.2, 0.1, 0.1};
   p[2] = {0.01, 0.01, 0.01, 0.005, 0.005, 0.96};
-  at::Tensor table = torch::empty({6, 6});
-  for (int i = 0; i < 6; ++i) {
-    for (int j = 0; j < 6; ++j) table[i][j] = std::log(p[i][j]);
-  }
   const fs::path dir = temp_dir("beam");
-  bigram_module(table).save((dir / "bigram.pt").string());
-  auto lm = modalkit::load_language_model(dir / "bigram.pt");
+  auto lm = bigram_lm(p, dir);
   modalkit::GenerateOptions options;
   options.max_tokens = 3;
   options.eos = 5;
@@ -255,13 +266,8 @@ TEST(Generate, BeamSearchGoesOnWhileAnUnfinishedHypothesisIsLikelier) {
   p[1] = {0.01, 0.01, 0.01, 0.02, 0.9, 0.05};
   p[2] = {0.02, 0.02, 0.02, 0.02, 0.02, 0.9};
   p[4] = {0.1, 0.1, 0.1, 0.5, 0.1, 0.1};
-  at::Tensor table = torch::empty({6, 6});
-  for (int i = 0; i < 6; ++i) {
-    for (int j = 0; j < 6; ++j) table[i][j] = std::log(p[i][j]);
-  }
   const fs::path dir = temp_dir("beam-on");
-  bigram_module(table).save((dir / "bigram.pt").string());
-  auto lm = modalkit::load_language_model(dir / "bigram.pt");
+  auto lm = bigram_lm(p, dir);
   modalkit::GenerateOptions options;
   options.max_tokens = 4;
   options.eos = 5;
