@@ -20,6 +20,7 @@
 #include "pipeline.hpp"
 #include "schema/builtin_schemas.hpp"
 #include "schema/json_file.hpp"
+#include "system_info.hpp"
 
 namespace modalkit::host {
 
@@ -55,18 +56,6 @@ json read_json_or_null(const fs::path& p) {
   std::ifstream in(p);
   json j = json::parse(in, nullptr, false);
   return j.is_discarded() ? json(nullptr) : j;
-}
-
-/// "abc1234" (or "abc1234-dirty"); "unknown" outside a git checkout.
-std::string current_commit(const fs::path& dir) {
-  const std::string cmd = "git -C '" + dir.string() + "' describe --always --dirty --abbrev=10 2>/dev/null";
-  FILE* pipe = ::popen(cmd.c_str(), "r");
-  if (pipe == nullptr) return "unknown";
-  char buf[128] = {0};
-  std::string out = std::fgets(buf, sizeof buf, pipe) != nullptr ? buf : "";
-  ::pclose(pipe);
-  while (!out.empty() && (out.back() == '\n' || out.back() == ' ')) out.pop_back();
-  return out.empty() ? "unknown" : out;
 }
 
 double mean_of(const std::vector<double>& v) {
@@ -615,7 +604,8 @@ std::string run_experiment(const fs::path& file, PluginRegistry& registry, const
           any_not_applicable = true;
           continue;
         }
-        t << " " << fmt("%.3f ± %.3f", mean_of(v), std_of(v));
+        // One seed has no spread and allows no test: say so rather than print ± 0.000.
+        t << " " << (seeds.size() > 1 ? fmt("%.3f ± %.3f", mean_of(v), std_of(v)) : fmt("%.3f", mean_of(v)));
         if (r != baseline && !d.empty()) {
           const double p = paired_t_p(d);
           t << " (" << fmt("%+.1f", mean_of(d)) << (std::isnan(p) ? "" : fmt(", p=%.2f", p)) << ")";
@@ -633,10 +623,16 @@ std::string run_experiment(const fs::path& file, PluginRegistry& registry, const
             (protocol ? " of protocol " : " of task ") + task_of(metric_paths[k]);
     (scale_of(metric_paths[k]) == 100 ? no_rates : all_rates) = false;
   }
-  t << "\n" << what << (mean_column ? " (and their mean)" : "") << " on the test split (mean ± std over seeds "
-    << json(seeds).dump() << "); in brackets the mean paired difference to the baseline in "
-    << (all_rates ? "points" : no_rates ? "units" : "points (rates) or units") << " and the two-sided paired t-test p-value (n = "
-    << seeds.size() << "). " << (any_not_applicable ? "n/a: the protocol does not apply to the row's model (it reports applicable: false). " : "")
+  const std::string units = all_rates ? "points" : no_rates ? "units" : "points (rates) or units";
+  t << "\n" << what << (mean_column ? " (and their mean)" : "") << " on the test split";
+  if (seeds.size() > 1) {
+    t << " (mean ± std over seeds " << json(seeds).dump() << "); in brackets the mean paired difference to the baseline in "
+      << units << " and the two-sided paired t-test p-value (n = " << seeds.size() << "). ";
+  } else {
+    t << " (one seed, " << json(seeds).dump() << ": no spread and no test); in brackets the difference to the baseline in "
+      << units << ". ";
+  }
+  t << (any_not_applicable ? "n/a: the protocol does not apply to the row's model (it reports applicable: false). " : "")
     << (parameters ? "Parameters: results.json parameters.total (a row of several models: the largest, and all together). " : "")
     << "Checkpoints selected on validation only. ";
   if (searching) {
@@ -665,7 +661,27 @@ std::string run_experiment(const fs::path& file, PluginRegistry& registry, const
         << dataset_at(f).sha256().substr(0, 16) << "…`)";
     }
   }
-  t << ", commit `" << current_commit(base) << "`, command `modalkit experiments run " << name
+  // The commit the runs were trained at (run.json records it), not the one rendering the table:
+  // finished runs are reused across commits.
+  std::set<std::string> commits;
+  bool unrecorded = false;
+  for (const auto& run : runs) {
+    const json info = read_json_or_null(run.dir / "run.json");
+    if (info.is_object() && info.contains("commit")) {
+      commits.insert(info.at("commit").get<std::string>());
+    } else {
+      unrecorded = true;
+    }
+  }
+  if (commits.size() == 1 && !unrecorded) {
+    t << ", commit `" << *commits.begin() << "`";
+  } else {
+    t << ", runs trained at commits";
+    for (const auto& c : commits) t << " `" << c << "`";
+    if (unrecorded) t << (commits.empty() ? "" : " and") << " not recorded (runs from before run.json recorded it)";
+    t << ", table made at `" << source_commit(base) << "`";
+  }
+  t << ", command `modalkit experiments run " << name
     << (options.quick ? " --quick" : "") << "`.\n";
   const std::string table = t.str();
   fs::create_directories(out);

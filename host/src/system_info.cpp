@@ -3,6 +3,7 @@
 #include <link.h>
 
 #include <climits>
+#include <cstdio>
 #include <cstdlib>
 #include <vector>
 
@@ -64,6 +65,17 @@ std::string version_text() {
            "install libopenblas0-pthread\n";
   }
   return out;
+}
+
+std::string source_commit(const std::string& dir) {
+  const std::string cmd = "git -C '" + dir + "' describe --always --dirty --abbrev=10 2>/dev/null";
+  FILE* pipe = ::popen(cmd.c_str(), "r");
+  if (pipe == nullptr) return "unknown";
+  char buf[128] = {0};
+  std::string out = std::fgets(buf, sizeof buf, pipe) != nullptr ? buf : "";
+  ::pclose(pipe);
+  while (!out.empty() && (out.back() == '\n' || out.back() == ' ')) out.pop_back();
+  return out.empty() ? "unknown" : out;
 }
 
 }  // namespace modalkit::host

@@ -12,5 +12,8 @@ std::string active_blas();
 bool blas_is_reference(const std::string& blas);
 /// The lines of `modalkit --version`.
 std::string version_text();
+/// The git commit of the checkout holding `dir`: "abc1234567" or "abc1234567-dirty"; "unknown"
+/// outside a git checkout. What run.json and experiment tables record as a run's source.
+std::string source_commit(const std::string& dir);
 
 }  // namespace modalkit::host

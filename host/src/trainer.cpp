@@ -26,6 +26,7 @@
 #include "distributed.hpp"
 #include "engine.hpp"
 #include "interrupt.hpp"
+#include "system_info.hpp"
 #include "modalkit/errors.hpp"
 
 namespace modalkit::host {
@@ -965,6 +966,7 @@ nlohmann::json train(const ResolvedPipeline& pipeline, PluginRegistry& registry,
                           {"dataset_sha256", data_sha},
                           {"plugins", identity.at("plugins")},
                           {"sdk_version", MODALKIT_SDK_VERSION},
+                          {"commit", source_commit(fs::absolute(pipeline.base_dir).string())},
                           {"seed", seed}};
     if (pipeline.multitask) {  // dataset_sha256 is then over these
       for (size_t i = 0; i < pipeline.sources.size(); ++i) {

@@ -1051,6 +1051,10 @@ TEST(Cli, ExperimentsRunResumeCompareAndKeepQuickTablesOutOfTheResults) {
   char expect[64];
   std::snprintf(expect, sizeof expect, "%.3f ± %.3f", m, sd);
   EXPECT_TRUE(has(r.out, std::string("| image only (baseline) | ")) && has(r.out, expect)) << expect << "\n" << r.out;
+  // The table names the commit its runs were trained at, as their run.json records it.
+  const json info = json::parse(read_all(dir / "runs/image-only/all/seed-1/run.json"));
+  ASSERT_TRUE(info.contains("commit")) << info.dump();
+  EXPECT_TRUE(has(r.out, ", commit `" + info["commit"].get<std::string>() + "`, command")) << r.out;
 
   // Resumable: a second run trains nothing, and the dry run says every run is done.
   auto again = modalkit(cmd);
@@ -1112,11 +1116,23 @@ TEST(Cli, FrozenLmQuickExperimentFillsEveryColumn) {
     for (size_t at = s.find(what); at != std::string::npos; at = s.find(what, at + 1)) ++n;
     return n;
   };
+  auto numbers = [](const std::string& line) {  // cells that hold a figure
+    size_t n = 0;
+    std::istringstream cells(line);
+    for (std::string c; std::getline(cells, c, '|');) {
+      const auto b = c.find_first_not_of(' ');
+      n += b != std::string::npos && std::isdigit(static_cast<unsigned char>(c[b])) != 0 ? 1 : 0;
+    }
+    return n;
+  };
   for (const auto& [row, line] : rows) {
     const bool hooks = row == "pseudo-self-attention" || row == "adaptation gate (MAG)";
     EXPECT_EQ(count(line, " n/a |"), hooks ? 2u : 0u) << line;
-    EXPECT_EQ(count(line, " ± "), hooks ? 5u : 7u) << line;
+    EXPECT_EQ(numbers(line), hooks ? 5u : 7u) << line;
+    EXPECT_EQ(count(line, " ± "), 0u) << "one seed has no spread: " << line;
   }
+  EXPECT_TRUE(has(r.out, "(one seed, [1]: no spread and no test)")) << r.out;
+  EXPECT_FALSE(has(r.out, "t-test")) << r.out;
   EXPECT_TRUE(has(r.out, "n/a: the protocol does not apply to the row's model")) << r.out;
   // Each run's results hold the figures the table was made from.
   const json res = json::parse(read_all(out / "adaptation-gate-mag" / "fashion-mnist" / "seed-1" / "results.json"));
@@ -1966,7 +1982,7 @@ TEST(Cli, HighmmtQuickExperimentSearchesComparesAndTransfersFromTheChosenRun) {
   }
   const json clothes = json::parse(read_all(mt / "single-task-models" / "100-labels" / "seed-1" / "highmmt-clothes" / "best" / "results.json"));
   char cell[64];
-  std::snprintf(cell, sizeof cell, "| %.3f ± 0.000 |", clothes["tasks"]["clothes"]["accuracy"].get<double>());
+  std::snprintf(cell, sizeof cell, "| %.3f |", clothes["tasks"]["clothes"]["accuracy"].get<double>());  // one seed: no ±
   EXPECT_TRUE(has(r.out, std::string("| single-task models (baseline) | largest ")) && has(r.out, cell)) << r.out << cell;
   // The transfer row started from that run, by the {runs}/{quick}/{seed} template.
   const json resolved = json::parse(read_all(out / "highmmt-transfer-quick" / "from-the-multitask-model" / "10-labels" / "seed-1" /
