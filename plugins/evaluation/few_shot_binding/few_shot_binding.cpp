@@ -31,7 +31,7 @@ class FewShotBinding : public modalkit::EvaluationProtocol {
         seed_((args.context != nullptr ? args.context->seed() : 0) + static_cast<uint64_t>(args.config.get<int64_t>("seed"))),
         words_pointer_(args.config.pointer() + "/words") {
     if (static_cast<int64_t>(words_.size()) < ways_) {
-      throw modalkit::ConfigError(args.config.pointer() + "/words", "needs at least ways = " + std::to_string(ways_) + " words");
+      throw modalkit::ConfigError(words_pointer_, "needs at least ways = " + std::to_string(ways_) + " words");
     }
     if (support_.find("{}") == std::string::npos) {
       throw modalkit::ConfigError(args.config.pointer() + "/support_template", "must contain {} where the word goes");
@@ -123,21 +123,19 @@ class FewShotBinding : public modalkit::EvaluationProtocol {
   /// episode. The largest such group (ties: the one whose first word is listed first).
   std::vector<std::string> equal_length_words(const modalkit::Tokenizer& tokenizer) const {
     std::map<size_t, std::vector<std::string>> by_pieces;
-    std::map<size_t, size_t> first_seen;
-    for (size_t i = 0; i < words_.size(); ++i) {
-      const size_t n = tokenizer.encode(words_[i] + ".").size();
-      by_pieces[n].push_back(words_[i]);
-      first_seen.emplace(n, i);
+    std::vector<size_t> order;  // piece counts, in the order of their first listed word
+    for (const auto& word : words_) {
+      const size_t n = tokenizer.encode(word + ".").size();
+      auto& group = by_pieces[n];
+      if (group.empty()) order.push_back(n);
+      group.push_back(word);
     }
-    const std::vector<std::string>* best = nullptr;
-    size_t best_first = 0;
+    const std::vector<std::string>* best = &by_pieces.at(order.front());
     std::string counts;
-    for (const auto& [n, group] : by_pieces) {
+    for (const size_t n : order) {
+      const auto& group = by_pieces.at(n);
       counts += (counts.empty() ? "" : ", ") + std::to_string(group.size()) + " of " + std::to_string(n);
-      if (best == nullptr || group.size() > best->size() || (group.size() == best->size() && first_seen.at(n) < best_first)) {
-        best = &group;
-        best_first = first_seen.at(n);
-      }
+      if (group.size() > best->size()) best = &group;  // strictly: a tie keeps the earlier listed
     }
     if (static_cast<int64_t>(best->size()) < ways_) {
       throw modalkit::ConfigError(words_pointer_, "needs ways = " + std::to_string(ways_) +

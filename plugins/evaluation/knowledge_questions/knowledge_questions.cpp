@@ -40,6 +40,11 @@ class KnowledgeQuestions : public modalkit::EvaluationProtocol {
     model.eval();
     const auto& names = c.class_names();
     std::map<int64_t, std::vector<size_t>> of_class;  // class index → its questions
+    std::vector<std::pair<std::string, std::vector<std::string>>> captions;  // each class's, with its words
+    for (size_t k = 0; k < names.size(); ++k) {
+      const std::string caption = c.caption(static_cast<int64_t>(k));
+      captions.emplace_back(caption, modalkit::caption_words(caption));
+    }
     for (size_t q = 0; q < questions_.size(); ++q) {
       const auto it = std::find(names.begin(), names.end(), questions_[q].cls);
       if (it == names.end()) {
@@ -49,9 +54,7 @@ class KnowledgeQuestions : public modalkit::EvaluationProtocol {
       of_class[it - names.begin()].push_back(q);
       // An answer a caption says could be right for the wrong reason (a T-shirt taken for a
       // shirt answers "shirt"): the protocol measures what only the language model knows.
-      for (size_t k = 0; k < names.size(); ++k) {
-        const std::string caption = c.caption(static_cast<int64_t>(k));
-        const auto words = modalkit::caption_words(caption);
+      for (const auto& [caption, words] : captions) {
         if (std::find(words.begin(), words.end(), questions_[q].answer) != words.end()) {
           throw modalkit::DataError(file_ + ":" + std::to_string(questions_[q].line),
                                     "the answer \"" + questions_[q].answer + "\" is a word of the caption \"" + caption +
