@@ -498,6 +498,16 @@ int cmd_bench(const std::vector<std::string>& argv, modalkit::host::PluginRegist
                 dd["scaling_efficiency"].get<double>(), dd["threads_per_rank"].get<int>(),
                 dd["one_rank_per_rank_threads_samples_per_s"].get<double>());
   }
+  const json& g = rt["generation"];
+  if (g.contains("skipped")) {
+    std::printf("  generation with the key-value cache: skipped (%s)\n", g["skipped"].get<std::string>().c_str());
+  } else {
+    std::printf("  greedy generation, %lld prompts of %lld pieces + %lld new (%d threads): cached %.1f ms vs recomputed %.1f ms: %.2fx%s\n",
+                static_cast<long long>(g["rows"].get<int64_t>()), static_cast<long long>(g["prompt_pieces"].get<int64_t>()),
+                static_cast<long long>(g["new_pieces"].get<int64_t>()), g["threads"].get<int>(),
+                1e3 * g["cached_seconds"].get<double>(), 1e3 * g["recomputed_seconds"].get<double>(), g["speedup"].get<double>(),
+                g["same_output"].get<bool>() ? "" : "  (the two decoded different pieces!)");
+  }
   return kOk;
 }
 

@@ -29,6 +29,16 @@ at::Tensor check_tokens(const at::Tensor& t, const char* what) {
   return t;
 }
 
+/// `[B, L, D]` → `[B, H, L, D/H]`.
+at::Tensor split_heads(const at::Tensor& y, int64_t heads) {
+  return y.reshape({y.size(0), y.size(1), heads, y.size(2) / heads}).transpose(1, 2);
+}
+
+Error context_error(int64_t positions, int64_t context) {
+  return Error("language model: a sequence of " + std::to_string(positions) + " positions is longer than its context of " +
+               std::to_string(context));
+}
+
 }  // namespace
 
 LmBlockImpl::LmBlockImpl(const CausalTransformerLMOptions& o) : heads_(o.heads()) {
@@ -52,18 +62,24 @@ LmBlockImpl::LmBlockImpl(const CausalTransformerLMOptions& o) : heads_(o.heads()
 
 at::Tensor LmBlockImpl::forward(const at::Tensor& x, const at::Tensor& allowed, const at::Tensor& extra_keys,
                                 const at::Tensor& extra_values) {
-  const int64_t b = x.size(0), t = x.size(1), d = x.size(2), dh = d / heads_;
-  auto split = [&](const at::Tensor& y) { return y.reshape({y.size(0), y.size(1), heads_, dh}).transpose(1, 2); };  // [B, H, L, dh]
-  const auto qkv = qkv_->forward(norm1_->forward(x)).chunk(3, -1);
-  at::Tensor q = split(qkv[0]), k = split(qkv[1]), v = split(qkv[2]);
+  at::Tensor keys, values;
   if (extra_keys.defined()) {
-    k = at::cat({split(extra_keys).expand({b, -1, -1, -1}), k}, 2);
-    v = at::cat({split(extra_values).expand({b, -1, -1, -1}), v}, 2);
+    keys = split_heads(extra_keys, heads_).expand({x.size(0), -1, -1, -1});
+    values = split_heads(extra_values, heads_).expand({x.size(0), -1, -1, -1});
   }
-  at::Tensor scores = at::matmul(q, k.transpose(-2, -1)) / std::sqrt(static_cast<double>(dh));
+  return attend(x, allowed, keys, values);
+}
+
+at::Tensor LmBlockImpl::attend(const at::Tensor& x, const at::Tensor& allowed, at::Tensor& keys, at::Tensor& values) {
+  const int64_t b = x.size(0), t = x.size(1), d = x.size(2), dh = d / heads_;
+  const auto qkv = qkv_->forward(norm1_->forward(x)).chunk(3, -1);
+  const at::Tensor q = split_heads(qkv[0], heads_);
+  keys = keys.defined() ? at::cat({keys, split_heads(qkv[1], heads_)}, 2) : split_heads(qkv[1], heads_);
+  values = values.defined() ? at::cat({values, split_heads(qkv[2], heads_)}, 2) : split_heads(qkv[2], heads_);
+  at::Tensor scores = at::matmul(q, keys.transpose(-2, -1)) / std::sqrt(static_cast<double>(dh));
   scores = scores.masked_fill(allowed.logical_not(), -std::numeric_limits<float>::infinity());
   const at::Tensor attention = dropout_->forward(at::softmax(scores, -1));
-  const at::Tensor y = at::matmul(attention, v).transpose(1, 2).reshape({b, t, d});
+  const at::Tensor y = at::matmul(attention, values).transpose(1, 2).reshape({b, t, d});
   at::Tensor h = x + dropout_->forward(out_->forward(y));
   return h + dropout_->forward(fc2_->forward(at::gelu(fc1_->forward(norm2_->forward(h)))));
 }
@@ -91,16 +107,23 @@ at::Tensor CausalTransformerLM::embed(const at::Tensor& ids) { return tokens_->f
 
 at::Tensor CausalTransformerLM::forward(const at::Tensor& embeds, const at::Tensor& mask, const LmHooks& hooks) {
   check_tokens(embeds, "embeds");
+  const at::Tensor real = mask.defined() ? mask.to(at::kBool) : at::ones({embeds.size(0), embeds.size(1)}, embeds.options().dtype(at::kBool));
+  std::vector<at::Tensor> keys, values;
+  return logits(hidden(embeds, real, hooks, keys, values));
+}
+
+at::Tensor CausalTransformerLM::logits(const at::Tensor& hidden) { return at::matmul(norm_->forward(hidden), tokens_->weight.t()); }
+
+at::Tensor CausalTransformerLM::hidden(const at::Tensor& embeds, const at::Tensor& real, const LmHooks& hooks,
+                                      std::vector<at::Tensor>& keys, std::vector<at::Tensor>& values) {
   const int64_t b = embeds.size(0), t = embeds.size(1), d = options_.width();
   if (embeds.size(2) != d) {
     throw Error("language model: embeddings are " + std::to_string(embeds.size(2)) + " wide, the model takes " + std::to_string(d));
   }
-  const at::Tensor real = mask.defined() ? mask.to(at::kBool) : at::ones({b, t}, embeds.options().dtype(at::kBool));
   // Positions count real tokens, so left and right padding give the same numbers.
   const at::Tensor positions = (real.to(at::kLong).cumsum(1) - 1).clamp_min(0);
   if (t > 0 && positions.max().item<int64_t>() >= options_.context()) {
-    throw Error("language model: a sequence of " + std::to_string(positions.max().item<int64_t>() + 1) +
-                " positions is longer than its context of " + std::to_string(options_.context()));
+    throw context_error(positions.max().item<int64_t>() + 1, options_.context());
   }
   const bool extra = !hooks.extra_keys.empty() || !hooks.extra_values.empty();
   if (extra && (static_cast<int64_t>(hooks.extra_keys.size()) != options_.layers() ||
@@ -125,14 +148,22 @@ at::Tensor CausalTransformerLM::forward(const at::Tensor& embeds, const at::Tens
     allowed = at::cat({seen, allowed.expand({b, t, t})}, 2);
   }
   allowed = allowed.unsqueeze(1);
+  // Each block's attention starts from the extra keys and values and appends the text's.
+  keys.assign(static_cast<size_t>(options_.layers()), at::Tensor());
+  values.assign(keys.size(), at::Tensor());
+  if (extra) {
+    for (size_t i = 0; i < keys.size(); ++i) {
+      keys[i] = split_heads(hooks.extra_keys[i], options_.heads()).expand({b, -1, -1, -1});
+      values[i] = split_heads(hooks.extra_values[i], options_.heads()).expand({b, -1, -1, -1});
+    }
+  }
   at::Tensor x = dropout_->forward(embeds + positions_->forward(positions));
   for (int64_t l = 0; l < options_.layers(); ++l) {
     const auto i = static_cast<size_t>(l);
-    x = blocks_->ptr<LmBlockImpl>(i)->forward(x, allowed, extra ? hooks.extra_keys[i] : at::Tensor(),
-                                               extra ? hooks.extra_values[i] : at::Tensor());
+    x = blocks_->ptr<LmBlockImpl>(i)->attend(x, allowed, keys[i], values[i]);
     if (hooks.shift && l == hooks.shift_layer) x = hooks.shift(x);
   }
-  return at::matmul(norm_->forward(x), tokens_->weight.t());
+  return x;
 }
 
 nlohmann::json CausalTransformerLM::config() const {
@@ -251,18 +282,137 @@ std::shared_ptr<LanguageModel> load_language_model(const std::filesystem::path& 
   return lm;
 }
 
+namespace detail {
+
+/// Decoding state over a batch of prompts: the next-piece logits of each row's last position,
+/// extended one piece per row at a time.
+class Decoder {
+ public:
+  virtual ~Decoder() = default;
+  /// `[B, V]`.
+  const at::Tensor& logits() const { return logits_; }
+  /// Appends one real position per row, `embeds` `[B, 1, D]`, and updates logits().
+  virtual void push(const at::Tensor& embeds) = 0;
+  /// Keeps rows `rows` (int64 `[B']`, in that order, repeats allowed): beam search's reordering.
+  /// Hooks are not re-indexed: after a select they must have batch 1.
+  virtual void select(const at::Tensor& rows) = 0;
+
+ protected:
+  at::Tensor logits_;
+};
+
+}  // namespace detail
+
+namespace {
+
+/// Any LanguageModel: forward() over the whole sequence at every step.
+class RecomputingDecoder : public detail::Decoder {
+ public:
+  RecomputingDecoder(LanguageModel& lm, const at::Tensor& embeds, const at::Tensor& real, const LmHooks& hooks)
+      : lm_(lm), hooks_(hooks), x_(embeds), m_(real) {
+    run();
+  }
+  void push(const at::Tensor& embeds) override {
+    x_ = at::cat({x_, embeds}, 1);
+    m_ = at::cat({m_, at::ones({m_.size(0), 1}, m_.options())}, 1);
+    run();
+  }
+  void select(const at::Tensor& rows) override {
+    x_ = x_.index_select(0, rows);
+    m_ = m_.index_select(0, rows);
+    logits_ = logits_.index_select(0, rows);
+  }
+
+ private:
+  void run() { logits_ = lm_.forward(x_, m_, hooks_).select(1, -1); }
+  LanguageModel& lm_;
+  LmHooks hooks_;
+  at::Tensor x_, m_;
+};
+
+}  // namespace
+
+/// The project's model: each layer's keys and values (the hooks' extra ones first) are kept, so
+/// a step runs the blocks over one new position per row and projects only it onto the vocabulary.
+class CausalTransformerDecoder : public detail::Decoder {
+ public:
+  CausalTransformerDecoder(CausalTransformerLM& lm, const at::Tensor& embeds, const at::Tensor& real, const LmHooks& hooks)
+      : lm_(lm), hooks_(hooks) {
+    const at::Tensor h = lm_.hidden(embeds, real, hooks_, keys_, values_);
+    logits_ = lm_.logits(h.select(1, -1));
+    // What a new position may attend to: the real extra positions and the real text.
+    const int64_t b = embeds.size(0);
+    seen_ = real;
+    if (!hooks_.extra_keys.empty()) {
+      const int64_t m = hooks_.extra_keys.front().size(1);
+      const at::Tensor extra = hooks_.extra_mask.defined() ? hooks_.extra_mask.to(at::kBool).reshape({-1, m}).expand({b, m})
+                                                           : at::ones({b, m}, real.options());
+      seen_ = at::cat({extra, real}, 1);
+    }
+    next_ = real.to(at::kLong).sum(1, /*keepdim=*/true);  // [B, 1]: the next position of each row
+  }
+
+  void push(const at::Tensor& embeds) override {
+    const int64_t b = embeds.size(0);
+    if (b > 0 && next_.max().item<int64_t>() >= lm_.options_.context()) {
+      throw context_error(next_.max().item<int64_t>() + 1, lm_.options_.context());
+    }
+    seen_ = at::cat({seen_, at::ones({b, 1}, seen_.options())}, 1);
+    const at::Tensor allowed = seen_.view({b, 1, 1, seen_.size(1)});
+    at::Tensor x = lm_.dropout_->forward(embeds + lm_.positions_->forward(next_));
+    for (int64_t l = 0; l < lm_.options_.layers(); ++l) {
+      const auto i = static_cast<size_t>(l);
+      x = lm_.blocks_->ptr<LmBlockImpl>(i)->attend(x, allowed, keys_[i], values_[i]);
+      if (hooks_.shift && l == hooks_.shift_layer) x = hooks_.shift(x);
+    }
+    logits_ = lm_.logits(x.select(1, 0));
+    next_ = next_ + 1;
+  }
+
+  void select(const at::Tensor& rows) override {
+    for (auto* cache : {&keys_, &values_}) {
+      for (auto& t : *cache) t = t.index_select(0, rows);
+    }
+    seen_ = seen_.index_select(0, rows);
+    next_ = next_.index_select(0, rows);
+    logits_ = logits_.index_select(0, rows);
+  }
+
+ private:
+  CausalTransformerLM& lm_;
+  LmHooks hooks_;
+  std::vector<at::Tensor> keys_, values_;  // per layer [B, H, L, D/H]
+  at::Tensor seen_;                        // [B, L] which cached positions a new one sees
+  at::Tensor next_;                        // [B, 1]
+};
+
+namespace {
+
+std::unique_ptr<detail::Decoder> start_decoding(LanguageModel& lm, const at::Tensor& embeds, const at::Tensor& real,
+                                                const LmHooks& hooks) {
+  if (auto* native = dynamic_cast<CausalTransformerLM*>(&lm)) {
+    return std::make_unique<CausalTransformerDecoder>(*native, embeds, real, hooks);
+  }
+  return std::make_unique<RecomputingDecoder>(lm, embeds, real, hooks);
+}
+
+}  // namespace
+
 std::vector<std::vector<int64_t>> generate(LanguageModel& lm, const at::Tensor& embeds, const at::Tensor& mask,
                                            const GenerateOptions& options, const LmHooks& hooks) {
   check_tokens(embeds, "the prompt");
   torch::NoGradGuard no_grad;
   const int64_t b = embeds.size(0);
   const at::Tensor real = mask.defined() ? mask.to(at::kBool) : at::ones({b, embeds.size(1)}, embeds.options().dtype(at::kBool));
+  if (embeds.size(1) < 1) throw Error("generate: the prompt is empty (a text-only prompt starts with the embedded BOS)");
+  if (options.beams > 1 && b != 1) throw Error("generate: beam search takes one prompt at a time (got " + std::to_string(b) + ")");
+  if (options.max_tokens < 1) return std::vector<std::vector<int64_t>>(static_cast<size_t>(options.beams <= 1 ? b : 1));
+  const std::unique_ptr<detail::Decoder> decoder = start_decoding(lm, embeds, real, hooks);
   if (options.beams <= 1) {
     std::vector<std::vector<int64_t>> out(static_cast<size_t>(b));
     std::vector<bool> done(static_cast<size_t>(b), false);
-    at::Tensor x = embeds, m = real;
     for (int64_t step = 0; step < options.max_tokens; ++step) {
-      const at::Tensor next = lm.forward(x, m, hooks).select(1, -1).argmax(-1);  // [B]
+      const at::Tensor next = decoder->logits().argmax(-1);  // [B]
       const at::Tensor ids = next.to(at::kCPU).contiguous();
       bool all_done = true;
       for (int64_t r = 0; r < b; ++r) {
@@ -276,13 +426,12 @@ std::vector<std::vector<int64_t>> generate(LanguageModel& lm, const at::Tensor& 
         }
         all_done = all_done && done[i];
       }
-      if (all_done) break;
-      x = at::cat({x, lm.embed(next.unsqueeze(1))}, 1);
-      m = at::cat({m, at::ones({b, 1}, m.options())}, 1);
+      // No position past the last one needed: it would cost a step and could overrun the context.
+      if (all_done || step + 1 == options.max_tokens) break;
+      decoder->push(lm.embed(next.unsqueeze(1)));
     }
     return out;
   }
-  if (b != 1) throw Error("generate: beam search takes one prompt at a time (got " + std::to_string(b) + ")");
   struct Hypothesis {
     std::vector<int64_t> ids;
     double log_p;
@@ -290,21 +439,12 @@ std::vector<std::vector<int64_t>> generate(LanguageModel& lm, const at::Tensor& 
   auto normalised = [&](double log_p, size_t length) {
     return log_p / std::pow(static_cast<double>(std::max<size_t>(length, 1)), options.length_penalty);
   };
-  std::vector<Hypothesis> alive{{{}, 0.0}};
+  std::vector<Hypothesis> alive{{{}, 0.0}};  // row r of the decoder continues alive[r]
   std::vector<std::pair<double, std::vector<int64_t>>> finished;
   for (int64_t step = 0; step < options.max_tokens && !alive.empty(); ++step) {
-    const auto w = static_cast<int64_t>(alive.size());
-    at::Tensor x = embeds.expand({w, -1, -1}), m = real.expand({w, -1});
     std::vector<double> log_ps;
-    if (step > 0) {
-      std::vector<int64_t> flat;
-      for (const auto& h : alive) flat.insert(flat.end(), h.ids.begin(), h.ids.end());
-      const at::Tensor ids = at::tensor(flat, at::kLong).view({w, step}).to(embeds.device());
-      x = at::cat({x, lm.embed(ids)}, 1);
-      m = at::cat({m, at::ones({w, step}, m.options())}, 1);
-    }
     for (const auto& h : alive) log_ps.push_back(h.log_p);
-    const at::Tensor next = at::log_softmax(lm.forward(x, m, hooks).select(1, -1).to(at::kDouble), -1);  // [W, V]
+    const at::Tensor next = at::log_softmax(decoder->logits().to(at::kDouble), -1);  // [W, V]
     const int64_t v = next.size(1);
     const at::Tensor total = (next + at::tensor(log_ps, at::kDouble).to(next.device()).unsqueeze(1)).reshape({-1});
     const auto top = total.topk(std::min<int64_t>(2 * options.beams, total.numel()));
@@ -313,6 +453,7 @@ std::vector<std::vector<int64_t>> generate(LanguageModel& lm, const at::Tensor& 
     // sequence: keeping it can only find a likelier one) and the first `beams` others go on. A
     // hypothesis's length counts its pieces, EOS excluded, finished or not.
     std::vector<Hypothesis> next_alive;
+    std::vector<int64_t> parents, tokens;
     for (int64_t k = 0; k < values.size(0); ++k) {
       const int64_t index = indices[k].item<int64_t>(), token = index % v;
       const Hypothesis& parent = alive[static_cast<size_t>(index / v)];
@@ -323,6 +464,8 @@ std::vector<std::vector<int64_t>> generate(LanguageModel& lm, const at::Tensor& 
         Hypothesis h{parent.ids, log_p};
         h.ids.push_back(token);
         next_alive.push_back(std::move(h));
+        parents.push_back(index / v);
+        tokens.push_back(token);
       }
     }
     alive = std::move(next_alive);
@@ -341,6 +484,9 @@ std::vector<std::vector<int64_t>> generate(LanguageModel& lm, const at::Tensor& 
         break;
       }
     }
+    if (alive.empty() || step + 1 == options.max_tokens) break;
+    decoder->select(at::tensor(parents, at::kLong).to(embeds.device()));
+    decoder->push(lm.embed(at::tensor(tokens, at::kLong).to(embeds.device()).unsqueeze(1)));
   }
   for (const auto& h : alive) finished.emplace_back(normalised(h.log_p, h.ids.size()), h.ids);
   const auto best = std::max_element(finished.begin(), finished.end(),

@@ -1598,6 +1598,13 @@ TEST(Cli, BenchReportsLoaderThroughputAndTheCachedEpoch) {
   EXPECT_NEAR(dd["ratio"].get<double>(), dd["two_ranks_samples_per_s"].get<double>() / dd["one_rank_samples_per_s"].get<double>(), 1e-9);
   EXPECT_NEAR(dd["scaling_efficiency"].get<double>(),
               dd["two_ranks_samples_per_s"].get<double>() / (2 * dd["one_rank_per_rank_threads_samples_per_s"].get<double>()), 1e-9);
+  // (6) Generation with the key-value cache against recomputing: the same pieces decoded.
+  const json& g = rt["generation"];
+  ASSERT_FALSE(g.contains("skipped")) << g.dump();
+  EXPECT_TRUE(g["same_output"].get<bool>());
+  EXPECT_EQ(g["model"]["width"], 256);
+  EXPECT_GT(g["cached_seconds"].get<double>(), 0.0);
+  EXPECT_NEAR(g["speedup"].get<double>(), g["recomputed_seconds"].get<double>() / g["cached_seconds"].get<double>(), 1e-9);
 }
 
 TEST(Cli, TheBareBaselineLinksNeitherTheSdkNorAPlugin) {

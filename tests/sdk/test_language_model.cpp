@@ -1,10 +1,11 @@
 // The SDK's language model: causality, padding, the two hooks, scoring against a hand
 // computation, the artifact round trip, a TorchScript model a user brings, and generation
 // (greedy against the argmax chain of a known bigram model, beam search finding the sequence
-// greedy misses).
+// greedy misses, the key-value cache against recomputing every position).
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <set>
 
 #include <gtest/gtest.h>
 #include <torch/script.h>
@@ -288,4 +289,124 @@ TEST(Generate, ABatchOfLeftPaddedPromptsGivesWhatEachPromptGivesAlone) {
   const auto both = modalkit::generate(*lm, lm->embed(batch), mask, options);
   EXPECT_EQ(both[0], a);
   EXPECT_EQ(both[1], b);
+}
+
+namespace {
+
+/// The same model behind the LanguageModel interface only: generate() cannot tell it is a
+/// CausalTransformerLM, so it runs forward() over the whole sequence at every step (what a
+/// TorchScript model gets). The reference the key-value cache is checked against.
+class Uncached : public modalkit::LanguageModel {
+ public:
+  explicit Uncached(std::shared_ptr<CausalTransformerLM> lm) : lm_(std::move(lm)) {}
+  int64_t vocab_size() const override { return lm_->vocab_size(); }
+  int64_t width() const override { return lm_->width(); }
+  int64_t layers() const override { return lm_->layers(); }
+  int64_t context() const override { return lm_->context(); }
+  bool supports_hooks() const override { return true; }
+  at::Tensor embed(const at::Tensor& ids) override { return lm_->embed(ids); }
+  at::Tensor forward(const at::Tensor& embeds, const at::Tensor& mask, const LmHooks& hooks) override {
+    return lm_->forward(embeds, mask, hooks);
+  }
+  nlohmann::json config() const override { return lm_->config(); }
+
+ private:
+  std::shared_ptr<CausalTransformerLM> lm_;
+};
+
+/// A 3-layer tiny_lm with every weight scaled up, so that its next-piece distributions are
+/// peaked and its hidden states far apart: a cache off by one position or one key changes the
+/// chain of argmaxes, not just the fifth decimal.
+std::shared_ptr<CausalTransformerLM> peaked_lm() {
+  auto lm = tiny_lm(3, 11);
+  torch::NoGradGuard no_grad;
+  for (auto& p : lm->parameters()) p.mul_(4.0);
+  return lm;
+}
+
+/// Hooks of both kinds on `rows` rows; the shift (at the last layer, so that every block's cached
+/// attention is behind it) scales the hidden states and records each call's last position.
+LmHooks both_hooks(int64_t rows, const at::Tensor& extra_mask, std::vector<at::Tensor>& last_hidden) {
+  LmHooks hooks;
+  for (int l = 0; l < 3; ++l) {
+    hooks.extra_keys.push_back(torch::randn({rows, 2, 16}));
+    hooks.extra_values.push_back(torch::randn({rows, 2, 16}));
+  }
+  hooks.extra_mask = extra_mask;
+  hooks.shift_layer = 2;
+  hooks.shift = [&last_hidden](const at::Tensor& h) {
+    last_hidden.push_back(h.select(1, -1).clone());
+    return h * 1.1;
+  };
+  return hooks;
+}
+
+}  // namespace
+
+TEST(Generate, TheKeyValueCacheGivesWhatRecomputingGives) {
+  auto lm = peaked_lm();
+  Uncached reference(lm);
+  torch::manual_seed(5);
+  std::vector<at::Tensor> cached_hidden, recomputed_hidden;
+  // Greedy, a left-padded batch, extra keys partly masked and a shift.
+  const at::Tensor batch = torch::tensor({{2, 7, 9, 4}, {0, 0, 2, 30}, {0, 5, 6, 8}}, torch::kLong);
+  const at::Tensor mask = torch::tensor({{true, true, true, true}, {false, false, true, true}, {false, true, true, true}});
+  LmHooks hooks = both_hooks(3, torch::tensor({{true, true}, {true, false}, {false, true}}), cached_hidden);
+  modalkit::GenerateOptions options;
+  options.max_tokens = 8;
+  const auto cached = modalkit::generate(*lm, lm->embed(batch), mask, options, hooks);
+  hooks.shift = [&](const at::Tensor& h) {
+    recomputed_hidden.push_back(h.select(1, -1).clone());
+    return h * 1.1;
+  };
+  const auto recomputed = modalkit::generate(reference, reference.embed(batch), mask, options, hooks);
+  EXPECT_EQ(cached, recomputed);
+  ASSERT_EQ(cached_hidden.size(), 8U) << "the prompt, then one step per piece but the last";
+  ASSERT_EQ(recomputed_hidden.size(), 8U);
+  for (size_t i = 0; i < cached_hidden.size(); ++i) {
+    EXPECT_TRUE(torch::allclose(cached_hidden[i], recomputed_hidden[i], 1e-4, 1e-5)) << "step " << i;
+  }
+  // Not a degenerate chain that any cache would reproduce.
+  std::set<int64_t> pieces;
+  for (const auto& row : cached) {
+    pieces.insert(row.begin(), row.end());
+  }
+  EXPECT_GT(pieces.size(), 8U);
+
+  // Beam search: one prompt, hooks of batch 1, the decoder's rows reordered after every step.
+  cached_hidden.clear();
+  recomputed_hidden.clear();
+  LmHooks one = both_hooks(1, {}, cached_hidden);
+  options.beams = 3;
+  options.eos = 7;
+  const auto beam_cached = modalkit::generate(*lm, lm->embed(ids({2, 7, 9})), {}, options, one);
+  one.shift = [&](const at::Tensor& h) {
+    recomputed_hidden.push_back(h.select(1, -1).clone());
+    return h * 1.1;
+  };
+  EXPECT_EQ(beam_cached, modalkit::generate(reference, reference.embed(ids({2, 7, 9})), {}, options, one));
+  ASSERT_EQ(cached_hidden.size(), recomputed_hidden.size());
+  ASSERT_GT(cached_hidden.size(), 2U);
+  for (size_t i = 0; i < cached_hidden.size(); ++i) {
+    EXPECT_TRUE(torch::allclose(cached_hidden[i], recomputed_hidden[i], 1e-4, 1e-5)) << "beam step " << i;
+  }
+}
+
+TEST(Generate, StopsAtTheContextOnlyWhenAPositionPastItIsNeeded) {
+  auto lm = tiny_lm();  // context 32
+  Uncached reference(lm);
+  std::vector<int64_t> long_prompt(30, 3);
+  modalkit::GenerateOptions options;
+  // Pieces 31 and 32 fill the context; the last generated piece is never fed back.
+  options.max_tokens = 3;
+  EXPECT_EQ(modalkit::generate(*lm, lm->embed(ids(long_prompt)), {}, options).front().size(), 3U);
+  EXPECT_EQ(modalkit::generate(reference, lm->embed(ids(long_prompt)), {}, options).front().size(), 3U);
+  options.max_tokens = 4;
+  for (modalkit::LanguageModel* model : {static_cast<modalkit::LanguageModel*>(lm.get()), static_cast<modalkit::LanguageModel*>(&reference)}) {
+    EXPECT_NE(message_of([&] { modalkit::generate(*model, lm->embed(ids(long_prompt)), {}, options); })
+                  .find("a sequence of 33 positions is longer than its context of 32"),
+              std::string::npos);
+  }
+  EXPECT_NE(message_of([&] { modalkit::generate(*lm, torch::zeros({1, 0, 16}), {}, options); }).find("the prompt is empty"),
+            std::string::npos);
 }

@@ -216,6 +216,13 @@ class LmBlockImpl : public torch::nn::Module {
                      const at::Tensor& extra_values);
 
  private:
+  friend class CausalTransformerLM;
+  friend class CausalTransformerDecoder;
+  /// forward() with the keys and values before `x` given per head, `keys`/`values`
+  /// `[B, H, L, D/H]` (extra ones, then earlier positions; undefined = none), with `allowed`
+  /// `[B, 1, T, L + T]`; on return they also hold x's, which is generate()'s cache.
+  at::Tensor attend(const at::Tensor& x, const at::Tensor& allowed, at::Tensor& keys, at::Tensor& values);
+
   int64_t heads_;
   torch::nn::LayerNorm norm1_{nullptr}, norm2_{nullptr};
   torch::nn::Linear qkv_{nullptr}, out_{nullptr}, fc1_{nullptr}, fc2_{nullptr};
@@ -241,6 +248,15 @@ class CausalTransformerLM : public LanguageModel {
   const CausalTransformerLMOptions& options() const { return options_; }
 
  private:
+  // generate()'s incremental decoder (in language_model.cpp) runs the blocks one position at a time.
+  friend class CausalTransformerDecoder;
+  /// forward() up to the last block's hidden states `[B, T, D]`; `keys`/`values` (empty on
+  /// entry) receive each layer's keys and values per head, the extra ones first.
+  at::Tensor hidden(const at::Tensor& embeds, const at::Tensor& real, const LmHooks& hooks, std::vector<at::Tensor>& keys,
+                    std::vector<at::Tensor>& values);
+  /// Next-piece logits of hidden states `[..., D]` (final LayerNorm, tied output layer).
+  at::Tensor logits(const at::Tensor& hidden);
+
   CausalTransformerLMOptions options_;
   nlohmann::json provenance_;
   torch::nn::Embedding tokens_{nullptr}, positions_{nullptr};
@@ -272,7 +288,9 @@ struct GenerateOptions {
 /// Continues each row of `embeds` `[B, P, D]` (`mask` `[B, P]`: short rows padded on the left, so
 /// every row ends at the last position) with up to max_tokens pieces, without gradients. Greedy
 /// decoding runs the batch at once; beam search needs B == 1 (hooks then have batch 1 and
-/// broadcast over the beams). Returns the ids per row, EOS excluded.
+/// broadcast over the beams). Returns the ids per row, EOS excluded. For a CausalTransformerLM
+/// each layer's keys and values are kept, so a step runs one new position per row; any other
+/// LanguageModel (TorchScript) runs forward() over the whole sequence at every step.
 std::vector<std::vector<int64_t>> generate(LanguageModel& lm, const at::Tensor& embeds, const at::Tensor& mask,
                                            const GenerateOptions& options, const LmHooks& hooks = {});
 
