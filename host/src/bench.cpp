@@ -277,11 +277,14 @@ class RecomputedLM : public LanguageModel {
 
 /// (6) Greedy generation with the SDK's key-value cache against recomputing every position at
 /// every step, on `threads` LibTorch threads: pretrain-lm's architecture (4 blocks of width 256,
-/// 4 heads, 8,000 pieces, context 128) with random weights, 16 prompts of 16 pieces (an image
-/// prefix, BOS and a knowledge question), 12 pieces generated per row (the protocols'
-/// max_tokens; no EOS, so both sides run every step). Best of alternating rounds.
+/// 4 heads, 8,000 pieces, context 128) with random weights, 16 prompts of 16 random pieces (the
+/// length of an image prefix, BOS and a knowledge question), 12 pieces generated per row (the
+/// protocols' max_tokens; no EOS, so both sides run every step). Best of alternating rounds.
 nlohmann::json generation_bench(const BenchOptions& options, int threads) {
-  const int before = at::get_num_threads();
+  struct Threads {  // restored however the figure ends
+    int before = at::get_num_threads();
+    ~Threads() { at::set_num_threads(before); }
+  } restore;
   at::set_num_threads(threads);
   torch::manual_seed(1);
   auto lm = std::make_shared<CausalTransformerLM>(CausalTransformerLMOptions(8000, 256, 4, 4, 128).dropout(0.0));
@@ -302,7 +305,6 @@ nlohmann::json generation_bench(const BenchOptions& options, int threads) {
     cached = std::min(cached, time_per_run(options.min_seconds / 6, [&] { generate(*lm, embeds, {}, generate_options); }));
     full = std::min(full, time_per_run(options.min_seconds / 6, [&] { generate(recomputed, embeds, {}, generate_options); }));
   }
-  at::set_num_threads(before);
   return {{"model", lm->config()}, {"rows", rows}, {"prompt_pieces", prompt}, {"new_pieces", generate_options.max_tokens},
           {"threads", threads}, {"cached_seconds", cached}, {"recomputed_seconds", full}, {"speedup", full / cached},
           {"same_output", same}};

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <typeinfo>
 
 #include <ATen/ATen.h>
 #include <torch/nn/init.h>
@@ -326,15 +327,17 @@ class RecomputingDecoder : public detail::Decoder {
  private:
   void run() { logits_ = lm_.forward(x_, m_, hooks_).select(1, -1); }
   LanguageModel& lm_;
-  LmHooks hooks_;
+  const LmHooks& hooks_;  // the decoder lives inside generate(), as the caller's hooks do
   at::Tensor x_, m_;
 };
 
 }  // namespace
 
+namespace detail {
+
 /// The project's model: each layer's keys and values (the hooks' extra ones first) are kept, so
 /// a step runs the blocks over one new position per row and projects only it onto the vocabulary.
-class CausalTransformerDecoder : public detail::Decoder {
+class CausalTransformerDecoder : public Decoder {
  public:
   CausalTransformerDecoder(CausalTransformerLM& lm, const at::Tensor& embeds, const at::Tensor& real, const LmHooks& hooks)
       : lm_(lm), hooks_(hooks) {
@@ -380,18 +383,21 @@ class CausalTransformerDecoder : public detail::Decoder {
 
  private:
   CausalTransformerLM& lm_;
-  LmHooks hooks_;
+  const LmHooks& hooks_;  // the decoder lives inside generate(), as the caller's hooks do
   std::vector<at::Tensor> keys_, values_;  // per layer [B, H, L, D/H]
   at::Tensor seen_;                        // [B, L] which cached positions a new one sees
   at::Tensor next_;                        // [B, 1]
 };
 
+}  // namespace detail
+
 namespace {
 
 std::unique_ptr<detail::Decoder> start_decoding(LanguageModel& lm, const at::Tensor& embeds, const at::Tensor& real,
                                                 const LmHooks& hooks) {
-  if (auto* native = dynamic_cast<CausalTransformerLM*>(&lm)) {
-    return std::make_unique<CausalTransformerDecoder>(*native, embeds, real, hooks);
+  // Exactly the SDK's class: a subclass may override forward(), which the cache would bypass.
+  if (typeid(lm) == typeid(CausalTransformerLM)) {
+    return std::make_unique<detail::CausalTransformerDecoder>(static_cast<CausalTransformerLM&>(lm), embeds, real, hooks);
   }
   return std::make_unique<RecomputingDecoder>(lm, embeds, real, hooks);
 }

@@ -410,3 +410,64 @@ TEST(Generate, StopsAtTheContextOnlyWhenAPositionPastItIsNeeded) {
   EXPECT_NE(message_of([&] { modalkit::generate(*lm, torch::zeros({1, 0, 16}), {}, options); }).find("the prompt is empty"),
             std::string::npos);
 }
+
+TEST(Generate, BeamSearchWideEnoughIsExhaustiveSearchOverAModelWithHistory) {
+  // A model whose next piece depends on more than the last one: trained briefly on sequences
+  // that repeat with period 2 ("a b a b ...", pieces 0-3; EOS 4 ends them at random lengths).
+  // Pieces 0-3 and EOS 4, at most 4 pieces: with 80 beams nothing is pruned before the last
+  // step, so beam search must return the likeliest of every sequence, scored here independently
+  // by continuation_log_probs (whole sequences through forward()). A cache reordered to the
+  // wrong parent would continue the wrong history and score the wrong sequences.
+  torch::manual_seed(21);
+  auto lm = std::make_shared<CausalTransformerLM>(CausalTransformerLMOptions(5, 16, 2, 4, 32).dropout(0.0));
+  torch::optim::Adam optimizer(lm->parameters(), torch::optim::AdamOptions(0.01));
+  for (int step = 0; step < 150; ++step) {
+    const at::Tensor pair = torch::randint(4, {32, 2}, torch::kLong);
+    at::Tensor text = pair.repeat({1, 4});  // [32, 8]
+    text.select(1, 7).fill_(4);             // then EOS
+    const at::Tensor mask = torch::arange(8).unsqueeze(0) < torch::randint(3, 9, {32, 1});
+    const at::Tensor loss = -modalkit::continuation_log_probs(*lm, lm->embed(torch::zeros({32, 1}, torch::kLong)), {}, text, mask)
+                                 .sum() / mask.sum();
+    optimizer.zero_grad();
+    loss.backward();
+    optimizer.step();
+  }
+  lm->eval();
+  torch::NoGradGuard no_grad;
+  // History matters: after "2 1" the model expects 2, after "3 1" it expects 3.
+  auto next = [&](std::vector<int64_t> text) { return lm->forward(lm->embed(ids(text)), {}, {}).select(1, -1).argmax(-1).item<int64_t>(); };
+  ASSERT_EQ(next({0, 2, 1}), 2);
+  ASSERT_EQ(next({0, 3, 1}), 3);
+  const at::Tensor prompt = lm->embed(ids({0}));
+  // Every sequence of up to 4 pieces, finished by EOS (scored with it) or, at 4, unfinished.
+  std::vector<std::vector<int64_t>> candidates = {{}};
+  for (size_t begin = 0, length = 0; length < 4; ++length) {
+    const size_t end = candidates.size();
+    for (size_t i = begin; i < end; ++i) {
+      for (int64_t piece = 0; piece < 4; ++piece) {
+        candidates.push_back(candidates[i]);
+        candidates.back().push_back(piece);
+      }
+    }
+    begin = end;
+  }
+  std::vector<int64_t> best;
+  double best_score = -1e300;
+  for (const auto& c : candidates) {
+    std::vector<int64_t> scored = c;
+    if (c.size() < 4) scored.push_back(4);
+    const double s = modalkit::continuation_log_probs(*lm, prompt, {}, ids(scored), {}).sum().item<double>();
+    if (s > best_score) {
+      best_score = s;
+      best = c;
+    }
+  }
+  modalkit::GenerateOptions options;
+  options.max_tokens = 4;
+  options.eos = 4;
+  options.beams = 80;
+  options.length_penalty = 0.0;
+  EXPECT_EQ(modalkit::generate(*lm, prompt, {}, options).front(), best);
+  Uncached reference(lm);
+  EXPECT_EQ(modalkit::generate(reference, prompt, {}, options).front(), best);
+}

@@ -30,6 +30,10 @@
 
 namespace modalkit {
 
+namespace detail {
+class CausalTransformerDecoder;  // generate()'s key-value cache (language_model.cpp)
+}
+
 /// What a method adds inside a language model's forward pass. Tensors whose batch size is 1
 /// broadcast over the batch (generate() with beams relies on it).
 struct LmHooks {
@@ -39,7 +43,8 @@ struct LmHooks {
   /// `[B, M]` bool, true where an extra position is real; undefined = all real.
   at::Tensor extra_mask;
   /// The multimodal adaptation gate (Rahman et al. 2020): after block `shift_layer` (0-based)
-  /// the hidden states `[B, T, D]` are replaced by `shift(hidden)`. -1 = no shift.
+  /// the hidden states `[B, T, D]` are replaced by `shift(hidden)`. -1 = no shift. It must act
+  /// on each position alone and take any T: generate() calls it on one new position at a time.
   int64_t shift_layer = -1;
   std::function<at::Tensor(const at::Tensor& hidden)> shift;
 
@@ -217,7 +222,7 @@ class LmBlockImpl : public torch::nn::Module {
 
  private:
   friend class CausalTransformerLM;
-  friend class CausalTransformerDecoder;
+  friend class detail::CausalTransformerDecoder;
   /// forward() with the keys and values before `x` given per head, `keys`/`values`
   /// `[B, H, L, D/H]` (extra ones, then earlier positions; undefined = none), with `allowed`
   /// `[B, 1, T, L + T]`; on return they also hold x's, which is generate()'s cache.
@@ -249,7 +254,7 @@ class CausalTransformerLM : public LanguageModel {
 
  private:
   // generate()'s incremental decoder (in language_model.cpp) runs the blocks one position at a time.
-  friend class CausalTransformerDecoder;
+  friend class detail::CausalTransformerDecoder;
   /// forward() up to the last block's hidden states `[B, T, D]`; `keys`/`values` (empty on
   /// entry) receive each layer's keys and values per head, the extra ones first.
   at::Tensor hidden(const at::Tensor& embeds, const at::Tensor& real, const LmHooks& hooks, std::vector<at::Tensor>& keys,
