@@ -578,6 +578,41 @@ TEST_F(TransferFixture, PromptsThatCannotDifferAreGeneratedOnceWithTheSameResult
   }
 }
 
+TEST_F(TransferFixture, RowsWithDifferentPromptsArePaddedAndAnswerAsEachAlone) {
+  // The knowledge protocol asks a batch's (sample, question) pairs in one call: prompts of
+  // different lengths, padded on the left behind the prefix. Each row must get what it gets alone.
+  namespace lp = modalkit::lm_protocols;
+  const std::vector<std::string> texts = {"question: what is it? answer:", "a", "question: what does it cover and why? answer:"};
+  for (const json& which : {json{{"plugin", "prefix_tuning"}, {"config", json::object()}},
+                            json{{"plugin", "representation_tuning"}, {"config", {{"variant", "pseudo_self_attention"}}}},
+                            json{{"plugin", "representation_tuning"}, {"config", {{"variant", "adaptation_gate"}}}}}) {
+    auto model = strategy(which.at("plugin"), which.at("config"));
+    train(*model, 10);
+    auto& c = dynamic_cast<modalkit::ConditionedLanguageModel&>(*model);
+    const auto batch = make_batch({{"image", x.slice(0, 0, 9)}}, y.slice(0, 0, 9), 0);
+    std::vector<std::string> per_row;
+    for (int64_t r = 0; r < 9; ++r) per_row.push_back(texts[static_cast<size_t>(r % 3)]);
+    modalkit::GenerateOptions options;
+    options.max_tokens = 5;
+    for (const char* condition : {"none", "class_name", "input"}) {
+      const lp::PromptConfig config(modalkit::Config({{"task", "label"}, {"condition", condition}, {"class_text", "this is a {}. "}}, "/c"));
+      const lp::Prompts p = lp::prompts(c, batch, config, per_row);
+      ASSERT_EQ(p.mask.size(0), 9);
+      EXPECT_TRUE(p.mask.select(1, -1).all().item<bool>()) << "every row ends at a real position";
+      EXPECT_FALSE(p.mask.all().item<bool>()) << "the rows differ in length";
+      const auto together = lp::generate_rows(c, batch, config, per_row, options);
+      ASSERT_EQ(together.size(), 9u);
+      for (int64_t r = 0; r < 9; ++r) {
+        const auto one = batch.select(at::tensor({r}, at::kLong));
+        const lp::Prompts alone = lp::prompts(c, one, config, std::vector<std::string>{per_row[static_cast<size_t>(r)]});
+        EXPECT_TRUE(alone.mask.all().item<bool>());
+        const auto expected = modalkit::generate(c.language_model(), alone.embeds, alone.mask, options, alone.hooks);
+        EXPECT_EQ(together[static_cast<size_t>(r)], expected.at(0)) << which.dump() << " " << condition << " row " << r;
+      }
+    }
+  }
+}
+
 TEST_F(TransferFixture, FewShotEpisodesAreScoredAgainstChance) {
   auto model = strategy("prefix_tuning", json::object());
   MemorySource source;

@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <cmath>
 #include <map>
+#include <utility>
 #include <string>
 #include <vector>
 
@@ -95,81 +96,109 @@ inline at::Tensor embed_text(ConditionedLanguageModel& model, const std::string&
   return model.language_model().embed(at::tensor(ids, at::kLong).unsqueeze(0).to(device));
 }
 
-/// The prompt for each row of `batch` under `condition`: the row's conditioning prefix (kInput),
-/// BOS, then `text` (with the row's class name before it under kClassName: `class_text` filled
-/// with the name, e.g. "this is a sandal. "). Returns the embeddings `[B, P, D]` (rows padded
-/// on the left) with their mask, and the hooks for these rows.
+/// The prompt for each row of `batch` under `config.condition`: the row's conditioning prefix
+/// (kInput), BOS, then the row's text `texts[r]` (after the row's class name under kClassName:
+/// `class_text` filled with the name, e.g. "this is a sandal. "). Returns the embeddings
+/// `[B, P, D]` (short rows padded on the left, so every row ends at its last real position) with
+/// their mask, and the hooks for these rows.
 struct Prompts {
   at::Tensor embeds, mask;
   LmHooks hooks;
 };
-inline Prompts prompts(ConditionedLanguageModel& model, const Batch& batch, const PromptConfig& config, const std::string& text) {
-  const std::string& task = config.task;
-  const Condition condition = config.condition;
-  const std::string& class_text = config.class_text;
+inline Prompts prompts(ConditionedLanguageModel& model, const Batch& batch, const PromptConfig& config,
+                       const std::vector<std::string>& texts) {
   const int64_t b = batch.size();
+  if (static_cast<int64_t>(texts.size()) != b) {
+    throw Error("lm_protocols::prompts: " + std::to_string(texts.size()) + " texts for a batch of " + std::to_string(b));
+  }
   const auto device = device_of(batch);
   Prompts out;
-  if (condition != Condition::kClassName) {
-    at::Tensor body = embed_text(model, text, true, device).expand({b, -1, -1});
-    if (condition == Condition::kInput) {
-      Conditioning c = model.condition(batch);
-      out.hooks = std::move(c.hooks);
-      if (c.prefix.defined() && c.prefix.size(1) > 0) body = at::cat({c.prefix, body}, 1);
-    }
-    out.embeds = body;
-    out.mask = at::ones({b, body.size(1)}, at::TensorOptions().dtype(at::kBool).device(device));
+  at::Tensor prefix;  // [B, K, D] or undefined
+  if (config.condition == Condition::kInput) {
+    Conditioning c = model.condition(batch);
+    out.hooks = std::move(c.hooks);
+    if (c.prefix.defined() && c.prefix.size(1) > 0) prefix = c.prefix;
+  }
+  at::Tensor y;
+  if (config.condition == Condition::kClassName) y = batch.targets.at(config.task).to(at::kCPU);
+  // Each distinct text is embedded once (a batch repeats a handful).
+  std::map<std::string, at::Tensor> embedded;
+  std::vector<at::Tensor> bodies;
+  int64_t longest = 0, shortest = -1;
+  for (int64_t r = 0; r < b; ++r) {
+    std::string text = texts[static_cast<size_t>(r)];
+    if (y.defined()) text = fill_template(config.class_text, model.class_names().at(static_cast<size_t>(y[r].item<int64_t>()))) + text;
+    auto it = embedded.find(text);
+    if (it == embedded.end()) it = embedded.emplace(text, embed_text(model, text, true, device).squeeze(0)).first;
+    bodies.push_back(it->second);
+    longest = std::max(longest, it->second.size(0));
+    shortest = shortest < 0 ? it->second.size(0) : std::min(shortest, it->second.size(0));
+  }
+  const int64_t k = prefix.defined() ? prefix.size(1) : 0;
+  if (b == 0 || shortest == longest) {  // one length: no padding
+    at::Tensor body = b == 0 ? at::zeros({0, 0, model.language_model().width()}, at::TensorOptions().device(device)) : at::stack(bodies);
+    out.embeds = k > 0 ? at::cat({prefix, body}, 1) : body;
+    out.mask = at::ones({b, out.embeds.size(1)}, at::TensorOptions().dtype(at::kBool).device(device));
     return out;
   }
-  // The class name as text: rows differ in length, so pad on the left.
-  const at::Tensor y = batch.targets.at(task).to(at::kCPU);
-  std::vector<at::Tensor> rows;
-  int64_t longest = 0;
+  out.embeds = at::zeros({b, k + longest, model.language_model().width()}, bodies.front().options());
+  out.mask = at::zeros({b, k + longest}, at::TensorOptions().dtype(at::kBool).device(device));
   for (int64_t r = 0; r < b; ++r) {
-    const std::string name = model.class_names().at(static_cast<size_t>(y[r].item<int64_t>()));
-    rows.push_back(embed_text(model, fill_template(class_text, name) + text, true, device).squeeze(0));
-    longest = std::max(longest, rows.back().size(0));
-  }
-  const int64_t d = model.language_model().width();
-  out.embeds = at::zeros({b, longest, d}, rows.front().options());
-  out.mask = at::zeros({b, longest}, at::TensorOptions().dtype(at::kBool).device(device));
-  for (int64_t r = 0; r < b; ++r) {
-    const int64_t n = rows[static_cast<size_t>(r)].size(0);
-    out.embeds[r].narrow(0, longest - n, n).copy_(rows[static_cast<size_t>(r)]);
-    out.mask[r].narrow(0, longest - n, n).fill_(true);
+    const at::Tensor& body = bodies[static_cast<size_t>(r)];
+    const int64_t n = body.size(0), start = longest - n;
+    if (k > 0) out.embeds[r].narrow(0, start, k).copy_(prefix[r]);
+    out.embeds[r].narrow(0, start + k, n).copy_(body);
+    out.mask[r].narrow(0, start, k + n).fill_(true);
   }
   return out;
 }
 
-/// Greedy (or beam) continuations of `text` for each row of `batch` under `config.condition`.
-/// Rows whose prompts cannot differ share one generation: blind, all rows; with the class name
-/// as text, the rows of a class. Decoding is deterministic, so this changes no result; on a
-/// 10,000-image test split it turns thousands of identical generations into one (or ten).
+/// The same, every row with the same text.
+inline Prompts prompts(ConditionedLanguageModel& model, const Batch& batch, const PromptConfig& config, const std::string& text) {
+  return prompts(model, batch, config, std::vector<std::string>(static_cast<size_t>(batch.size()), text));
+}
+
+/// Greedy (or beam) continuations of each row's prompt (`texts[r]`, under `config.condition`),
+/// all rows in one call. Rows whose prompts cannot differ share one generation: blind, the rows
+/// with the same text; with the class name as text, the rows of a class with the same text.
+/// Decoding is deterministic, so this changes no result; on a 10,000-image test split it turns
+/// thousands of identical generations into a few.
 inline std::vector<std::vector<int64_t>> generate_rows(ConditionedLanguageModel& model, const Batch& batch,
-                                                       const PromptConfig& config, const std::string& text,
+                                                       const PromptConfig& config, const std::vector<std::string>& texts,
                                                        const GenerateOptions& options) {
   const int64_t b = batch.size();
   if (config.condition == Condition::kInput || b <= 1) {
-    const Prompts p = prompts(model, batch, config, text);
+    const Prompts p = prompts(model, batch, config, texts);
     return generate(model.language_model(), p.embeds, p.mask, options, p.hooks);
   }
   at::Tensor y;
   if (config.condition == Condition::kClassName) y = batch.targets.at(config.task).to(at::kCPU);
-  std::map<int64_t, size_t> slot;  // prompt key (the class, or 0 blind) → its generation
+  std::map<std::pair<int64_t, std::string>, size_t> slot;  // prompt key (class or 0 blind, text) → its generation
   std::vector<int64_t> representatives;
+  std::vector<std::string> their_texts;
   std::vector<size_t> of_row(static_cast<size_t>(b));
   for (int64_t r = 0; r < b; ++r) {
-    const int64_t key = y.defined() ? y[r].item<int64_t>() : 0;
-    const auto [it, fresh] = slot.emplace(key, representatives.size());
-    if (fresh) representatives.push_back(r);
+    const std::string& text = texts.at(static_cast<size_t>(r));
+    const auto [it, fresh] = slot.emplace(std::make_pair(y.defined() ? y[r].item<int64_t>() : 0, text), representatives.size());
+    if (fresh) {
+      representatives.push_back(r);
+      their_texts.push_back(text);
+    }
     of_row[static_cast<size_t>(r)] = it->second;
   }
-  const Prompts p = prompts(model, batch.select(at::tensor(representatives, at::kLong)), config, text);
+  const Prompts p = prompts(model, batch.select(at::tensor(representatives, at::kLong)), config, their_texts);
   const auto once = generate(model.language_model(), p.embeds, p.mask, options, p.hooks);
   std::vector<std::vector<int64_t>> out;
   out.reserve(static_cast<size_t>(b));
   for (const size_t i : of_row) out.push_back(once[i]);
   return out;
+}
+
+/// The same, every row with the same text.
+inline std::vector<std::vector<int64_t>> generate_rows(ConditionedLanguageModel& model, const Batch& batch,
+                                                       const PromptConfig& config, const std::string& text,
+                                                       const GenerateOptions& options) {
+  return generate_rows(model, batch, config, std::vector<std::string>(static_cast<size_t>(batch.size()), text), options);
 }
 
 }  // namespace modalkit::lm_protocols

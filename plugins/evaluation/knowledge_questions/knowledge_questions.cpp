@@ -63,24 +63,35 @@ class KnowledgeQuestions : public modalkit::EvaluationProtocol {
       }
     }
     std::vector<int64_t> right(questions_.size(), 0), asked(questions_.size(), 0);
+    std::vector<std::string> example(questions_.size());  // the first answer given to each question
     modalkit::GenerateOptions options;
     options.max_tokens = max_tokens_;
     options.eos = c.tokenizer().eos();
     data.for_each(split, modalities, [&](const modalkit::Batch& batch) {
+      // Every (sample, question of its class) pair of the batch in one generate call: per class
+      // and question the calls would be a few rows each, and a step costs about the same for
+      // 5 rows as for 100.
       const at::Tensor y = batch.targets.at(config_.task).to(at::kCPU);
-      for (const auto& [cls, qs] : of_class) {
-        const at::Tensor rows = y.eq(cls).nonzero().view({-1});
-        if (rows.numel() == 0) continue;
-        const modalkit::Batch sub = batch.select(rows);
-        for (const size_t q : qs) {
-          const std::string text = modalkit::fill_template(template_, questions_[q].question);
-          const auto out = lp::generate_rows(c, sub, config_, text, options);
-          for (const auto& ids : out) {
-            const auto words = modalkit::caption_words(c.tokenizer().decode(ids));
-            right[q] += !words.empty() && words.front() == questions_[q].answer ? 1 : 0;
-            asked[q] += 1;
-          }
+      std::vector<int64_t> rows;
+      std::vector<std::string> texts;
+      std::vector<size_t> which;
+      for (int64_t r = 0; r < y.size(0); ++r) {
+        const auto it = of_class.find(y[r].item<int64_t>());
+        if (it == of_class.end()) continue;
+        for (const size_t q : it->second) {
+          rows.push_back(r);
+          texts.push_back(modalkit::fill_template(template_, questions_[q].question));
+          which.push_back(q);
         }
+      }
+      if (rows.empty()) return;
+      const auto out = lp::generate_rows(c, batch.select(at::tensor(rows, at::kLong)), config_, texts, options);
+      for (size_t i = 0; i < out.size(); ++i) {
+        const size_t q = which[i];
+        const std::string text = c.tokenizer().decode(out[i]);
+        const auto words = modalkit::caption_words(text);
+        right[q] += !words.empty() && words.front() == questions_[q].answer ? 1 : 0;
+        if (asked[q]++ == 0) example[q] = text;
       }
     });
     int64_t k = 0, n = 0;
@@ -89,7 +100,7 @@ class KnowledgeQuestions : public modalkit::EvaluationProtocol {
       k += right[q];
       n += asked[q];
       per_question.push_back({{"class", questions_[q].cls}, {"question", questions_[q].question}, {"answer", questions_[q].answer},
-                              {"asked", asked[q]}, {"accuracy", asked[q] ? static_cast<double>(right[q]) / static_cast<double>(asked[q]) : 0.0}});
+                              {"asked", asked[q]}, {"example", example[q]}, {"accuracy", asked[q] ? static_cast<double>(right[q]) / static_cast<double>(asked[q]) : 0.0}});
     }
     nlohmann::json out = lp::accuracy_figures(k, n);
     out["questions"] = questions_.size();
