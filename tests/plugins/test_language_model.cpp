@@ -591,7 +591,9 @@ TEST_F(TransferFixture, RowsWithDifferentPromptsArePaddedAndAnswerAsEachAlone) {
     auto& c = dynamic_cast<modalkit::ConditionedLanguageModel&>(*model);
     const auto batch = make_batch({{"image", x.slice(0, 0, 9)}}, y.slice(0, 0, 9), 0);
     std::vector<std::string> per_row;
-    for (int64_t r = 0; r < 9; ++r) per_row.push_back(texts[static_cast<size_t>(r % 3)]);
+    // Classes cycle with r % 3 and texts with r / 3: every class meets every text, so a row's
+    // prefix, hooks or class name swapped with another row's of the same text would show.
+    for (int64_t r = 0; r < 9; ++r) per_row.push_back(texts[static_cast<size_t>(r / 3)]);
     modalkit::GenerateOptions options;
     options.max_tokens = 5;
     for (const char* condition : {"none", "class_name", "input"}) {
@@ -602,13 +604,17 @@ TEST_F(TransferFixture, RowsWithDifferentPromptsArePaddedAndAnswerAsEachAlone) {
       EXPECT_FALSE(p.mask.all().item<bool>()) << "the rows differ in length";
       const auto together = lp::generate_rows(c, batch, config, per_row, options);
       ASSERT_EQ(together.size(), 9u);
+      std::set<std::vector<int64_t>> distinct;
       for (int64_t r = 0; r < 9; ++r) {
         const auto one = batch.select(at::tensor({r}, at::kLong));
         const lp::Prompts alone = lp::prompts(c, one, config, std::vector<std::string>{per_row[static_cast<size_t>(r)]});
         EXPECT_TRUE(alone.mask.all().item<bool>());
         const auto expected = modalkit::generate(c.language_model(), alone.embeds, alone.mask, options, alone.hooks);
         EXPECT_EQ(together[static_cast<size_t>(r)], expected.at(0)) << which.dump() << " " << condition << " row " << r;
+        distinct.insert(expected.at(0));
       }
+      // Otherwise any mix-up of rows would pass.
+      EXPECT_GE(distinct.size(), 2u) << which.dump() << " " << condition << ": every row answered the same";
     }
   }
 }
