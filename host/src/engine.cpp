@@ -768,6 +768,10 @@ nlohmann::json held_out_figures(const BuiltModel& model, BatchSource& data, cons
     result["tasks"] = nlohmann::json::object();
   }
   for (const auto& [name, protocol] : model.protocols) {
+    // A protocol can take minutes; Ctrl-C is honoured between them, not only between steps.
+    if (interrupt_requested()) {
+      throw Interrupted("interrupted during the evaluation on split \"" + split + "\", before protocol " + name);
+    }
     const auto t0 = std::chrono::steady_clock::now();
     nlohmann::json figures = guard(protocol->plugin_name(), [&] { return protocol->evaluate(strategy, data, split, modalities); });
     if (!figures.is_object()) throw PluginError(protocol->plugin_name(), "evaluate() must return a JSON object of metrics");

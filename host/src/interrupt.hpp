@@ -1,4 +1,5 @@
-// SIGINT during a run: the first one asks the run to stop at the next step boundary (exit
+// SIGINT during a run: the first one asks the run to stop at the next step boundary, or before
+// the next protocol of an evaluation (exit
 // code 130 after what the run directory holds is consistent); a second one kills the process
 // the default way, for a run stuck inside a plugin call.
 #pragma once
@@ -7,7 +8,7 @@
 
 namespace modalkit::host {
 
-/// Thrown at a step boundary after SIGINT; main() turns it into exit code 130.
+/// Thrown at a step or protocol boundary after SIGINT; main() turns it into exit code 130.
 class Interrupted : public Error {
  public:
   using Error::Error;

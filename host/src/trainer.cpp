@@ -1231,7 +1231,14 @@ nlohmann::json train(const ResolvedPipeline& pipeline, PluginRegistry& registry,
     eval_modalities = doc.at("evaluate").at("modalities").get<std::vector<std::string>>();
   }
   // A task-less run's figure is its loss, on what the strategy trains with.
-  nlohmann::json result = held_out_figures(model, *source, eval_split, model.tasks.empty() ? model.train_modalities : eval_modalities);
+  nlohmann::json result;
+  try {
+    result = held_out_figures(model, *source, eval_split, model.tasks.empty() ? model.train_modalities : eval_modalities);
+  } catch (const Interrupted& e) {
+    // Training is complete and its last checkpoint says so: a resume goes straight to evaluating.
+    throw Interrupted(std::string(e.what()) + "; training is complete (" + ckpt_path.string() +
+                      "), continue with --resume to evaluate again");
+  }
   result["best_epoch"] = state.best_epoch;
   result["kept"] = keep_best ? "best" : "last";
   result["selected_on"] = {{"split", val_split}, {"task", select_task}, {"metric", select_metric}, {"value", state.best}};

@@ -428,6 +428,42 @@ TEST(Cli, SigintStopsTrainingWithExit130AndResumeFinishesTheRun) {
   fs::remove(err);
 }
 
+// Ctrl-C during the final evaluation: the protocol running finishes, no further one starts, the
+// run exits 130 without results, and --resume evaluates again without training again.
+TEST(Cli, SigintDuringEvaluationStopsBeforeTheNextProtocolAndResumeEvaluates) {
+  const fs::path run = fs::current_path() / ("run-sigint-eval-" + std::to_string(::getpid()));
+  fs::remove_all(run);
+  const std::string pipeline = source("examples/pipelines/fashion-mnist-image.json").string();
+  // `interrupter` raises SIGINT inside its evaluate() while this variable is set; protocols run
+  // in name order, so "a" is interrupted and "b" must never start.
+  const std::string args = "train '" + pipeline + "' --out '" + run.string() +
+                           "' --set train.epochs=1 --set 'evaluate.protocols={\"a\":{\"plugin\":\"interrupter\"},"
+                           "\"b\":{\"plugin\":\"interrupter\"}}'";
+  ::setenv("MODALKIT_TEST_RAISE_SIGINT", "1", 1);
+  auto r = modalkit(args);
+  ::unsetenv("MODALKIT_TEST_RAISE_SIGINT");
+  ASSERT_EQ(r.rc, 130) << r.err;
+  EXPECT_TRUE(has(r.err, "interrupt received; stopping at the next training step or evaluation protocol")) << r.err;
+  EXPECT_TRUE(has(r.err, "protocol a (interrupter)")) << r.err;  // the running one finished
+  EXPECT_FALSE(has(r.err, "protocol b (interrupter)")) << r.err;
+  EXPECT_TRUE(has(r.err, "interrupted during the evaluation on split \"test\", before protocol b; training is complete"))
+      << r.err;
+  EXPECT_TRUE(has(r.err, "continue with --resume to evaluate again")) << r.err;
+  EXPECT_FALSE(fs::exists(run / "results.json"));
+
+  auto resumed = modalkit(args + " --resume");
+  ASSERT_EQ(resumed.rc, 0) << resumed.err;
+  EXPECT_FALSE(has(resumed.err, "epoch 1/1")) << resumed.err;  // nothing trained twice
+  const json results = json::parse(read_all(run / "results.json"));
+  EXPECT_EQ(results["protocols"]["a"]["interrupted"], false);
+  EXPECT_EQ(results["protocols"]["b"]["interrupted"], false);
+  std::ifstream metrics(run / "metrics.jsonl");
+  int lines = 0;
+  for (std::string line; std::getline(metrics, line);) ++lines;
+  EXPECT_EQ(lines, 1);
+  fs::remove_all(run);
+}
+
 namespace {
 
 /// Trains `file` (3 epochs, checkpoints every few steps) once uninterrupted and once killed with
