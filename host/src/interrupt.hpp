@@ -1,7 +1,7 @@
 // SIGINT during a run: the first one asks the run to stop at the next step boundary, or before
-// the next protocol of an evaluation (exit
-// code 130 after what the run directory holds is consistent); a second one kills the process
-// the default way, for a run stuck inside a plugin call.
+// the next protocol of an evaluation (exit code 130 after what the run directory holds is
+// consistent); a second one kills the process the default way, for a run stuck inside a plugin
+// call.
 #pragma once
 
 #include "modalkit/errors.hpp"
