@@ -13,6 +13,7 @@ packages=(
   libsndfile1-dev libsamplerate0-dev       # audio plugin: decoding (WAV, FLAC) and resampling
   libsentencepiece-dev                     # text plugin and the text-corpus recipe: the tokenizer
   espeak-ng dataset-fashion-mnist          # recipes spoken-words, av-fashion, fashion-mnist (and their test)
+  festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts wordnet-base  # recipe spoken-topics
   libgtest-dev libgmock-dev
   clang libclang-rt-14-dev                 # libFuzzer targets of the test suite
 )

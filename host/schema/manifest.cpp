@@ -50,6 +50,7 @@ Manifest parse_manifest(const nlohmann::json& doc, const std::filesystem::path& 
   m.task_types = filled.contains("task_types") ? filled.at("task_types").get<std::vector<std::string>>()
                                                : std::vector<std::string>{"multiclass", "binary", "multilabel", "regression"};
   m.uses_fusion = filled.value("uses_fusion", true);
+  m.learns_from_unlabelled = filled.value("learns_from_unlabelled", false);
   m.raw = doc;
   m.file = origin;
   return m;

@@ -33,6 +33,8 @@ struct Manifest {
   std::vector<std::string> task_types;
   /// Transfer plugins: whether the strategy reads the pipeline's fusion operator (default true).
   bool uses_fusion = true;
+  /// Transfer plugins: whether the strategy learns from training rows without labels (default false).
+  bool learns_from_unlabelled = false;
   /// The manifest exactly as written (no defaults), so it can be compared with the copy
   /// embedded in the library.
   nlohmann::json raw;

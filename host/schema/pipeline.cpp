@@ -140,6 +140,33 @@ void check_data_sources(const json& doc, std::vector<SchemaError>& errors) {
   }
 }
 
+/// `/data/unlabelled` = "auxiliary" keeps unlabelled training rows for a strategy's auxiliary
+/// losses: only where one data set pairs every modality per instance (not a stream, not a
+/// multitask pipeline's several sets) and only for a strategy that says it learns from them.
+void check_unlabelled(const json& doc, const Manifest* strategy, const ManifestLookup& lookup,
+                      const std::vector<std::string>& known_plugins, std::vector<SchemaError>& errors) {
+  const json& data = doc.at("data");
+  if (!data.contains("unlabelled") || data.at("unlabelled") != "auxiliary") return;
+  if (data.contains("stream")) {
+    errors.push_back({"/data/unlabelled", "must be absent: a stream has no labels to withhold"});
+    return;
+  }
+  if (!data.contains("dataset")) {
+    errors.push_back({"/data/unlabelled", "\"auxiliary\" needs one data set (/data/dataset); a multitask pipeline's tasks "
+                                          "read several"});
+    return;
+  }
+  if (strategy == nullptr || strategy->kind != "transfer" || strategy->learns_from_unlabelled) return;
+  std::vector<std::string> able;
+  for (const auto& name : known_plugins) {
+    const Manifest* m = lookup(name);
+    if (m != nullptr && m->kind == "transfer" && m->learns_from_unlabelled) able.push_back(name);
+  }
+  errors.push_back({"/data/unlabelled", "\"auxiliary\" keeps training samples without labels, and transfer plugin " +
+                                            quoted(strategy->name) + " has no loss that learns from them; use \"drop\"" +
+                                            (able.empty() ? std::string() : ", or a strategy that does (" + join_names(able) + ")")});
+}
+
 }  // namespace
 
 std::vector<std::string> metrics_for(const std::string& task_type) {
@@ -239,6 +266,7 @@ std::vector<SchemaError> validate_pipeline(nlohmann::json& pipeline, const Manif
                           join_names(strategy->task_types) + ")" +
                           (able.empty() ? std::string() : "; " + join_names(able) + " do")});
   }
+  check_unlabelled(doc, strategy, lookup, known_plugins, errors);
   for (const auto& [task, spec] : doc.at("tasks").items()) {
     const std::string type = spec.at("type").get<std::string>();
     const json& metrics = spec.at("metrics");

@@ -254,24 +254,28 @@ std::string run_experiment(const fs::path& file, PluginRegistry& registry, const
     return data_sha256(p, shas);
   };
 
-  // {seed}, {runs} and {quick} in string values: a row may start from another experiment's run.
+  // {seed}, {setting}, {runs} and {quick} in string values: a row may start from another
+  // experiment's run of the same seed and setting.
   const std::string runs_root = fs::absolute(out).lexically_normal().parent_path().string();
-  std::function<json(const json&, uint64_t)> expand = [&](const json& v, uint64_t seed) -> json {
+  std::function<json(const json&, uint64_t, const std::string&)> expand = [&](const json& v, uint64_t seed,
+                                                                               const std::string& setting) -> json {
     if (v.is_string()) {
       std::string text = v.get<std::string>();
-      for (const auto& [key, value] : std::map<std::string, std::string>{
-               {"{seed}", std::to_string(seed)}, {"{runs}", runs_root}, {"{quick}", options.quick ? "-quick" : ""}}) {
+      for (const auto& [key, value] : std::map<std::string, std::string>{{"{seed}", std::to_string(seed)},
+                                                                         {"{setting}", setting},
+                                                                         {"{runs}", runs_root},
+                                                                         {"{quick}", options.quick ? "-quick" : ""}}) {
         for (auto at = text.find(key); at != std::string::npos; at = text.find(key, at + value.size())) text.replace(at, key.size(), value);
       }
       return text;
     }
     if (!v.is_structured()) return v;
     json copy = v;
-    for (auto& item : copy.items()) item.value() = expand(item.value(), seed);
+    for (auto& item : copy.items()) item.value() = expand(item.value(), seed, setting);
     return copy;
   };
-  auto add = [&](std::vector<std::string>& sets, const json& object, uint64_t seed) {
-    for (const auto& [path, value] : object.items()) sets.push_back(path + "=" + expand(value, seed).dump());
+  auto add = [&](std::vector<std::string>& sets, const json& object, uint64_t seed, const std::string& setting) {
+    for (const auto& [path, value] : object.items()) sets.push_back(path + "=" + expand(value, seed, setting).dump());
   };
   // The search grid: every combination of the candidates, in the order the file names them.
   std::vector<json> candidates{json::object()};
@@ -309,12 +313,13 @@ std::string run_experiment(const fs::path& file, PluginRegistry& registry, const
             run.candidate = c;
             run.seed = seed;
             run.pipeline_file = base / parts[part];
-            add(run.sets, exp.at("set"), seed);
-            add(run.sets, exp["settings"][s].at("set"), seed);
-            add(run.sets, exp["rows"][r].at("set"), seed);
+            const std::string setting = slug(exp["settings"][s].at("name"));
+            add(run.sets, exp.at("set"), seed, setting);
+            add(run.sets, exp["settings"][s].at("set"), seed, setting);
+            add(run.sets, exp["rows"][r].at("set"), seed, setting);
             // --quick's budget is for the embedded set: it has the last word over every setting.
-            if (options.quick) add(run.sets, quick.at("set"), seed);
-            add(run.sets, candidates[c], seed);
+            if (options.quick) add(run.sets, quick.at("set"), seed, setting);
+            add(run.sets, candidates[c], seed, setting);
             if (!dataset.empty()) run.sets.push_back("data.dataset=" + json(dataset.string()).dump());
             run.sets.push_back("seed=" + std::to_string(seed));
             run.dir = out / slug(exp["rows"][r].at("name")) / slug(exp["settings"][s].at("name")) / ("seed-" + std::to_string(seed));

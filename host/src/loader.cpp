@@ -5,6 +5,7 @@
 #include <exception>
 #include <mutex>
 #include <random>
+#include <set>
 #include <system_error>
 #include <thread>
 #include <unordered_map>
@@ -330,15 +331,23 @@ std::vector<SplitFeatures> SplitFeatures::build_all(const std::vector<LoadJob>& 
       f.plugins_[m.name] = m.plugin.get();
       f.distinct_[m.name] = std::count(used.begin(), used.end(), 1);
     }
+    const std::set<int64_t> labelled(job.options.labelled.begin(), job.options.labelled.end());
     for (const auto& [name, task] : job.tasks) {
       const int64_t width = task.type == TaskType::kMultilabel ? static_cast<int64_t>(task.labels.size()) : 1;
       std::vector<double> values;
       values.reserve(p.keep.size() * static_cast<size_t>(width));
-      for (size_t i : p.keep) values.insert(values.end(), p.target_values[name][i].begin(), p.target_values[name][i].end());
+      for (size_t i : p.keep) {
+        if (labelled.empty() || labelled.count(p.rows[i])) {
+          values.insert(values.end(), p.target_values[name][i].begin(), p.target_values[name][i].end());
+        } else {
+          values.insert(values.end(), static_cast<size_t>(width), std::nan(""));
+        }
+      }
       at::Tensor t = at::tensor(values, at::kDouble);
       if (task.type == TaskType::kMultilabel) t = t.view({static_cast<int64_t>(p.keep.size()), width});
       // Class indices: multiclass, and generation (the reference is the class's caption).
       const bool index = task.type == TaskType::kMulticlass || task.type == TaskType::kGeneration;
+      if (index && !labelled.empty()) t = at::nan_to_num(t, -1.0);
       f.targets_[name] = index ? t.to(at::kLong) : t.to(at::kFloat);
     }
   }

@@ -36,6 +36,9 @@ struct LoadOptions {
   bool fit = false;             ///< fit each plugin on this split first (the train split only)
   bool skip_bad = false;        ///< drop samples with bad data (DataError) instead of failing
   std::vector<int64_t> rows;    ///< restrict to these rows of the split (empty = all)
+  /// When not empty, only these rows of the split keep their targets; the others are loaded
+  /// without labels (class index -1, values NaN), for a strategy's auxiliary losses only.
+  std::vector<int64_t> labelled;
   /// Robustness sweeps: modality name → level in [0, 1] at which its plugin's perturb() degrades
   /// each raw value before featurize (absent or 0: unperturbed).
   std::map<std::string, double> perturb;

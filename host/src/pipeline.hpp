@@ -64,6 +64,14 @@ std::vector<DataSource> data_sources(const nlohmann::json& doc, const std::files
 /// resolved against the original pipeline's directory (recorded in `RUN/run.json`).
 ResolvedPipeline load_run_pipeline(const std::filesystem::path& run_dir, const PluginRegistry& registry);
 
+/// Whether a resolved pipeline keeps the training rows outside its label subset, without their
+/// labels, for the strategy's auxiliary losses (`/data/unlabelled` = "auxiliary"). The key has
+/// no default, so that pipelines without it keep their earlier hash; absent means "drop".
+inline bool keeps_unlabelled(const nlohmann::json& doc) {
+  const nlohmann::json& data = doc.at("data");
+  return data.contains("unlabelled") && data.at("unlabelled") == "auxiliary";
+}
+
 /// `/evaluate/protocols` of a resolved pipeline, or an empty object when it has none (the key
 /// has no default, so that pipelines without protocols keep their earlier hash).
 inline const nlohmann::json& evaluation_protocols(const nlohmann::json& doc) {

@@ -34,6 +34,9 @@ const std::vector<RecipeEntry>& table() {
        recipes::fashion_mnist},
       {"spoken-words", "espeak-ng speech: the 10 Fashion-MNIST class names and the digits, 96 voices, held-out voices for test",
        recipes::spoken_words},
+      {"spoken-topics", "WordNet glosses spoken by espeak-ng and Festival over a telephone channel, with their transcripts; "
+                        "task: the gloss's topic (8 classes); splits disjoint by text and by voice",
+       recipes::spoken_topics},
       {"av-fashion", "Fashion-MNIST images + spoken class names (espeak-ng), paired by class, both degraded",
        recipes::av_fashion},
       {"digits", "sklearn's 8x8 handwritten digits (1,797 images, 10 classes), stratified 60/20/20", recipes::digits},

@@ -147,6 +147,7 @@ std::filesystem::path sensor_network(const Context& ctx);
 std::filesystem::path text_corpus(const Context& ctx);
 std::filesystem::path spam(const Context& ctx);
 std::filesystem::path spoken_words(const Context& ctx);
+std::filesystem::path spoken_topics(const Context& ctx);
 std::filesystem::path av_fashion(const Context& ctx);
 std::filesystem::path digits(const Context& ctx);
 

@@ -846,10 +846,18 @@ nlohmann::json train(const ResolvedPipeline& pipeline, PluginRegistry& registry,
     log->info("loaded {} tasks in {:.1f} s", task_train.size(),
               std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
   } else {
-    const auto train_rows = label_subset(static_cast<int64_t>(dataset.samples(train_split).size()),
-                                         doc.at("data").at("label_fraction"), seed);
-    train_f = SplitFeatures::build(dataset, train_split, model.modalities, model.tasks,
-                                   {loader_threads, /*fit=*/!options.resume, options.skip_bad, train_rows});
+    const int64_t n_train = static_cast<int64_t>(dataset.samples(train_split).size());
+    const auto train_rows = label_subset(n_train, doc.at("data").at("label_fraction"), seed);
+    LoadOptions train_load{loader_threads, /*fit=*/!options.resume, options.skip_bad, train_rows};
+    if (keeps_unlabelled(doc) && static_cast<int64_t>(train_rows.size()) < n_train) {
+      // Every row is loaded; those outside the label subset carry no targets (-1 / NaN), so only
+      // the strategy's auxiliary terms learn from them.
+      train_load.rows.clear();
+      train_load.labelled = train_rows;
+      log->info("data.unlabelled = auxiliary: labels on {} of {} training samples, the other {} kept without labels",
+                train_rows.size(), n_train, n_train - static_cast<int64_t>(train_rows.size()));
+    }
+    train_f = SplitFeatures::build(dataset, train_split, model.modalities, model.tasks, train_load);
     build_networks(pipeline, registry, context, model);
     const std::vector<std::string> needed = needed_modalities(model, doc);
     const auto bindings = bindings_for(model, needed);
@@ -1245,6 +1253,7 @@ nlohmann::json train(const ResolvedPipeline& pipeline, PluginRegistry& registry,
   result["steps"] = state.global_step;
   result["label_fraction"] = doc.at("data").at("label_fraction");
   result["train_samples"] = feed->examples();
+  if (doc.at("data").contains("unlabelled")) result["unlabelled"] = doc.at("data").at("unlabelled");
   result["parameters"] = parameter_counts(strategy);
   if (pipeline.multitask) {  // what each task trained on, and when it stopped
     int64_t all = 0;

@@ -110,6 +110,16 @@ class LinearTaskHead final : public TaskHead {
   }
 
   at::Tensor loss(const at::Tensor& outputs, const at::Tensor& targets) const override {
+    // Rows without a label (kept for a strategy's auxiliary losses: class index -1, values NaN)
+    // add nothing: the loss is the one over the labelled rows, 0 (with a graph) when there are none.
+    const at::Tensor labelled = targets.is_floating_point()
+                                    ? (targets.dim() > 1 ? targets.isnan().logical_not().all(1) : targets.isnan().logical_not())
+                                    : targets >= 0;
+    if (!labelled.all().item<bool>()) {
+      if (!labelled.any().item<bool>()) return outputs.sum() * 0;
+      const at::Tensor rows = labelled.nonzero().squeeze(1);
+      return loss(outputs.index_select(0, rows), targets.index_select(0, rows));
+    }
     switch (spec_.type) {
       case TaskType::kMulticlass: return F::cross_entropy(outputs, targets.to(torch::kLong));
       case TaskType::kBinary:

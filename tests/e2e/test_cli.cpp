@@ -1750,6 +1750,91 @@ TEST(Cli, AvFashionRecipeIsDeterministicAndValidates) {
   fs::remove_all(root);
 }
 
+TEST(Cli, SpokenTopicsRecipePairsEachClipWithItsTranscriptSplitsByTextAndVoiceAndCachesRenders) {
+  // A tiny render (espeak-ng, Festival and its voices come with scripts/setup.sh).
+  const fs::path root = fs::current_path() / ("topics-recipe-" + std::to_string(::getpid()));
+  fs::remove_all(root);
+  auto prepare = [&](const std::string& name) {
+    auto r = modalkit("data prepare spoken-topics --subset train=16,val=8,test=8 --seed 5 --cache '" +
+                      (root / "cache").string() + "' --out '" + (root / name).string() + "'");
+    EXPECT_EQ(r.rc, 0) << r.err;
+    return r;
+  };
+  const auto first = prepare("a");
+  EXPECT_TRUE(has(first.err, "rendering 32 of 32 clips (0 cached)")) << first.err;
+  auto v = modalkit("data validate '" + (root / "a" / "dataset.json").string() + "' --json");
+  ASSERT_EQ(v.rc, 0) << v.out << v.err;
+  EXPECT_EQ(json::parse(v.out)["error_count"], 0);
+  std::map<std::string, std::set<std::string>> texts, voices;
+  std::map<std::string, int> per_text;
+  std::set<std::string> synthesizers;
+  for (const std::string split : {"train", "val", "test"}) {
+    std::ifstream in(root / "a" / (split + ".jsonl"));
+    int n = 0;
+    for (std::string line; std::getline(in, line); ++n) {
+      const json s = json::parse(line);
+      EXPECT_TRUE(fs::exists(root / "a" / s["audio"].get<std::string>())) << s;
+      EXPECT_FALSE(s["text"].get<std::string>().empty()) << s;
+      texts[split].insert(s["text"]);
+      voices[split].insert(s["voice"]);
+      synthesizers.insert(s["synthesizer"]);
+      if (split == "train") ++per_text[s["text"]];
+    }
+    EXPECT_EQ(n, split == "train" ? 16 : 8) << split;
+  }
+  // No sentence and no voice in two splits; each training text spoken by two different voices.
+  for (const std::string a : {"train", "val", "test"}) {
+    for (const std::string b : {"train", "val", "test"}) {
+      if (a >= b) continue;
+      for (const auto& t : texts[a]) EXPECT_EQ(texts[b].count(t), 0u) << t << " in " << a << " and " << b;
+      for (const auto& w : voices[a]) EXPECT_EQ(voices[b].count(w), 0u) << w << " in " << a << " and " << b;
+    }
+  }
+  for (const auto& [text, n] : per_text) EXPECT_EQ(n, 2) << text;
+  EXPECT_EQ(synthesizers, (std::set<std::string>{"espeak-ng", "festival"}));
+  // Again: nothing is synthesised anew, and the files are the same bytes.
+  const auto second = prepare("b");
+  EXPECT_TRUE(has(second.err, "all 32 clips are in the render cache")) << second.err;
+  for (const auto& e : fs::recursive_directory_iterator(root / "a")) {
+    if (e.is_regular_file()) {
+      EXPECT_EQ(read_all(e.path()), read_all(root / "b" / fs::relative(e.path(), root / "a"))) << e.path();
+    }
+  }
+  fs::remove_all(root);
+}
+
+TEST(Cli, UnlabelledPairsTrainOnlyTheAuxiliaryLossAndOnlyForAStrategyThatSaysSo) {
+  auto variant = [](const std::string& name, const std::string& transfer) {
+    return example_variant("spoken-topics-fusion", "spoken-topics", name, [&](json& doc) {
+      doc["artifacts"]["tokenizer"] = source("data/embedded/text-corpus/tokenizer.model").string();
+      doc["data"]["label_fraction"] = 0.25;
+      doc["data"]["unlabelled"] = "auxiliary";
+      doc["train"]["epochs"] = 1;
+      doc["evaluate"]["modalities"] = {"audio"};
+      doc["transfer"] = json::parse(transfer);
+    });
+  };
+  const fs::path refused = variant("unlabelled-supervised", R"({"plugin": "supervised"})");
+  auto r = modalkit("validate '" + refused.string() + "'");
+  EXPECT_EQ(r.rc, 2);
+  EXPECT_TRUE(has(r.out + r.err, "/data/unlabelled: \"auxiliary\" keeps training samples without labels, and transfer "
+                                 "plugin \"supervised\" has no loss that learns from them")) << r.out << r.err;
+  const fs::path pipeline =
+      variant("unlabelled-translation", R"({"plugin": "translation", "config": {"source": "audio", "target": "text", "target_features": "encoder"}})");
+  const fs::path out = fs::current_path() / ("run-unlabelled-" + std::to_string(::getpid()));
+  fs::remove_all(out);
+  r = modalkit("train '" + pipeline.string() + "' --out '" + out.string() + "'");
+  ASSERT_EQ(r.rc, 0) << r.err;
+  EXPECT_TRUE(has(r.err, "labels on 48 of 192 training samples, the other 144 kept without labels")) << r.err;
+  const json results = json::parse(read_all(out / "results.json"));
+  EXPECT_EQ(results["unlabelled"], "auxiliary");
+  EXPECT_EQ(results["train_samples"], 192);
+  EXPECT_EQ(results["steps"], 6);  // every pair is stepped over: 192 / 32
+  fs::remove_all(out);
+  fs::remove(refused);
+  fs::remove(pipeline);
+}
+
 TEST(Cli, CoLearningStrategiesTrainFromJsonAndTestOnThePrimaryAlone) {
   // translation, cyclic_translation and vokenization on real paired sensor windows: each trains
   // from JSON, logs its own loss terms, needs temperature alone at test, and its saved run (with

@@ -2,6 +2,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <cmath>
 #include <fstream>
 
 #include <gtest/gtest.h>
@@ -162,6 +163,28 @@ TEST(Loader, BatchesNameSamplesByTheirRowInTheSplit) {
   const at::Tensor y = b.targets.at("label");
   EXPECT_EQ(y[0].item<int64_t>(), 0);  // row 0 is "a"
   EXPECT_EQ(y[1].item<int64_t>(), 2);  // row 2 is "c"
+}
+
+TEST(Loader, RowsOutsideTheLabelledOnesKeepTheirDataButLoseTheirTargets) {
+  DatasetDir d;
+  auto file = d.write_dataset(3, "{\"x\": 1, \"y\": \"a\"}\n{\"x\": 2, \"y\": \"b\"}\n{\"x\": 3, \"y\": \"c\"}\n");
+  auto ds = modalkit::host::Dataset::open(file);
+  std::map<std::string, TaskSpec> tasks{{"label", {"label", TaskType::kMulticlass, "y", {"a", "b", "c"}, 3, {"accuracy"}}},
+                                        {"value", {"value", TaskType::kRegression, "x", {}, 1, {"mae"}}}};
+  auto number = std::make_shared<NumberModality>();
+  modalkit::host::LoadOptions options = load(true, false);
+  options.labelled = {1};  // data.unlabelled = auxiliary: only row 1 is in the label subset
+  auto f = modalkit::host::SplitFeatures::build(ds, "train", {{"x", "x", number}}, tasks, options);
+  ASSERT_EQ(f.size(), 3);
+  EXPECT_DOUBLE_EQ(number->fitted_mean, 2.0);  // fitted on every row: fitting reads no label
+  const modalkit::Batch b = f.batch({0, 1, 2}, {"x"});
+  const at::Tensor y = b.targets.at("label");
+  EXPECT_EQ((std::vector<int64_t>(y.data_ptr<int64_t>(), y.data_ptr<int64_t>() + 3)), (std::vector<int64_t>{-1, 1, -1}));
+  const at::Tensor v = b.targets.at("value");
+  EXPECT_TRUE(std::isnan(v[0].item<float>()));
+  EXPECT_EQ(v[1].item<float>(), 2.0f);
+  EXPECT_TRUE(std::isnan(v[2].item<float>()));
+  EXPECT_EQ(b.inputs.at("x").data.sizes(), (std::vector<int64_t>{3, 1}));
 }
 
 TEST(Loader, EqualFieldValuesAreDecodedOnceAndFitSeesEverySample) {

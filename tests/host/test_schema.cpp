@@ -102,6 +102,9 @@ class FakePlugins {
     add(manifest_json("concat", "fusion", json{{"type", "object"}}));
     add(manifest_json("supervised", "transfer", json{{"type", "object"}}));
     add(manifest_json("skipgram", "stream", json{{"type", "object"}}));
+    json translation = manifest_json("translation", "transfer", json{{"type", "object"}});
+    translation["learns_from_unlabelled"] = true;
+    add(translation);
     json multitask = manifest_json("multitask", "transfer", json{{"type", "object"}});
     multitask["uses_fusion"] = false;
     add(multitask);
@@ -637,7 +640,7 @@ TEST(Pipeline, UnknownPluginWrongKindAndBadConfigAllAtOnce) {
             (std::vector<std::string>{
                 "/modalities/image/config/channels: must be one of 1, 3 (got 2)",
                 "/modalities/image/config/d_model: must be >= 1 (got 0)",
-                "/modalities/sound/plugin: unknown plugin \"audioo\" (known: audio, concat, image, multitask, skipgram, supervised)",
+                "/modalities/sound/plugin: unknown plugin \"audioo\" (known: audio, concat, image, multitask, skipgram, supervised, translation)",
                 "/fusion/plugin: plugin \"image\" is a modality plugin, expected a fusion plugin",
                 "/evaluate/modalities/1: unknown modality \"text\" (declared: image, sound)"}));
   EXPECT_EQ(doc, before);  // untouched when invalid
@@ -751,6 +754,25 @@ TEST(Pipeline, OneDataSetPipelinesKeepTheirRules) {
   doc.erase("fusion");
   doc["transfer"]["plugin"] = "multitask";
   EXPECT_EQ(lines(validate_pipeline(doc, plugins.lookup(), plugins.names())), std::vector<std::string>{});
+}
+
+TEST(Pipeline, UnlabelledRowsOnlyForAStrategyThatLearnsFromThemOnOneDataSet) {
+  FakePlugins plugins;
+  json doc = minimal_pipeline();
+  doc["data"]["label_fraction"] = 0.1;
+  doc["data"]["unlabelled"] = "auxiliary";
+  EXPECT_EQ(lines(validate_pipeline(doc, plugins.lookup(), plugins.names())),
+            (std::vector<std::string>{"/data/unlabelled: \"auxiliary\" keeps training samples without labels, and "
+                                      "transfer plugin \"supervised\" has no loss that learns from them; use \"drop\", or a "
+                                      "strategy that does (translation)"}));
+  doc["transfer"]["plugin"] = "translation";
+  EXPECT_EQ(lines(validate_pipeline(doc, plugins.lookup(), plugins.names())), std::vector<std::string>{});
+  // Absent means "drop", and the key gets no default: a pipeline without it keeps its hash.
+  doc = minimal_pipeline();
+  EXPECT_EQ(lines(validate_pipeline(doc, plugins.lookup(), plugins.names())), std::vector<std::string>{});
+  EXPECT_FALSE(doc.at("data").contains("unlabelled"));
+  doc["data"]["unlabelled"] = "some";
+  EXPECT_FALSE(validate_pipeline(doc, plugins.lookup(), plugins.names()).empty());
 }
 
 TEST(Pipeline, ConfigTypeErrorIsReanchored) {

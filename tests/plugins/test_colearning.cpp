@@ -172,6 +172,46 @@ TEST_F(CoLearning, TranslationBeatsPredictingTheMeanTarget) {
   EXPECT_EQ(model->loss(only_a).count("translation"), 0u);
 }
 
+TEST_F(CoLearning, UnlabelledRowsTrainTheTranslationButNeverTheLabelLoss) {
+  // data.unlabelled = auxiliary: rows outside the label subset come with target -1.
+  const at::Tensor mix = at::randn({4, 8});
+  auto [a, b, y] = translation_data(64, mix);
+  auto model = make("translation", {{"source", "a"}, {"target", "b"}}, {{"a", 4}, {"b", 8}}, {"neg", "pos"});
+  MemorySource source;
+  at::Tensor partial = y.clone();
+  partial.index_put_({at::arange(0, 64, 2)}, -1);  // every other row unlabelled
+  source.splits["train"] = batches_of({{"a", a}, {"b", b}}, partial);
+  model->prepare(source);
+  model->eval();  // no dropout: the terms are functions of the inputs alone
+  at::NoGradGuard no_grad;
+  const modalkit::Batch batch = source.splits["train"][0];
+  const auto terms = model->loss(batch);
+  // The label term is the cross-entropy over the labelled rows alone, computed independently.
+  const at::Tensor labelled = at::arange(1, 64, 2);
+  const at::Tensor logits = model->predict(batch).at("label").index_select(0, labelled);
+  const double expected = at::cross_entropy_loss(logits, y.index_select(0, labelled)).item<double>();
+  EXPECT_NEAR(terms.at("task/label").item<double>(), expected, 1e-6);
+  // Changing an unlabelled row's source changes the translation term, never the label term.
+  modalkit::Batch moved = batch;
+  moved.inputs.at("a").data = batch.inputs.at("a").data.clone();
+  moved.inputs.at("a").data[0] += 3;
+  const auto after = model->loss(moved);
+  EXPECT_EQ(after.at("task/label").item<double>(), terms.at("task/label").item<double>());
+  EXPECT_NE(after.at("translation").item<double>(), terms.at("translation").item<double>());
+  // A batch with no labelled row still trains the translation.
+  modalkit::Batch unlabelled = batch;
+  unlabelled.targets.at("label") = at::full({64}, -1, at::kLong);
+  const auto only_aux = model->loss(unlabelled);
+  EXPECT_EQ(only_aux.at("task/label").item<double>(), 0.0);
+  EXPECT_GT(only_aux.at("translation").item<double>(), 0.0);
+  // The manifests say which strategies learn from unlabelled rows (validate refuses the others).
+  EXPECT_TRUE(registry->find("translation")->learns_from_unlabelled);
+  EXPECT_TRUE(registry->find("cyclic_translation")->learns_from_unlabelled);
+  EXPECT_TRUE(registry->find("vokenization")->learns_from_unlabelled);
+  EXPECT_FALSE(registry->find("supervised")->learns_from_unlabelled);
+  EXPECT_FALSE(registry->find("colearning_fusion")->learns_from_unlabelled);
+}
+
 TEST_F(CoLearning, CyclicTranslationRecoversTheSource) {
   const at::Tensor mix = at::randn({4, 8});
   const auto [a, b, y] = translation_data(1024, mix);
@@ -312,6 +352,23 @@ TEST_F(CoLearning, VokensAreTheSecondaryModalitysClusters) {
   unseen.index = unseen.index + n;
   at::NoGradGuard no_grad;
   EXPECT_EQ(model->loss(unseen).at("voken").item<double>(), 0.0);
+}
+
+TEST_F(CoLearning, VokensOfUnlabelledRowsAreClusteredAndTheNmiReadsTheLabelledOnes) {
+  const int64_t n = 300;
+  const at::Tensor y = at::arange(n, at::kLong) % 3;
+  const at::Tensor b = at::one_hot(y, 3).to(at::kFloat) * 8 + 0.2 * at::randn({n, 3});
+  const at::Tensor a = at::randn({n, 3});
+  at::Tensor partial = y.clone();
+  partial.slice(0, 30) = -1;  // labels on the first 30 rows only
+  auto model = make("vokenization", {{"primary", "a"}, {"secondary", "b"}, {"features", "raw"}, {"vokens", 3}},
+                    {{"a", 3}, {"b", 3}}, {"x", "y", "z"});
+  MemorySource source;
+  source.splits["train"] = batches_of({{"a", a}, {"b", b}}, partial);
+  model->prepare(source);
+  const json report = json::parse(std::ifstream(dir / "vokens.json"));
+  EXPECT_EQ(report.at("samples"), n);  // every row has a voken
+  EXPECT_DOUBLE_EQ(report.at("nmi").get<double>(), 1.0);
 }
 
 /// Zero-shot fixture data: class vectors in a 3-d word space (the 4th class, "yellow", between

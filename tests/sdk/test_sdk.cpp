@@ -1,6 +1,7 @@
 // The SDK's own behaviour: config access, batches, pooling and presence, task heads, guards.
 #include <unistd.h>
 
+#include <cmath>
 #include <fstream>
 
 #include <gtest/gtest.h>
@@ -99,6 +100,35 @@ TEST(TaskHead, MulticlassLossIsCrossEntropyOfPooledLinear) {
   auto logp = torch::log_softmax(manual, 1);
   auto expected = -(logp[0][2] + logp[1][0]) / 2;
   EXPECT_NEAR(head->loss(logits, targets).item<double>(), expected.item<double>(), 1e-5);
+}
+
+TEST(TaskHead, RowsWithoutALabelAddNothingToTheLoss) {
+  torch::manual_seed(2);
+  // Multiclass: -1 marks a row without a label; the loss is cross-entropy over the others alone.
+  modalkit::TaskSpec spec{"label", modalkit::TaskType::kMulticlass, "label", {"a", "b", "c"}, 3, {"accuracy"}};
+  auto head = modalkit::make_task_head(spec, 4);
+  auto logits = torch::randn({4, 3}, torch::requires_grad());
+  auto logp = torch::log_softmax(logits, 1);
+  auto expected = -(logp[1][2] + logp[3][0]) / 2;
+  auto loss = head->loss(logits, torch::tensor({-1, 2, -1, 0}));
+  EXPECT_NEAR(loss.item<double>(), expected.item<double>(), 1e-6);
+  loss.backward();
+  EXPECT_EQ(logits.grad()[0].abs().sum().item<double>(), 0.0);  // no gradient through an unlabelled row
+  EXPECT_GT(logits.grad()[1].abs().sum().item<double>(), 0.0);
+  // No labelled row: zero, and backward still works.
+  auto none = head->loss(logits, torch::tensor({-1, -1, -1, -1}));
+  EXPECT_EQ(none.item<double>(), 0.0);
+  EXPECT_NO_THROW(none.backward());
+  // Regression and multilabel: NaN marks a row without a label.
+  modalkit::TaskSpec reg{"t", modalkit::TaskType::kRegression, "t", {}, 1, {"mae"}};
+  auto out = torch::tensor({1.0f, 2.0f, 3.0f});
+  auto nan = std::nan("");
+  EXPECT_NEAR(modalkit::make_task_head(reg, 4)->loss(out, torch::tensor({nan, 4.0, 3.5})).item<double>(), (4.0 + 0.25) / 2, 1e-6);
+  modalkit::TaskSpec multi{"tags", modalkit::TaskType::kMultilabel, "tags", {"x", "y"}, 2, {}};
+  auto ml_out = torch::randn({2, 2});
+  auto ml_t = torch::tensor({nan, nan, 1.0, 0.0}).view({2, 2});
+  auto ml_expected = torch::binary_cross_entropy_with_logits(ml_out[1], torch::tensor({1.0f, 0.0f}));
+  EXPECT_NEAR(modalkit::make_task_head(multi, 4)->loss(ml_out, ml_t).item<double>(), ml_expected.item<double>(), 1e-6);
 }
 
 TEST(TaskHead, BinaryAndRegressionShapes) {

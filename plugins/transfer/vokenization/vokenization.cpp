@@ -90,12 +90,17 @@ class Vokenization : public modalkit::TransferStrategy {
                                 return std::vector<int64_t>(c.data_ptr<int64_t>(), c.data_ptr<int64_t>() + k_);
                               }()}};
     if (!label_task.empty()) {
-      const double nmi = cl::normalized_mutual_information(assign, labels.to(at::kLong).reshape({-1}));
-      report["nmi"] = nmi;
-      report["nmi_task"] = label_task;
-      if (context_ != nullptr) {
-        context_->logger().info("vokenization: {} vokens of {} {} samples, NMI {:.3f} against task {}", k_,
-                                row.size(0), secondary_, nmi, label_task);
+      // Only the labelled rows have a label to compare with (unlabelled ones are -1).
+      const at::Tensor label = labels.to(at::kLong).reshape({-1});
+      const at::Tensor labelled = label >= 0;
+      if (labelled.any().item<bool>()) {
+        const double nmi = cl::normalized_mutual_information(assign.index({labelled}), label.index({labelled}));
+        report["nmi"] = nmi;
+        report["nmi_task"] = label_task;
+        if (context_ != nullptr) {
+          context_->logger().info("vokenization: {} vokens of {} {} samples, NMI {:.3f} against task {} ({} labelled)", k_,
+                                  row.size(0), secondary_, nmi, label_task, labelled.sum().item<int64_t>());
+        }
       }
     }
     if (context_ != nullptr && !context_->run_dir().empty()) {

@@ -39,7 +39,7 @@ struct Sequence {
 struct Batch {
   /// Modality name (as in the pipeline) → its collated input.
   std::map<std::string, ModalityInput> inputs;
-  /// Task name → targets: class indices `[B]` (int64), or values `[B]`/`[B,K]` (float).
+  /// Task name → targets: class indices `[B]` (int64; -1: no label), or values `[B]`/`[B,K]` (float; NaN: no label).
   std::map<std::string, at::Tensor> targets;
   /// Which task/data set the batch comes from (multitask pipelines); 0 for single-task ones.
   int64_t task_id = 0;
