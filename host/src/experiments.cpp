@@ -418,10 +418,13 @@ std::string run_experiment(const fs::path& file, PluginRegistry& registry, const
       << (dataset.empty() ? std::string("of each pipeline") : dataset.string()) << "\n";
     for (size_t i = 0; i < runs.size(); ++i) {
       const json& tr = resolved[i].doc.at("train");
-      double per_epoch = 0;  // each data source's labelled batches (a multitask run has several)
+      // Each data source's training batches (a multitask run has several): its labelled samples,
+      // or all of them when the unlabelled ones are kept for the auxiliary losses.
+      double per_epoch = 0;
       for (const auto& src : resolved[i].sources) {
         const double n_train = static_cast<double>(dataset_at(src.file).samples(src.splits.at("train")).size());
-        per_epoch += std::ceil(std::max(1.0, std::round(n_train * src.label_fraction)) / tr.at("batch_size").get<double>());
+        const double fraction = keeps_unlabelled(resolved[i].doc) ? 1.0 : src.label_fraction;
+        per_epoch += std::ceil(std::max(1.0, std::round(n_train * fraction)) / tr.at("batch_size").get<double>());
       }
       double steps = per_epoch * tr.at("epochs").get<double>();
       if (tr.at("max_steps").get<int64_t>() > 0) steps = std::min(steps, tr.at("max_steps").get<double>());
