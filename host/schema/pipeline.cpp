@@ -156,6 +156,17 @@ void check_unlabelled(const json& doc, const Manifest* strategy, const ManifestL
                                           "read several"});
     return;
   }
+  // Held-out splits keep their labels: one that is also the train split would be scored against
+  // the withheld ones.
+  const json& splits = data.at("splits");
+  for (const char* role : {"val", "test"}) {
+    if (splits.at(role) == splits.at("train")) {
+      errors.push_back({std::string("/data/splits/") + role,
+                        "must differ from /data/splits/train under data.unlabelled = \"auxiliary\", whose training "
+                        "samples outside the label subset have no labels"});
+      return;
+    }
+  }
   if (strategy == nullptr || strategy->kind != "transfer" || strategy->learns_from_unlabelled) return;
   std::vector<std::string> able;
   for (const auto& name : known_plugins) {

@@ -170,11 +170,18 @@ Pending read_and_decode(const LoadJob& job) {
     }
   };
 
-  // Each sample's target values: one for scalar tasks, a 0/1 per label for multilabel ones.
+  // Each sample's target values: one for scalar tasks, a 0/1 per label for multilabel ones. A
+  // row outside `labelled` is not read at all: a label withheld from the run cannot fail it.
+  const std::set<int64_t> labelled(options.labelled.begin(), options.labelled.end());
   for (const auto& [name, task] : job.tasks) {
     auto& values = p.target_values[name];
     values.resize(n);
+    const size_t width = task.type == TaskType::kMultilabel ? task.labels.size() : 1;
     for (size_t i = 0; i < n; ++i) {
+      if (!labelled.empty() && !labelled.count(p.rows[i])) {
+        values[i].assign(width, std::nan(""));
+        continue;
+      }
       try {
         values[i] = task.type == TaskType::kMultilabel ? read_label_set(sample(i), task)
                                                        : std::vector<double>{read_target(sample(i), task)};
@@ -331,23 +338,17 @@ std::vector<SplitFeatures> SplitFeatures::build_all(const std::vector<LoadJob>& 
       f.plugins_[m.name] = m.plugin.get();
       f.distinct_[m.name] = std::count(used.begin(), used.end(), 1);
     }
-    const std::set<int64_t> labelled(job.options.labelled.begin(), job.options.labelled.end());
     for (const auto& [name, task] : job.tasks) {
       const int64_t width = task.type == TaskType::kMultilabel ? static_cast<int64_t>(task.labels.size()) : 1;
       std::vector<double> values;
       values.reserve(p.keep.size() * static_cast<size_t>(width));
-      for (size_t i : p.keep) {
-        if (labelled.empty() || labelled.count(p.rows[i])) {
-          values.insert(values.end(), p.target_values[name][i].begin(), p.target_values[name][i].end());
-        } else {
-          values.insert(values.end(), static_cast<size_t>(width), std::nan(""));
-        }
-      }
+      for (size_t i : p.keep) values.insert(values.end(), p.target_values[name][i].begin(), p.target_values[name][i].end());
       at::Tensor t = at::tensor(values, at::kDouble);
       if (task.type == TaskType::kMultilabel) t = t.view({static_cast<int64_t>(p.keep.size()), width});
-      // Class indices: multiclass, and generation (the reference is the class's caption).
+      // Class indices: multiclass, and generation (the reference is the class's caption). An
+      // unlabelled row (NaN, see `labelled`) becomes index -1.
       const bool index = task.type == TaskType::kMulticlass || task.type == TaskType::kGeneration;
-      if (index && !labelled.empty()) t = at::nan_to_num(t, -1.0);
+      if (index && !job.options.labelled.empty()) t = at::nan_to_num(t, -1.0);
       f.targets_[name] = index ? t.to(at::kLong) : t.to(at::kFloat);
     }
   }

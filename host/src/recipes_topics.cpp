@@ -10,6 +10,7 @@
 // pitch, text) under the recipe's cache directory; the channel is applied afresh each time.
 #include <samplerate.h>
 #include <sndfile.h>
+#include <unistd.h>
 
 #include <array>
 #include <atomic>
@@ -18,6 +19,7 @@
 #include <fstream>
 #include <iterator>
 #include <mutex>
+#include <optional>
 #include <set>
 #include <sstream>
 #include <thread>
@@ -104,7 +106,9 @@ std::string spoken_text(const std::string& gloss) {
   std::istringstream words(kept);
   std::vector<std::string> out;
   for (std::string w; words >> w && out.size() < kMaxWords;) {
-    if (w == "," || w == "-") continue;
+    // A word is never read as a synthesiser's option: no leading '-'.
+    w.erase(0, w.find_first_not_of('-'));
+    if (w.empty() || w == ",") continue;
     out.push_back(w);
   }
   if (out.size() < kMinWords) return "";
@@ -169,24 +173,37 @@ std::vector<float> read_audio(const fs::path& file) {
   return y;
 }
 
-/// Writes `y` (8 kHz mono) as `format` (a libsndfile major|subtype), through a temporary file
-/// renamed into place, so a cache never holds half a file. `compression` is set when >= 0.
-void write_audio(const fs::path& file, std::vector<float> y, int format, double compression = -1) {
+void set_ogg_serial(const fs::path& file, uint32_t serial);
+
+/// Writes `y` (8 kHz mono) as `format` (a libsndfile major|subtype), through a temporary file of
+/// this process and thread renamed into place, so a cache shared by two prepares never holds
+/// half a file. `compression` is set when >= 0; an Ogg file gets `ogg_serial` (see set_ogg_serial).
+void write_audio(const fs::path& file, std::vector<float> y, int format, double compression = -1,
+                 std::optional<uint32_t> ogg_serial = {}) {
   for (float& v : y) v = std::max(-1.0f, std::min(1.0f, v));
   SF_INFO info{};
   info.samplerate = kRate;
   info.channels = 1;
   info.format = format;
-  const fs::path tmp = file.string() + ".tmp";
-  {
-    std::unique_ptr<SNDFILE, int (*)(SNDFILE*)> out(sf_open(tmp.c_str(), SFM_WRITE, &info), sf_close);
-    if (!out) throw Error("cannot write " + tmp.string() + ": " + sf_strerror(nullptr));
-    if (compression >= 0) sf_command(out.get(), SFC_SET_COMPRESSION_LEVEL, &compression, sizeof compression);
-    if (sf_writef_float(out.get(), y.data(), sf_count_t(y.size())) != sf_count_t(y.size())) {
-      throw Error("cannot write " + tmp.string() + ": " + sf_strerror(out.get()));
+  std::ostringstream tmp_name;
+  tmp_name << file.string() << ".tmp." << ::getpid() << "." << std::this_thread::get_id();
+  const fs::path tmp = tmp_name.str();
+  try {
+    {
+      std::unique_ptr<SNDFILE, int (*)(SNDFILE*)> out(sf_open(tmp.c_str(), SFM_WRITE, &info), sf_close);
+      if (!out) throw Error("cannot write " + tmp.string() + ": " + sf_strerror(nullptr));
+      if (compression >= 0) sf_command(out.get(), SFC_SET_COMPRESSION_LEVEL, &compression, sizeof compression);
+      if (sf_writef_float(out.get(), y.data(), sf_count_t(y.size())) != sf_count_t(y.size())) {
+        throw Error("cannot write " + tmp.string() + ": " + sf_strerror(out.get()));
+      }
     }
+    if (ogg_serial) set_ogg_serial(tmp, *ogg_serial);
+    fs::rename(tmp, file);
+  } catch (...) {
+    std::error_code ignored;
+    fs::remove(tmp, ignored);
+    throw;
   }
-  fs::rename(tmp, file);
 }
 
 /// Ogg's page checksum: CRC-32, polynomial 0x04C11DB7, not reflected, initial value 0.
@@ -213,7 +230,9 @@ void set_ogg_serial(const fs::path& file, uint32_t serial) {
   {
     std::ifstream in(file, std::ios::binary);
     bytes.assign(std::istreambuf_iterator<char>(in), {});
+    if (!in.good() && !in.eof()) throw Error("cannot read " + file.string());
   }
+  if (bytes.empty()) throw Error(file.string() + ": empty, not an Ogg stream");
   auto* b = reinterpret_cast<unsigned char*>(bytes.data());
   auto put = [&](size_t at, uint32_t v) {
     for (int k = 0; k < 4; ++k) b[at + k] = static_cast<unsigned char>(v >> (8 * k));
@@ -230,7 +249,9 @@ void set_ogg_serial(const fs::path& file, uint32_t serial) {
     at += length;
   }
   if (at != bytes.size()) throw Error(file.string() + ": not a well-formed Ogg stream (page at byte " + std::to_string(at) + ")");
-  std::ofstream(file, std::ios::binary | std::ios::trunc).write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+  std::ofstream out(file, std::ios::binary | std::ios::trunc);
+  out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+  if (!out.flush()) throw Error("cannot write " + file.string());
 }
 
 /// A second-order section (RBJ's audio-EQ cookbook), run in place.
@@ -316,9 +337,12 @@ void render_missing(const std::vector<Clip>& clips, const std::vector<Text>& tex
   auto last = start;
   auto worker = [&](unsigned id) {
     const fs::path dir = scratch / ("worker-" + std::to_string(id));
-    fs::create_directories(dir);
     for (size_t j = next++; j < jobs.size(); j = next++) {
       try {
+        // An empty scratch directory per job: a file left by a killed run, or by the job before,
+        // must never pass for a render the synthesiser did not write.
+        fs::remove_all(dir);
+        fs::create_directories(dir);
         const Clip& first = clips[jobs[j].front()];
         if (first.synthesizer == "festival") {
           std::ofstream script(dir / "render.scm");
@@ -361,7 +385,8 @@ void render_missing(const std::vector<Clip>& clips, const std::vector<Text>& tex
         next = jobs.size();
       }
     }
-    fs::remove_all(dir);
+    std::error_code ignored;
+    fs::remove_all(dir, ignored);
   };
   std::vector<std::thread> threads;
   for (unsigned t = 0; t < std::max(1u, std::thread::hardware_concurrency()); ++t) threads.emplace_back(worker, t);
@@ -427,6 +452,10 @@ fs::path spoken_topics(const Context& ctx) {
     const auto chosen = balanced_subset(by_split[split], [&](size_t i) { return texts[i].label; },
                                         limit > 0 ? (limit + renders - 1) / renders : 0, seed + ++salt);
     const auto& pool = espeak_voices[split];
+    if (pool.size() < static_cast<size_t>(renders)) {
+      throw Error("spoken-topics: split " + split + " has " + std::to_string(pool.size()) + " espeak-ng voices, fewer than the " +
+                  std::to_string(renders) + " each of its texts is spoken by");
+    }
     for (size_t t : chosen) {
       std::vector<std::string> used;
       for (int r = 0; r < renders; ++r) {
@@ -493,8 +522,9 @@ fs::path spoken_topics(const Context& ctx) {
         std::mt19937_64 clip_rng(seed ^ (0x9e3779b97f4a7c15ULL * (i + 1)));
         std::vector<float> y = read_audio(clips[i].cached);
         telephone(y, clip_rng);
-        write_audio(writer.dir() / clips[i].file, std::move(y), SF_FORMAT_OGG | SF_FORMAT_OPUS, kChannel.opus_compression);
-        set_ogg_serial(writer.dir() / clips[i].file, static_cast<uint32_t>(clip_rng()));
+        const auto serial = static_cast<uint32_t>(clip_rng());
+        write_audio(writer.dir() / clips[i].file, std::move(y), SF_FORMAT_OGG | SF_FORMAT_OPUS, kChannel.opus_compression,
+                    serial);
       } catch (const std::exception& e) {
         std::lock_guard<std::mutex> lock(mutex);
         if (error.empty()) error = e.what();

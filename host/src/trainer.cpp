@@ -772,6 +772,7 @@ nlohmann::json train(const ResolvedPipeline& pipeline, PluginRegistry& registry,
   if (options.resume) restore_fitted_state(model, own_dir);
   // The data: a stream cuts its own batches; otherwise the splits are decoded into memory.
   std::optional<SplitFeatures> train_f, val_f, eval_f;
+  int64_t labelled_samples = 0;  // of the train split, under data.unlabelled
   std::vector<SplitFeatures> task_train, task_val, task_eval;  // a multitask run's, one per task
   std::unique_ptr<TrainFeed> feed;
   TaskFeed* task_feed = nullptr;  // feed, when it is a multitask run's
@@ -848,6 +849,7 @@ nlohmann::json train(const ResolvedPipeline& pipeline, PluginRegistry& registry,
   } else {
     const int64_t n_train = static_cast<int64_t>(dataset.samples(train_split).size());
     const auto train_rows = label_subset(n_train, doc.at("data").at("label_fraction"), seed);
+    labelled_samples = static_cast<int64_t>(train_rows.size());
     LoadOptions train_load{loader_threads, /*fit=*/!options.resume, options.skip_bad, train_rows};
     if (keeps_unlabelled(doc) && static_cast<int64_t>(train_rows.size()) < n_train) {
       // Every row is loaded; those outside the label subset carry no targets (-1 / NaN), so only
@@ -1253,7 +1255,10 @@ nlohmann::json train(const ResolvedPipeline& pipeline, PluginRegistry& registry,
   result["steps"] = state.global_step;
   result["label_fraction"] = doc.at("data").at("label_fraction");
   result["train_samples"] = feed->examples();
-  if (doc.at("data").contains("unlabelled")) result["unlabelled"] = doc.at("data").at("unlabelled");
+  if (doc.at("data").contains("unlabelled")) {
+    result["unlabelled"] = doc.at("data").at("unlabelled");
+    result["labelled_samples"] = labelled_samples;
+  }
   result["parameters"] = parameter_counts(strategy);
   if (pipeline.multitask) {  // what each task trained on, and when it stopped
     int64_t all = 0;

@@ -116,7 +116,7 @@ class LinearTaskHead final : public TaskHead {
                                     ? (targets.dim() > 1 ? targets.isnan().logical_not().all(1) : targets.isnan().logical_not())
                                     : targets >= 0;
     if (!labelled.all().item<bool>()) {
-      if (!labelled.any().item<bool>()) return outputs.sum() * 0;
+      if (!labelled.any().item<bool>()) return outputs.narrow(0, 0, 0).sum();  // 0 even if an output is not finite
       const at::Tensor rows = labelled.nonzero().squeeze(1);
       return loss(outputs.index_select(0, rows), targets.index_select(0, rows));
     }

@@ -767,6 +767,12 @@ TEST(Pipeline, UnlabelledRowsOnlyForAStrategyThatLearnsFromThemOnOneDataSet) {
                                       "strategy that does (translation)"}));
   doc["transfer"]["plugin"] = "translation";
   EXPECT_EQ(lines(validate_pipeline(doc, plugins.lookup(), plugins.names())), std::vector<std::string>{});
+  // A held-out split that is the train split would be scored against withheld labels.
+  json same = doc;
+  same["data"]["splits"] = {{"val", "train"}};
+  EXPECT_EQ(lines(validate_pipeline(same, plugins.lookup(), plugins.names())),
+            (std::vector<std::string>{"/data/splits/val: must differ from /data/splits/train under data.unlabelled = "
+                                      "\"auxiliary\", whose training samples outside the label subset have no labels"}));
   // Absent means "drop", and the key gets no default: a pipeline without it keeps its hash.
   doc = minimal_pipeline();
   EXPECT_EQ(lines(validate_pipeline(doc, plugins.lookup(), plugins.names())), std::vector<std::string>{});

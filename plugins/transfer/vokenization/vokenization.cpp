@@ -90,9 +90,11 @@ class Vokenization : public modalkit::TransferStrategy {
                                 return std::vector<int64_t>(c.data_ptr<int64_t>(), c.data_ptr<int64_t>() + k_);
                               }()}};
     if (!label_task.empty()) {
-      // Only the labelled rows have a label to compare with (unlabelled ones are -1).
-      const at::Tensor label = labels.to(at::kLong).reshape({-1});
-      const at::Tensor labelled = label >= 0;
+      // Only the labelled rows have a label to compare with (an unlabelled class index is -1, an
+      // unlabelled binary target NaN, which must be caught before a cast to integers).
+      const at::Tensor flat = labels.reshape({-1});
+      const at::Tensor labelled = flat.is_floating_point() ? flat.isnan().logical_not() : flat >= 0;
+      const at::Tensor label = at::where(labelled, flat, at::zeros_like(flat)).to(at::kLong);
       if (labelled.any().item<bool>()) {
         const double nmi = cl::normalized_mutual_information(assign.index({labelled}), label.index({labelled}));
         report["nmi"] = nmi;
