@@ -134,6 +134,10 @@ std::vector<SourceFile> espeak_sources(const Context& ctx);
 void render_speech(const std::vector<SpeechClip>& clips, const std::filesystem::path& dir, int rate, int pcm,
                    const std::function<void(std::vector<float>&, size_t)>& degrade = {});
 
+/// The samples of a mono audio file at `rate` (resampled by libsamplerate when the file's rate
+/// differs). Throws modalkit::Error naming the file when it holds no usable mono audio.
+std::vector<float> read_mono(const std::filesystem::path& file, int rate);
+
 /// `s` with '/', ' ' and '+' replaced by '_' (for file names).
 std::string file_safe(std::string s);
 

@@ -42,17 +42,16 @@ const char* kVariants[] = {"m1", "m2", "m3", "m4", "m5", "m6", "m7", "f1", "f2",
 constexpr int kRate = 16000;
 
 
-/// espeak-ng's WAV (22.05 kHz) → `rate` (libsamplerate) → `degrade` → FLAC.
-void convert(const fs::path& wav, const fs::path& flac, int rate, int pcm,
-             const std::function<void(std::vector<float>&)>& degrade) {
-  SF_INFO in_info{};
-  std::unique_ptr<SNDFILE, int (*)(SNDFILE*)> in(sf_open(wav.c_str(), SFM_READ, &in_info), sf_close);
-  if (!in || in_info.channels != 1 || in_info.frames <= 0) {
-    throw Error("espeak-ng wrote no usable audio to " + wav.string());
-  }
-  std::vector<float> x(static_cast<size_t>(in_info.frames));
-  sf_readf_float(in.get(), x.data(), in_info.frames);
-  const double ratio = double(rate) / in_info.samplerate;
+}  // namespace
+
+std::vector<float> read_mono(const fs::path& file, int rate) {
+  SF_INFO info{};
+  std::unique_ptr<SNDFILE, int (*)(SNDFILE*)> in(sf_open(file.c_str(), SFM_READ, &info), sf_close);
+  if (!in || info.channels != 1 || info.frames <= 0) throw Error("no usable audio in " + file.string());
+  std::vector<float> x(static_cast<size_t>(info.frames));
+  sf_readf_float(in.get(), x.data(), info.frames);
+  if (info.samplerate == rate) return x;
+  const double ratio = double(rate) / info.samplerate;
   std::vector<float> y(static_cast<size_t>(x.size() * ratio) + 16);
   SRC_DATA d{};
   d.data_in = x.data();
@@ -63,6 +62,20 @@ void convert(const fs::path& wav, const fs::path& flac, int rate, int pcm,
   d.end_of_input = 1;
   if (int err = src_simple(&d, SRC_SINC_BEST_QUALITY, 1)) throw Error(std::string("resampling: ") + src_strerror(err));
   y.resize(static_cast<size_t>(d.output_frames_gen));
+  return y;
+}
+
+namespace {
+
+/// espeak-ng's WAV (22.05 kHz) → `rate` (libsamplerate) → `degrade` → FLAC.
+void convert(const fs::path& wav, const fs::path& flac, int rate, int pcm,
+             const std::function<void(std::vector<float>&)>& degrade) {
+  std::vector<float> y;
+  try {
+    y = read_mono(wav, rate);
+  } catch (const Error&) {
+    throw Error("espeak-ng wrote no usable audio to " + wav.string());
+  }
   if (degrade) degrade(y);
   SF_INFO out_info{};
   out_info.samplerate = rate;

@@ -8,7 +8,6 @@
 //
 // Rendering is the slow part, so every clean render is cached by (synthesizer, voice, speed,
 // pitch, text) under the recipe's cache directory; the channel is applied afresh each time.
-#include <samplerate.h>
 #include <sndfile.h>
 #include <unistd.h>
 
@@ -153,26 +152,7 @@ std::map<std::string, std::vector<std::string>> topic_texts(const fs::path& data
 }
 
 /// 8 kHz mono samples of an audio file.
-std::vector<float> read_audio(const fs::path& file) {
-  SF_INFO info{};
-  std::unique_ptr<SNDFILE, int (*)(SNDFILE*)> in(sf_open(file.c_str(), SFM_READ, &info), sf_close);
-  if (!in || info.channels != 1 || info.frames <= 0) throw Error("no usable audio in " + file.string());
-  std::vector<float> x(static_cast<size_t>(info.frames));
-  sf_readf_float(in.get(), x.data(), info.frames);
-  if (info.samplerate == kRate) return x;
-  const double ratio = double(kRate) / info.samplerate;
-  std::vector<float> y(static_cast<size_t>(double(x.size()) * ratio) + 16);
-  SRC_DATA d{};
-  d.data_in = x.data();
-  d.input_frames = long(x.size());
-  d.data_out = y.data();
-  d.output_frames = long(y.size());
-  d.src_ratio = ratio;
-  d.end_of_input = 1;
-  if (int err = src_simple(&d, SRC_SINC_BEST_QUALITY, 1)) throw Error(std::string("resampling: ") + src_strerror(err));
-  y.resize(static_cast<size_t>(d.output_frames_gen));
-  return y;
-}
+std::vector<float> read_audio(const fs::path& file) { return read_mono(file, kRate); }
 
 void set_ogg_serial(const fs::path& file, uint32_t serial);
 
