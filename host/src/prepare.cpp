@@ -6,9 +6,15 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <atomic>
+#include <chrono>
 #include <cstdlib>
 #include <fstream>
+#include <mutex>
 #include <sstream>
+#include <thread>
+
+#include <spdlog/spdlog.h>
 
 #include "dataset.hpp"
 #include "hashing.hpp"
@@ -128,6 +134,43 @@ std::string Context::command() const {
     cmd += " --subset " + limits;
   }
   return cmd;
+}
+
+void for_each_job(const std::string& name, size_t jobs, const std::function<size_t(size_t)>& clips_of,
+                  const std::string& verb, const std::function<void(size_t, unsigned)>& job) {
+  size_t total = 0;
+  for (size_t j = 0; j < jobs; ++j) total += clips_of(j);
+  std::atomic<size_t> next{0}, done{0};
+  std::mutex mutex;
+  std::string error;
+  const auto start = std::chrono::steady_clock::now();
+  auto last = start;
+  auto worker = [&](unsigned id) {
+    for (size_t j = next++; j < jobs; j = next++) {
+      try {
+        job(j, id);
+        done += clips_of(j);
+        std::lock_guard<std::mutex> lock(mutex);
+        const auto now = std::chrono::steady_clock::now();
+        if (now - last > std::chrono::seconds(10)) {
+          last = now;
+          const double rate = done / std::max(1e-9, std::chrono::duration<double>(now - start).count());
+          spdlog::info("{}: {} {} of {} clips ({:.0f} a second, about {:.0f} s left)", name, verb, done.load(), total, rate,
+                       (total - done) / std::max(1e-9, rate));
+        }
+      } catch (const std::exception& e) {
+        std::lock_guard<std::mutex> lock(mutex);
+        if (error.empty()) error = e.what();
+        next = jobs;
+      }
+    }
+  };
+  std::vector<std::thread> threads;
+  for (unsigned t = 0; t < std::max(1u, std::thread::hardware_concurrency()); ++t) threads.emplace_back(worker, t);
+  for (auto& t : threads) t.join();
+  if (!error.empty()) throw Error(name + ": " + error);
+  spdlog::info("{}: {} {} clips in {:.0f} s", name, verb, total,
+               std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
 }
 
 std::string run_tool(const std::vector<std::string>& argv, const fs::path& cwd, const std::string& hint) {

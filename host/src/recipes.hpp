@@ -129,14 +129,22 @@ const std::vector<int>& speech_speeds();
 const std::vector<int>& speech_pitches();
 /// espeak-ng and its voice data as source files (throws with the apt command when missing).
 std::vector<SourceFile> espeak_sources(const Context& ctx);
-/// Renders `clips` into `dir` (one worker per core): espeak-ng → resampled to `rate` → `degrade`
-/// (when set; gets the samples and the clip's index) → FLAC with libsndfile subformat `pcm`.
-void render_speech(const std::vector<SpeechClip>& clips, const std::filesystem::path& dir, int rate, int pcm,
+/// Renders `clips` into `dir` (one worker per core, progress logged as recipe `name`): espeak-ng →
+/// resampled to `rate` → `degrade` (when set; gets the samples and the clip's index) → FLAC with
+/// libsndfile subformat `pcm`. Errors read "NAME: ...".
+void render_speech(const std::string& name, const std::vector<SpeechClip>& clips, const std::filesystem::path& dir, int rate, int pcm,
                    const std::function<void(std::vector<float>&, size_t)>& degrade = {});
 
 /// The samples of a mono audio file at `rate` (resampled by libsamplerate when the file's rate
 /// differs). Throws modalkit::Error naming the file when it holds no usable mono audio.
 std::vector<float> read_mono(const std::filesystem::path& file, int rate);
+
+/// Runs `job(j, worker)` for every j < `jobs` on one worker per core (`worker` < the worker
+/// count: for per-worker scratch files) and logs "NAME: VERB N of M clips" every 10 s and at
+/// the end (`clips_of(j)` counts job j's clips). The first error stops the jobs not yet started
+/// and is rethrown as "NAME: <error>".
+void for_each_job(const std::string& name, size_t jobs, const std::function<size_t(size_t)>& clips_of,
+                  const std::string& verb, const std::function<void(size_t, unsigned)>& job);
 
 /// `s` with '/', ' ' and '+' replaced by '_' (for file names).
 std::string file_safe(std::string s);

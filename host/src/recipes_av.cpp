@@ -143,23 +143,19 @@ fs::path av_fashion(const Context& ctx) {
               {"voice", {{"type", "string"}, {"description", "espeak-ng voice of the clip"}}},
               {"source", {{"type", "string"}, {"description", "the image's file#index in the official release"}}}}}});
 
-  try {
-    render_speech(clips, writer.dir(), kRate, SF_FORMAT_PCM_S8, [&](std::vector<float>& y, size_t i) {
-      double power = 0;
-      for (float v : y) power += double(v) * v;
-      power /= double(std::max<size_t>(1, y.size()));
-      const double sigma = std::sqrt(power / std::pow(10.0, kDegradation.audio_snr_db / 10.0));
-      std::mt19937_64 rng(mix(seed, 99, i));
-      std::normal_distribution<double> noise(0.0, sigma);
-      // Scale speech + noise into full range so the 8-bit store keeps what is left.
-      for (float& v : y) v = static_cast<float>(v + noise(rng));
-      float peak = 1e-6f;
-      for (float v : y) peak = std::max(peak, std::abs(v));
-      for (float& v : y) v *= 0.9f / peak;
-    });
-  } catch (const Error& e) {
-    throw Error(std::string("av-fashion: ") + e.what());
-  }
+  render_speech("av-fashion", clips, writer.dir(), kRate, SF_FORMAT_PCM_S8, [&](std::vector<float>& y, size_t i) {
+    double power = 0;
+    for (float v : y) power += double(v) * v;
+    power /= double(std::max<size_t>(1, y.size()));
+    const double sigma = std::sqrt(power / std::pow(10.0, kDegradation.audio_snr_db / 10.0));
+    std::mt19937_64 rng(mix(seed, 99, i));
+    std::normal_distribution<double> noise(0.0, sigma);
+    // Scale speech + noise into full range so the 8-bit store keeps what is left.
+    for (float& v : y) v = static_cast<float>(v + noise(rng));
+    float peak = 1e-6f;
+    for (float v : y) peak = std::max(peak, std::abs(v));
+    for (float& v : y) v *= 0.9f / peak;
+  });
 
   uint64_t stream = 0;
   for (const std::string split : {"train", "val", "test"}) {

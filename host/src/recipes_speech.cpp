@@ -6,10 +6,7 @@
 #include <sndfile.h>
 #include <unistd.h>
 
-#include <atomic>
 #include <functional>
-#include <mutex>
-#include <thread>
 
 #include "modalkit/errors.hpp"
 #include "recipes.hpp"
@@ -141,36 +138,21 @@ std::vector<SourceFile> espeak_sources(const Context& ctx) {
   return sources;
 }
 
-void render_speech(const std::vector<SpeechClip>& clips, const fs::path& dir, int rate, int pcm,
+void render_speech(const std::string& name, const std::vector<SpeechClip>& clips, const fs::path& dir, int rate, int pcm,
                    const std::function<void(std::vector<float>&, size_t)>& degrade) {
   for (const auto& c : clips) fs::create_directories((dir / c.file).parent_path());
   // Rendering dominates (about 25 ms a clip): one worker per core, each with its own scratch WAV.
-  std::atomic<size_t> next{0};
-  std::mutex error_mutex;
-  std::string error;
-  auto worker = [&](unsigned id) {
-    const fs::path wav = dir / ("scratch-" + std::to_string(id) + ".wav");
-    for (size_t i = next++; i < clips.size(); i = next++) {
-      const SpeechClip& c = clips[i];
-      try {
-        run_tool({"espeak-ng", "-v", c.voice, "-s", std::to_string(c.speed), "-p", std::to_string(c.pitch), "-w",
-                  wav.string(), c.spoken},
-                 {}, kHint);
-        std::function<void(std::vector<float>&)> one;
-        if (degrade) one = [&](std::vector<float>& y) { degrade(y, i); };
-        convert(wav, dir / c.file, rate, pcm, one);
-      } catch (const std::exception& e) {
-        std::lock_guard<std::mutex> lock(error_mutex);
-        if (error.empty()) error = e.what();
-        next = clips.size();
-      }
-    }
+  for_each_job(name, clips.size(), [](size_t) { return size_t{1}; }, "rendered", [&](size_t i, unsigned worker) {
+    const SpeechClip& c = clips[i];
+    const fs::path wav = dir / ("scratch-" + std::to_string(worker) + ".wav");
+    run_tool({"espeak-ng", "-v", c.voice, "-s", std::to_string(c.speed), "-p", std::to_string(c.pitch), "-w", wav.string(),
+              c.spoken},
+             {}, kHint);
+    std::function<void(std::vector<float>&)> one;
+    if (degrade) one = [&](std::vector<float>& y) { degrade(y, i); };
+    convert(wav, dir / c.file, rate, pcm, one);
     fs::remove(wav);
-  };
-  std::vector<std::thread> threads;
-  for (unsigned t = 0; t < std::max(1u, std::thread::hardware_concurrency()); ++t) threads.emplace_back(worker, t);
-  for (auto& t : threads) t.join();
-  if (!error.empty()) throw Error(error);
+  });
 }
 
 std::string file_safe(std::string s) {
@@ -224,11 +206,7 @@ fs::path spoken_words(const Context& ctx) {
               {"voice", {{"type", "string"}, {"description", "espeak-ng voice: accent+variant"}}},
               {"speed", {{"type", "number"}, {"description", "words per minute"}}},
               {"pitch", {{"type", "number"}, {"description", "espeak-ng pitch, 0-99"}}}}}});
-  try {
-    render_speech(clips, writer.dir(), kRate, SF_FORMAT_PCM_16);
-  } catch (const Error& e) {
-    throw Error(std::string("spoken-words: ") + e.what());
-  }
+  render_speech("spoken-words", clips, writer.dir(), kRate, SF_FORMAT_PCM_16);
   for (const auto& c : clips) {
     writer.add(c.split, {{"audio", c.file},
                          {"label", c.label},

@@ -12,13 +12,9 @@
 #include <unistd.h>
 
 #include <array>
-#include <atomic>
-#include <chrono>
 #include <cmath>
 #include <fstream>
-#include <functional>
 #include <iterator>
-#include <mutex>
 #include <optional>
 #include <set>
 #include <sstream>
@@ -284,46 +280,6 @@ std::string scheme_string(const std::string& s) {
   return out + "\"";
 }
 
-/// Runs `job(j, worker)` for every j < `jobs` on one worker per core and logs "spoken-topics:
-/// <done> N of M clips" every 10 s (`clips_of(j)` counts a job's clips). The first error stops
-/// the jobs not yet started and is rethrown, prefixed with the recipe's name.
-void for_each_job(size_t jobs, const std::function<size_t(size_t)>& clips_of, const std::string& done_verb,
-                  const std::function<void(size_t, unsigned)>& job) {
-  size_t total = 0;
-  for (size_t j = 0; j < jobs; ++j) total += clips_of(j);
-  std::atomic<size_t> next{0}, done{0};
-  std::mutex mutex;
-  std::string error;
-  const auto start = std::chrono::steady_clock::now();
-  auto last = start;
-  auto worker = [&](unsigned id) {
-    for (size_t j = next++; j < jobs; j = next++) {
-      try {
-        job(j, id);
-        done += clips_of(j);
-        std::lock_guard<std::mutex> lock(mutex);
-        const auto now = std::chrono::steady_clock::now();
-        if (now - last > std::chrono::seconds(10)) {
-          last = now;
-          const double rate = done / std::max(1e-9, std::chrono::duration<double>(now - start).count());
-          spdlog::info("spoken-topics: {} {} of {} clips ({:.0f} a second, about {:.0f} s left)", done_verb, done.load(), total,
-                       rate, (total - done) / std::max(1e-9, rate));
-        }
-      } catch (const std::exception& e) {
-        std::lock_guard<std::mutex> lock(mutex);
-        if (error.empty()) error = e.what();
-        next = jobs;
-      }
-    }
-  };
-  std::vector<std::thread> threads;
-  for (unsigned t = 0; t < std::max(1u, std::thread::hardware_concurrency()); ++t) threads.emplace_back(worker, t);
-  for (auto& t : threads) t.join();
-  if (!error.empty()) throw Error("spoken-topics: " + error);
-  spdlog::info("spoken-topics: {} {} clips in {:.0f} s", done_verb, total,
-               std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
-}
-
 /// Renders the clips not yet in the cache: an espeak-ng process per clip, a Festival process per
 /// batch of one voice's clips (Festival's start-up costs ten times a sentence). One worker per
 /// core; progress is logged every few seconds.
@@ -351,7 +307,7 @@ void render_missing(const std::vector<Clip>& clips, const std::vector<Text>& tex
   }
   spdlog::info("spoken-topics: rendering {} of {} clips ({} cached)", missing, clips.size(), clips.size() - missing);
   fs::create_directories(scratch);
-  for_each_job(jobs.size(), [&](size_t j) { return jobs[j].size(); }, "rendered", [&](size_t j, unsigned worker) {
+  for_each_job("spoken-topics", jobs.size(), [&](size_t j) { return jobs[j].size(); }, "rendered", [&](size_t j, unsigned worker) {
     // An empty scratch directory per job: a file left by a killed run, or by the job before,
     // must never pass for a render the synthesiser did not write.
     const fs::path dir = scratch / ("worker-" + std::to_string(worker));
@@ -504,7 +460,7 @@ fs::path spoken_topics(const Context& ctx) {
               {"pitch", {{"type", "number"}, {"description", "espeak-ng pitch 0-99 (0 for Festival)"}}}}}});
   for (const std::string split : {"train", "val", "test"}) fs::create_directories(writer.dir() / "audio" / split);
   // The channel, per clip from its own generator: the result does not depend on the thread count.
-  for_each_job(clips.size(), [](size_t) { return size_t{1}; }, "sent through the channel", [&](size_t i, unsigned) {
+  for_each_job("spoken-topics", clips.size(), [](size_t) { return size_t{1}; }, "sent through the channel", [&](size_t i, unsigned) {
     std::mt19937_64 clip_rng(seed ^ (0x9e3779b97f4a7c15ULL * (i + 1)));
     std::vector<float> y = read_audio(clips[i].cached);
     telephone(y, clip_rng);
